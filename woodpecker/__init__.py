@@ -1,0 +1,29 @@
+"""Woodpecker: a hardware-aware optimizer that makes trained networks run faster at inference."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from woodpecker.api import load, optimize
+    from woodpecker.plan.plan import Plan
+
+__all__ = ["Plan", "WoodpeckerError", "load", "optimize"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import lazily: `wpk --help` should not pay for Halide, ONNX Runtime and PyTorch."""
+    if name in ("load", "optimize"):
+        from woodpecker import api
+
+        return getattr(api, name)
+    if name == "Plan":
+        from woodpecker.plan.plan import Plan
+
+        return Plan
+    if name == "WoodpeckerError":
+        from woodpecker.errors import WoodpeckerError
+
+        return WoodpeckerError
+    raise AttributeError(name)

@@ -1,0 +1,94 @@
+"""The graph IR: values with static shapes, nodes in topological order, constants as arrays.
+
+Passes treat a Graph as immutable input and return a new one (`Graph.copy` is cheap: node
+objects are shared until a pass replaces them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Value:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # a NumPy dtype name, e.g. "float32"
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Node:
+    """One operation. `op` is the ONNX op type; fused epilogues live in `attrs`.
+
+    Fused conv/gemm nodes carry `activation` ("relu" or "clip" with `clip_min`/`clip_max`)
+    and, for a fused residual add, a fourth input after X, W, B.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Node:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def fused(self) -> list[str]:
+        """The epilogue operations folded into this node, in order."""
+        parts = []
+        if self.attrs.get("bias_folded"):
+            parts.append("BatchNormalization")
+        if self.attrs.get("residual"):
+            parts.append("Add")
+        if self.attrs.get("activation"):
+            parts.append({"relu": "Relu", "clip": "Clip"}[self.attrs["activation"]])
+        return parts
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    values: dict[str, Value]
+    inputs: list[str]
+    outputs: list[str]
+    constants: dict[str, np.ndarray]
+    opset: int = 17
+    name: str = "graph"
+
+    def copy(self) -> Graph:
+        return Graph(
+            list(self.nodes), dict(self.values), list(self.inputs), list(self.outputs),
+            dict(self.constants), self.opset, self.name,
+        )
+
+    def producers(self) -> dict[str, Node]:
+        return {out: node for node in self.nodes for out in node.outputs}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {}
+        for node in self.nodes:
+            for name in node.inputs:
+                if name:
+                    users.setdefault(name, []).append(node)
+        return users
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.constants
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.values[name].shape
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            counts[node.op] = counts.get(node.op, 0) + 1
+        return counts

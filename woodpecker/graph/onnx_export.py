@@ -1,0 +1,77 @@
+"""IR -> ONNX: whole graphs (for reference runs) and one-node models (for library kernels).
+
+Fused epilogues are expanded back into standard ONNX ops, so ONNX Runtime and OpenVINO can
+run any node of an optimized graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from woodpecker.graph.ir import Graph, Node
+
+FUSABLE_OPS = ("Conv", "Gemm")
+
+
+def expand_node(node: Node) -> list[onnx.NodeProto]:
+    """ONNX nodes computing `node`, with its fused residual add and activation unfused."""
+    attrs = {k: v for k, v in node.attrs.items() if k not in _WPK_ATTRS}
+    if node.op not in FUSABLE_OPS or not node.fused:
+        return [helper.make_node(node.op, list(node.inputs), list(node.outputs), name=node.name, **attrs)]
+    out = node.outputs[0]
+    main_inputs = list(node.inputs[:3])
+    current = f"{out}__main"
+    protos = [helper.make_node(node.op, main_inputs, [current], name=node.name, **attrs)]
+    if node.attrs.get("residual"):
+        protos.append(helper.make_node("Add", [current, node.inputs[3]], [f"{out}__add"], name=f"{node.name}/add"))
+        current = f"{out}__add"
+    activation = node.attrs.get("activation")
+    if activation == "relu":
+        protos.append(helper.make_node("Relu", [current], [f"{out}__act"], name=f"{node.name}/relu"))
+        current = f"{out}__act"
+    elif activation == "clip":
+        lo, hi = f"{out}__lo", f"{out}__hi"
+        protos.append(helper.make_node("Constant", [], [lo], value=numpy_helper.from_array(
+            np.array(node.attrs["clip_min"], np.float32), lo)))
+        protos.append(helper.make_node("Constant", [], [hi], value=numpy_helper.from_array(
+            np.array(node.attrs["clip_max"], np.float32), hi)))
+        protos.append(helper.make_node("Clip", [current, lo, hi], [f"{out}__act"], name=f"{node.name}/clip"))
+        current = f"{out}__act"
+    protos[-1].output[0] = out
+    return protos
+
+
+_WPK_ATTRS = {"activation", "clip_min", "clip_max", "residual", "bias_folded"}
+
+
+def graph_to_onnx(graph: Graph, nodes: list[Node] | None = None, inputs: list[str] | None = None,
+                  outputs: list[str] | None = None) -> onnx.ModelProto:
+    """A model of `nodes` (default: all). Constants they read become initializers."""
+    nodes = graph.nodes if nodes is None else nodes
+    inputs = graph.inputs if inputs is None else inputs
+    outputs = graph.outputs if outputs is None else outputs
+    used = {name for node in nodes for name in node.inputs if name}
+    initializers = [numpy_helper.from_array(np.asarray(graph.constants[n]), n) for n in sorted(used)
+                    if n in graph.constants and n not in inputs]
+    protos = [p for node in nodes for p in expand_node(node)]
+    proto_graph = helper.make_graph(
+        protos, graph.name, [_info(graph, n) for n in inputs], [_info(graph, n) for n in outputs], initializers)
+    model = helper.make_model(proto_graph, opset_imports=[helper.make_opsetid("", graph.opset)],
+                              producer_name="woodpecker")
+    model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+def node_model(graph: Graph, node: Node) -> onnx.ModelProto:
+    """A one-node model whose inputs are the node's non-constant inputs."""
+    inputs = [n for n in node.inputs if n and n not in graph.constants]
+    return graph_to_onnx(graph, [node], inputs, list(node.outputs))
+
+
+def _info(graph: Graph, name: str) -> onnx.ValueInfoProto:
+    value = graph.values[name]
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(value.dtype)), value.shape)
+
+

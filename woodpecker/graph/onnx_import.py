@@ -1,0 +1,148 @@
+"""Read an ONNX model into the IR: validate, infer static shapes, turn initializers into arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from woodpecker.errors import ModelError
+from woodpecker.graph.ir import Graph, Node, Value
+
+MIN_OPSET = 7
+MAX_OPSET = 22
+
+
+def load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """Load and validate a model; every failure becomes a one-line ModelError."""
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise ModelError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelError(f"{path}: is a directory, expected an .onnx file")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:  # protobuf raises several unrelated types
+            raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        if not proto.graph.node:
+            raise ModelError(f"{path}: not an ONNX model (no graph nodes found)")
+    opset = default_opset(proto)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ModelError(f"unsupported opset {opset}: Woodpecker reads opsets {MIN_OPSET}..{MAX_OPSET}")
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"invalid ONNX model: {first}") from None
+    return proto
+
+
+def default_opset(proto: onnx.ModelProto) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ModelError("model imports no default-domain opset")
+
+
+def import_model(model: str | Path | onnx.ModelProto, batch: int | None = None) -> Graph:
+    """ONNX -> Graph with every value's shape known. `batch` overrides the first input dim."""
+    proto = load_onnx(model)
+    proto = _with_static_inputs(proto, batch)
+    try:
+        proto = shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
+    g = proto.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in g.initializer}
+    values: dict[str, Value] = {}
+    for info in list(g.input) + list(g.value_info) + list(g.output):
+        if info.name in constants:
+            continue
+        values[info.name] = _value_from_info(info)
+    for name, array in constants.items():
+        values[name] = Value(name, tuple(array.shape), array.dtype.name)
+
+    nodes: list[Node] = []
+    for index, proto_node in enumerate(g.node):
+        if proto_node.domain not in ("", "ai.onnx"):
+            raise ModelError(f"node {proto_node.name or index} ({proto_node.op_type}): custom domain "
+                             f"'{proto_node.domain}' is not supported")
+        name = proto_node.name or f"{proto_node.op_type}_{index}"
+        attrs = {a.name: _attribute(a) for a in proto_node.attribute}
+        if proto_node.op_type == "Constant":
+            array = _constant_value(name, attrs)
+            constants[proto_node.output[0]] = array
+            values[proto_node.output[0]] = Value(proto_node.output[0], tuple(array.shape), array.dtype.name)
+            continue
+        for out in proto_node.output:
+            if out and out not in values:
+                raise ModelError(f"node {name} ({proto_node.op_type}): shape of output '{out}' "
+                                 "could not be inferred")
+        nodes.append(Node(name, proto_node.op_type, tuple(proto_node.input), tuple(proto_node.output), attrs))
+    inputs = [i.name for i in g.input if i.name not in constants]
+    return Graph(nodes, values, inputs, [o.name for o in g.output], constants, default_opset(proto),
+                 g.name or "graph")
+
+
+def _with_static_inputs(proto: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
+    """Pin the batch dim (and reject other unknown dims) so every shape is static."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    initializers = {i.name for i in proto.graph.initializer}
+    for inp in proto.graph.input:
+        if inp.name in initializers:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if axis == 0 and batch is not None:
+                dim.Clear()
+                dim.dim_value = batch
+            elif not dim.HasField("dim_value"):
+                if axis == 0:
+                    dim.Clear()
+                    dim.dim_value = 1
+                else:
+                    raise ModelError(f"input '{inp.name}' has a dynamic dimension {axis} "
+                                     f"('{dim.dim_param}'); only the batch dimension may be dynamic")
+    # Outputs may carry a stale batch dimension; let inference recompute them.
+    for out in proto.graph.output:
+        if batch is not None and out.type.tensor_type.shape.dim:
+            out.type.tensor_type.shape.dim[0].Clear()
+    del proto.graph.value_info[:]
+    return proto
+
+
+def _value_from_info(info: onnx.ValueInfoProto) -> Value:
+    tensor = info.type.tensor_type
+    shape = []
+    for dim in tensor.shape.dim:
+        if not dim.HasField("dim_value"):
+            raise ModelError(f"value '{info.name}' has a dynamic shape after inference")
+        shape.append(dim.dim_value)
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    return Value(info.name, tuple(shape), dtype)
+
+
+def _attribute(attr: onnx.AttributeProto):
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return [v.decode() if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _constant_value(name: str, attrs: dict) -> np.ndarray:
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise ModelError(f"node {name} (Constant): unsupported constant attribute {sorted(attrs)}")

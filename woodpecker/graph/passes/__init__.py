@@ -1,0 +1,25 @@
+"""Graph -> Graph rewrites for inference, and the default order to run them in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from woodpecker.graph.ir import Graph
+from woodpecker.graph.passes.eliminate_dead import eliminate_dead
+from woodpecker.graph.passes.fold_batchnorm import fold_batchnorm
+from woodpecker.graph.passes.fold_constants import fold_constants
+from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
+from woodpecker.graph.passes.remove_identity import remove_identity
+
+Pass = Callable[[Graph], Graph]
+DEFAULT_PASSES: tuple[Pass, ...] = (remove_identity, fold_constants, fold_batchnorm, fuse_epilogue, eliminate_dead)
+
+
+def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> Graph:
+    for run_pass in passes:
+        graph = run_pass(graph)
+    return graph
+
+
+__all__ = ["DEFAULT_PASSES", "eliminate_dead", "fold_batchnorm", "fold_constants", "fuse_epilogue",
+           "optimize_graph", "remove_identity"]

@@ -1,0 +1,50 @@
+"""Evaluate at plan time every node whose inputs are all known: constants, and shapes.
+
+Weights never change at inference, so Shape/Gather/Concat/Unsqueeze chains, weight
+Identity/Transpose and the like become constants. Evaluation uses ONNX's reference runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx.reference import ReferenceEvaluator
+
+from woodpecker.errors import ModelError
+from woodpecker.graph.ir import Graph, Value
+from woodpecker.graph.onnx_export import graph_to_onnx
+
+MAX_FOLDED_BYTES = 64 << 20  # never materialize a huge constant (e.g. ConstantOfShape blow-up)
+
+
+def fold_constants(graph: Graph) -> Graph:
+    out = graph.copy()
+    kept = []
+    for node in out.nodes:
+        if node.op == "Shape" and node.inputs[0] not in out.constants:
+            shape = np.array(out.shape(node.inputs[0]), dtype=np.int64)
+            start, end = node.attrs.get("start", 0), node.attrs.get("end")
+            out.constants[node.outputs[0]] = shape[start:end]
+            continue
+        if not _foldable(out, node):
+            kept.append(node)
+            continue
+        model = graph_to_onnx(out, [node], inputs=[], outputs=list(node.outputs))
+        try:
+            results = ReferenceEvaluator(model).run(None, {})
+        except Exception as exc:
+            raise ModelError(f"node {node.name} ({node.op}): constant folding failed: {exc}") from None
+        if sum(np.asarray(r).nbytes for r in results) > MAX_FOLDED_BYTES:
+            kept.append(node)
+            continue
+        for name, result in zip(node.outputs, results):
+            array = np.asarray(result)
+            out.constants[name] = array
+            out.values[name] = Value(name, tuple(array.shape), array.dtype.name)
+    out.nodes = kept
+    return out
+
+
+def _foldable(graph: Graph, node) -> bool:
+    real_inputs = [n for n in node.inputs if n]
+    return bool(real_inputs) and all(n in graph.constants for n in real_inputs) or (
+        not real_inputs and node.op not in ("RandomNormal", "RandomUniform"))

@@ -1,0 +1,38 @@
+"""Drop Identity and inference-time Dropout: their output is their input."""
+
+from __future__ import annotations
+
+from woodpecker.graph.ir import Graph
+
+IDENTITY_OPS = ("Identity", "Dropout")
+
+
+def remove_identity(graph: Graph) -> Graph:
+    out = graph.copy()
+    alias: dict[str, str] = {}
+    kept = []
+    for node in out.nodes:
+        node = node.replace(inputs=tuple(alias.get(n, n) for n in node.inputs))
+        extra_outputs_used = node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1]
+        if node.op not in IDENTITY_OPS or extra_outputs_used:
+            kept.append(node)
+            continue
+        source, target = node.inputs[0], node.outputs[0]
+        if source in out.constants:
+            out.constants[target] = out.constants[source]
+        elif target in out.outputs:
+            # Keep the graph's output name: make the producer write it directly.
+            kept = [_rename_output(n, source, target) for n in kept]
+            alias[source] = target
+            if source in out.inputs:
+                kept.append(node)
+            continue
+        alias[target] = source
+    out.nodes = kept
+    return out
+
+
+def _rename_output(node, old: str, new: str):
+    if old not in node.outputs:
+        return node.replace(inputs=tuple(new if n == old else n for n in node.inputs))
+    return node.replace(outputs=tuple(new if n == old else n for n in node.outputs))

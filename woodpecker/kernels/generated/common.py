@@ -1,0 +1,58 @@
+"""Shared pieces of the Halide kernels: JIT compilation, argument passing, fused epilogues."""
+
+from __future__ import annotations
+
+import halide as hl
+import numpy as np
+
+from woodpecker.kernels.workload import Workload
+
+MAX_ACCUMULATORS = 24  # zmm registers usable for a register tile, leaving room for loads/broadcasts
+
+
+def jit_target() -> hl.Target:
+    """The host target (AVX-512, AVX2, NEON...); HL_JIT_TARGET overrides it."""
+    return hl.get_jit_target_from_environment()
+
+
+def vector_widths() -> tuple[int, ...]:
+    """Float lanes worth trying: the native width and half of it."""
+    native = jit_target().natural_vector_size(hl.Float(32))
+    return tuple(sorted({max(4, native // 2), native}))
+
+
+class HalideKernel:
+    """A compiled Halide pipeline plus its pre-packed constant buffers.
+
+    Called with the node's run-time inputs and preallocated outputs (NumPy arrays, which
+    Halide sees with axes reversed: NCHW arrives as x, y, c, n).
+    """
+
+    def __init__(self, callable_: hl.Callable, constants: list[np.ndarray]):
+        self._callable = callable_
+        self._constants = [np.ascontiguousarray(c) for c in constants]  # keep memory alive
+        self._constant_buffers = [hl.Buffer(c) for c in self._constants]
+
+    def __call__(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
+        self._callable(*[hl.Buffer(a) for a in inputs], *self._constant_buffers, *[hl.Buffer(o) for o in outputs])
+
+
+def compile_kernel(output: hl.Func, params: list[hl.ImageParam], constants: list[np.ndarray]) -> HalideKernel:
+    """JIT `output`; `params` lists run-time inputs first, then one param per constant array."""
+    arguments = [hl.Argument(p) for p in params]
+    callable_ = hl.Pipeline(output).compile_to_callable(arguments, jit_target())
+    return HalideKernel(callable_, constants)
+
+
+def apply_activation(workload: Workload, value: hl.Expr) -> hl.Expr:
+    activation = workload.node.attrs.get("activation")
+    if activation == "relu":
+        return hl.max(value, 0.0)
+    if activation == "clip":
+        lo, hi = workload.node.attrs["clip_min"], workload.node.attrs["clip_max"]
+        return hl.clamp(value, hl.f32(max(lo, -3.4e38)), hl.f32(min(hi, 3.4e38)))
+    return value
+
+
+def divisors(n: int, limit: int) -> tuple[int, ...]:
+    return tuple(d for d in range(1, min(n, limit) + 1) if n % d == 0)

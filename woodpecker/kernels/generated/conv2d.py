@@ -1,0 +1,130 @@
+"""2-D convolution (any stride, padding, dilation, groups incl. depthwise) with a fused epilogue.
+
+Two schedule families, both searched:
+- "vec_x": vectorize over output width, weights in OIHW;
+- "vec_c": vectorize over output channels, weights packed in blocks of `vec` output channels,
+  the accumulator tile stored channel-innermost (reorder_storage) then written back as NCHW.
+"""
+
+from __future__ import annotations
+
+import halide as hl
+import numpy as np
+
+from woodpecker.kernels.base import is_float32
+from woodpecker.kernels.generated.common import (
+    MAX_ACCUMULATORS,
+    apply_activation,
+    compile_kernel,
+    vector_widths,
+)
+from woodpecker.kernels.workload import Workload
+from woodpecker.search.space import Config, ConfigSpace, Knob
+
+
+def conv_params(workload: Workload) -> dict:
+    """Normalized Conv attributes and shapes (2-D only)."""
+    n, c_in, h, w = workload.input_shape(0)
+    c_out, c_in_group, kh, kw = workload.input_shape(1)
+    _, _, h_out, w_out = workload.output_shape
+    attrs = workload.node.attrs
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    return dict(
+        n=n, c_in=c_in, h=h, w=w, c_out=c_out, c_in_group=c_in_group, kh=kh, kw=kw, h_out=h_out, w_out=w_out,
+        groups=attrs.get("group", 1), strides=attrs.get("strides", [1, 1]), dilations=attrs.get("dilations", [1, 1]),
+        pad_top=pads[0], pad_left=pads[1],
+    )
+
+
+class HalideConv2d:
+    name = "halide.conv2d"
+    kind = "generated"
+
+    def matches(self, workload: Workload) -> bool:
+        return (workload.op == "Conv" and len(workload.input_shape(0)) == 4 and is_float32(workload)
+                and workload.node.inputs[1] in workload.constants
+                and workload.node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
+                and (not workload.has_input(2) or workload.node.inputs[2] in workload.constants))
+
+    def space(self, workload: Workload) -> ConfigSpace:
+        p = conv_params(workload)
+
+        def valid(cfg: Config) -> bool:
+            if cfg["tile_x"] * cfg["tile_c"] > MAX_ACCUMULATORS:
+                return False
+            if cfg["layout"] == "vec_x":
+                return cfg["vec"] * cfg["tile_x"] <= p["w_out"] and cfg["tile_c"] <= p["c_out"]
+            return cfg["vec"] * cfg["tile_c"] <= p["c_out"] and cfg["tile_x"] <= p["w_out"]
+
+        return ConfigSpace(
+            (
+                Knob("layout", ("vec_x", "vec_c")),
+                Knob("vec", vector_widths()),
+                Knob("tile_x", (1, 2, 3, 4, 6, 8)),
+                Knob("tile_c", (1, 2, 3, 4, 6, 8)),
+                Knob("reduce_order", ("c_inner", "k_inner")),
+                Knob("unroll_kw", (False, True)),
+                Knob("parallel", ("y", "c")),
+            ),
+            valid,
+        )
+
+    def build(self, workload: Workload, config: Config):
+        p = conv_params(workload)
+        vec, layout = config["vec"], config["layout"]
+        c_out_group = p["c_out"] // p["groups"]
+        has_residual = bool(workload.node.attrs.get("residual"))
+
+        # Constants packed once, at plan time.
+        weight = workload.constants[workload.node.inputs[1]].astype(np.float32)
+        bias = (workload.constants[workload.node.inputs[2]].astype(np.float32) if workload.has_input(2)
+                else np.zeros(p["c_out"], np.float32))
+        if layout == "vec_c":
+            blocks = -(-p["c_out"] // vec)
+            padded_w = np.zeros((blocks * vec, *weight.shape[1:]), np.float32)
+            padded_w[: p["c_out"]] = weight
+            # (O/vec, I, KH, KW, vec): Halide sees (lane, kw, kh, ci, block).
+            weight = padded_w.reshape(blocks, vec, *weight.shape[1:]).transpose(0, 2, 3, 4, 1)
+
+        x, y, c, n = hl.Var("x"), hl.Var("y"), hl.Var("c"), hl.Var("n")
+        inp = hl.ImageParam(hl.Float(32), 4, "input")
+        residual = hl.ImageParam(hl.Float(32), 4, "residual")
+        w_param = hl.ImageParam(hl.Float(32), weight.ndim, "weight")
+        b_param = hl.ImageParam(hl.Float(32), 1, "bias")
+
+        # The algorithm
+        if p["pad_top"] or p["pad_left"] or any(workload.node.attrs.get("pads", [0])):
+            source = hl.BoundaryConditions.constant_exterior(inp, 0.0, [hl.Range(0, p["w"]), hl.Range(0, p["h"])])
+        else:
+            source = inp
+        r = hl.RDom([hl.Range(0, p["c_in_group"]), hl.Range(0, p["kw"]), hl.Range(0, p["kh"])], "r")
+        in_x = x * p["strides"][1] + r.y * p["dilations"][1] - p["pad_left"]
+        in_y = y * p["strides"][0] + r.z * p["dilations"][0] - p["pad_top"]
+        in_c = r.x if p["groups"] == 1 else (c // c_out_group) * p["c_in_group"] + r.x
+        w_value = w_param[r.y, r.z, r.x, c] if layout == "vec_x" else w_param[c % vec, r.y, r.z, r.x, c // vec]
+        acc = hl.Func("acc")
+        acc[x, y, c, n] = b_param[c]
+        acc[x, y, c, n] += source[in_x, in_y, in_c, n] * w_value
+        out = hl.Func("conv")
+        total = acc[x, y, c, n] + residual[x, y, c, n] if has_residual else acc[x, y, c, n]
+        out[x, y, c, n] = apply_activation(workload, total)
+
+        # How to schedule it
+        xo, xi, co, ci = hl.Var("xo"), hl.Var("xi"), hl.Var("co"), hl.Var("ci")
+        reduction = [r.x, r.y, r.z] if config["reduce_order"] == "c_inner" else [r.y, r.z, r.x]
+        if layout == "vec_x":
+            out.split(x, xo, xi, vec * config["tile_x"]).split(c, co, ci, config["tile_c"])
+            out.reorder(xi, ci, xo, y, co, n).vectorize(xi, vec).unroll(xi).unroll(ci)
+            acc.compute_at(out, xo).vectorize(x, vec).unroll(x).unroll(c)
+            acc.update().reorder(x, c, *reduction, y, n).vectorize(x, vec).unroll(x).unroll(c)
+        else:
+            out.split(c, co, ci, vec * config["tile_c"]).split(x, xo, xi, config["tile_x"])
+            out.reorder(ci, xi, xo, y, co, n).vectorize(ci, vec).unroll(ci).unroll(xi)
+            acc.compute_at(out, xo).reorder_storage(c, x, y, n).vectorize(c, vec).unroll(c).unroll(x)
+            acc.update().reorder(c, x, *reduction, y, n).vectorize(c, vec).unroll(c).unroll(x)
+        if config["unroll_kw"] and p["kw"] <= 7:
+            acc.update().unroll(r.y)
+        out.parallel(y if config["parallel"] == "y" else co)
+
+        params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
+        return compile_kernel(out, params, [weight, bias])

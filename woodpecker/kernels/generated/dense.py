@@ -1,0 +1,89 @@
+"""Dense layers: Gemm (A not transposed, constant B) and 2-D MatMul with a constant right side.
+
+Weights are packed once as (K, N) so the output features are contiguous and vectorized;
+the fused epilogue (bias, residual add, activation) is applied on the accumulator.
+"""
+
+from __future__ import annotations
+
+import halide as hl
+import numpy as np
+
+from woodpecker.kernels.base import is_float32
+from woodpecker.kernels.generated.common import MAX_ACCUMULATORS, apply_activation, compile_kernel, vector_widths
+from woodpecker.kernels.workload import Workload
+from woodpecker.search.space import Config, ConfigSpace, Knob
+
+
+class HalideDense:
+    name = "halide.dense"
+    kind = "generated"
+
+    def matches(self, workload: Workload) -> bool:
+        node = workload.node
+        if node.op not in ("Gemm", "MatMul") or not is_float32(workload) or node.inputs[1] not in workload.constants:
+            return False
+        if len(workload.input_shape(0)) != 2 or len(workload.input_shape(1)) != 2:
+            return False
+        if node.op == "Gemm" and node.attrs.get("transA", 0):
+            return False
+        bias_ok = not workload.has_input(2) or (node.inputs[2] in workload.constants
+                                                 and workload.constants[node.inputs[2]].ndim <= 1)
+        return bias_ok
+
+    def space(self, workload: Workload) -> ConfigSpace:
+        n_out = workload.output_shape[1]
+        return ConfigSpace(
+            (Knob("vec", vector_widths()), Knob("tile_n", (1, 2, 4, 8)), Knob("unroll_k", (1, 2, 4)),
+             Knob("parallel_rows", (False, True))),
+            lambda cfg: cfg["vec"] * cfg["tile_n"] <= max(n_out, cfg["vec"]) and cfg["tile_n"] <= MAX_ACCUMULATORS,
+        )
+
+    def build(self, workload: Workload, config: Config):
+        node = workload.node
+        rows, k = workload.input_shape(0)
+        n_out = workload.output_shape[1]
+        weight = workload.constants[node.inputs[1]].astype(np.float32)
+        if node.op == "Gemm" and node.attrs.get("transB", 0):
+            weight = weight.T
+        alpha = node.attrs.get("alpha", 1.0) if node.op == "Gemm" else 1.0
+        beta = node.attrs.get("beta", 1.0) if node.op == "Gemm" else 1.0
+        weight = np.ascontiguousarray(weight * alpha, np.float32)  # (K, N): Halide sees (n, k)
+        bias = np.zeros(n_out, np.float32)
+        if workload.has_input(2):
+            bias += np.broadcast_to(workload.constants[node.inputs[2]].astype(np.float32) * beta, (n_out,))
+        vec = config["vec"]
+        if n_out < vec:  # too narrow to vectorize: pad the packed weights instead of over-reading
+            vec = 1
+        has_residual = bool(node.attrs.get("residual"))
+
+        j, m = hl.Var("j"), hl.Var("m")
+        a = hl.ImageParam(hl.Float(32), 2, "a")
+        residual = hl.ImageParam(hl.Float(32), 2, "residual")
+        w_param = hl.ImageParam(hl.Float(32), 2, "weight")
+        b_param = hl.ImageParam(hl.Float(32), 1, "bias")
+
+        # The algorithm
+        r = hl.RDom([hl.Range(0, k)], "r")
+        acc = hl.Func("acc")
+        acc[j, m] = b_param[j]
+        acc[j, m] += a[r.x, m] * w_param[j, r.x]
+        out = hl.Func("dense")
+        total = acc[j, m] + residual[j, m] if has_residual else acc[j, m]
+        out[j, m] = apply_activation(workload, total)
+
+        # How to schedule it
+        jo, ji = hl.Var("jo"), hl.Var("ji")
+        tile = vec * config["tile_n"] if n_out >= vec * config["tile_n"] else vec
+        out.split(j, jo, ji, tile).reorder(ji, jo, m)
+        acc.compute_at(out, jo)
+        if vec > 1:
+            out.vectorize(ji, vec)
+            acc.vectorize(j, vec).update().reorder(j, r.x, m).vectorize(j, vec).unroll(j)
+        if config["unroll_k"] > 1 and k % config["unroll_k"] == 0:
+            ro, ri = hl.RVar("ro"), hl.RVar("ri")
+            acc.update().split(r.x, ro, ri, config["unroll_k"]).unroll(ri)
+        out.parallel(m if config["parallel_rows"] and rows > 1 else jo)
+
+        params = [a] + ([residual] if has_residual else []) + [w_param, b_param]
+        return compile_kernel(out, params, [weight, bias])

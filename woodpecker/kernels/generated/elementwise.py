@@ -1,0 +1,63 @@
+"""Element-wise ops on same-shape float tensors, computed over a flat view."""
+
+from __future__ import annotations
+
+import halide as hl
+
+from woodpecker.kernels.base import is_float32
+from woodpecker.kernels.generated.common import compile_kernel, vector_widths
+from woodpecker.kernels.workload import Workload
+from woodpecker.search.space import Config, ConfigSpace, Knob
+
+BINARY = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
+          "Div": lambda a, b: a / b, "Max": hl.max, "Min": hl.min}
+UNARY = {"Relu": lambda a: hl.max(a, 0.0), "Sigmoid": lambda a: 1.0 / (1.0 + hl.exp(-a)),
+         "Tanh": hl.tanh, "Exp": hl.exp, "Neg": lambda a: -a, "Abs": hl.abs}
+
+
+class HalideElementwise:
+    name = "halide.elementwise"
+    kind = "generated"
+
+    def matches(self, workload: Workload) -> bool:
+        node = workload.node
+        if node.op not in BINARY and node.op not in UNARY:
+            return False
+        arity = 2 if node.op in BINARY else 1
+        shapes = {workload.shape(n) for n in node.inputs}
+        return (len(node.inputs) == arity and shapes == {workload.output_shape} and is_float32(workload)
+                and not any(n in workload.constants for n in node.inputs))
+
+    def space(self, workload: Workload) -> ConfigSpace:
+        size = int(workload.values[workload.node.outputs[0]].size)
+        return ConfigSpace(
+            (Knob("vec", vector_widths()), Knob("chunk", (1024, 4096, 16384))),
+            lambda cfg: cfg["vec"] <= size and cfg["chunk"] <= max(size, 1024),
+        )
+
+    def build(self, workload: Workload, config: Config):
+        i = hl.Var("i")
+        params = [hl.ImageParam(hl.Float(32), 1, f"in{k}") for k in range(len(workload.node.inputs))]
+
+        # The algorithm
+        out = hl.Func(workload.op)
+        if workload.op in BINARY:
+            out[i] = BINARY[workload.op](params[0][i], params[1][i])
+        else:
+            out[i] = UNARY[workload.op](params[0][i])
+
+        # How to schedule it
+        size = workload.values[workload.node.outputs[0]].size
+        io, ii = hl.Var("io"), hl.Var("ii")
+        out.vectorize(i, config["vec"])
+        if size > config["chunk"]:
+            out.split(i, io, ii, config["chunk"]).parallel(io)
+        kernel = compile_kernel(out, params, [])
+        return _flat(kernel)
+
+
+def _flat(kernel):
+    def run(inputs, outputs):
+        kernel([a.reshape(-1) for a in inputs], [o.reshape(-1) for o in outputs])
+
+    return run

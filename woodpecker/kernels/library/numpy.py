@@ -1,0 +1,63 @@
+"""NumPy kernels: BLAS for dense layers, and the data-movement ops (Concat, Reshape, Flatten)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from woodpecker.kernels.base import LibraryImplementation, is_float32
+from woodpecker.kernels.workload import Workload
+from woodpecker.search.space import Config
+
+DATA_MOVEMENT = ("Concat", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+class NumpyImplementation(LibraryImplementation):
+    name = "numpy"
+
+    def matches(self, workload: Workload) -> bool:
+        node = workload.node
+        if node.op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            return workload.has_input(0) and node.inputs[0] not in workload.constants
+        if node.op == "Concat":
+            return all(n not in workload.constants for n in node.inputs)
+        if node.op == "Gemm":
+            return (is_float32(workload) and not node.attrs.get("transA", 0)
+                    and node.inputs[1] in workload.constants and len(workload.input_shape(0)) == 2
+                    and (not workload.has_input(2) or node.inputs[2] in workload.constants))
+        return False
+
+    def build(self, workload: Workload, config: Config):
+        node = workload.node
+        if node.op == "Concat":
+            axis = node.attrs["axis"] % len(workload.output_shape)
+
+            def concat(inputs, outputs):
+                np.concatenate(inputs, axis=axis, out=outputs[0])
+
+            return concat
+        if node.op != "Gemm":
+
+            def reshape(inputs, outputs):
+                np.copyto(outputs[0], inputs[0].reshape(outputs[0].shape))
+
+            return reshape
+        weight = workload.constants[node.inputs[1]].astype(np.float32) * node.attrs.get("alpha", 1.0)
+        weight = np.ascontiguousarray(weight.T if node.attrs.get("transB", 0) else weight)
+        n_out = workload.output_shape[1]
+        bias = np.zeros(n_out, np.float32)
+        if workload.has_input(2):
+            bias += np.broadcast_to(workload.constants[node.inputs[2]] * node.attrs.get("beta", 1.0), (n_out,))
+        activation = node.attrs.get("activation")
+
+        def gemm(inputs, outputs):
+            out = outputs[0]
+            np.matmul(inputs[0], weight, out=out)
+            out += bias
+            if node.attrs.get("residual"):
+                out += inputs[1]
+            if activation == "relu":
+                np.maximum(out, 0, out=out)
+            elif activation == "clip":
+                np.clip(out, node.attrs["clip_min"], node.attrs["clip_max"], out=out)
+
+        return gemm

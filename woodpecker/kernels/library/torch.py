@@ -1,0 +1,80 @@
+"""PyTorch (oneDNN / MKL) kernels for convolution, dense layers and pooling, with the epilogue."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from woodpecker.kernels.base import LibraryImplementation, is_float32
+from woodpecker.kernels.generated.conv2d import conv_params
+from woodpecker.kernels.workload import Workload
+from woodpecker.search.space import Config
+
+
+def available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TorchImplementation(LibraryImplementation):
+    name = "torch"
+
+    def matches(self, workload: Workload) -> bool:
+        node = workload.node
+        if not is_float32(workload) or not available():
+            return False
+        if node.op == "Conv":
+            return (len(workload.input_shape(0)) == 4 and node.inputs[1] in workload.constants
+                    and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
+                    and (not workload.has_input(2) or node.inputs[2] in workload.constants))
+        if node.op == "Gemm":
+            return (not node.attrs.get("transA", 0) and node.inputs[1] in workload.constants
+                    and (not workload.has_input(2) or node.inputs[2] in workload.constants))
+        return node.op in ("GlobalAveragePool",)
+
+    def build(self, workload: Workload, config: Config):
+        import torch
+        import torch.nn.functional as F
+
+        node = workload.node
+        consts = {k: torch.from_numpy(np.array(v)) for k, v in workload.constants.items()}
+        bias = consts.get(node.inputs[2]) if workload.has_input(2) else None
+        activation = node.attrs.get("activation")
+        lo, hi = node.attrs.get("clip_min"), node.attrs.get("clip_max")
+        if node.op == "Conv":
+            p = conv_params(workload)
+            pads = node.attrs.get("pads", [0, 0, 0, 0])
+            symmetric = pads[0] == pads[2] and pads[1] == pads[3]
+            weight = consts[node.inputs[1]]
+
+            def compute(x):
+                if not symmetric:
+                    x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+                return F.conv2d(x, weight, bias, p["strides"], (pads[0], pads[1]) if symmetric else 0,
+                                p["dilations"], p["groups"])
+        elif node.op == "Gemm":
+            weight = consts[node.inputs[1]] * node.attrs.get("alpha", 1.0)
+            weight = weight if node.attrs.get("transB", 0) else weight.T.contiguous()
+            gemm_bias = None if bias is None else bias * node.attrs.get("beta", 1.0)
+
+            def compute(x):
+                return F.linear(x, weight, gemm_bias)
+        else:
+
+            def compute(x):
+                return x.mean(dim=(2, 3), keepdim=True)
+
+        @torch.inference_mode()
+        def run(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
+            result = compute(torch.from_numpy(inputs[0]))
+            if node.attrs.get("residual"):
+                result += torch.from_numpy(inputs[1])
+            if activation == "relu":
+                result.relu_()
+            elif activation == "clip":
+                result.clamp_(lo, hi)
+            torch.from_numpy(outputs[0]).copy_(result)
+
+        return run

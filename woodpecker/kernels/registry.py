@@ -1,0 +1,34 @@
+"""Every implementation the explorer may choose from, generated first."""
+
+from __future__ import annotations
+
+from woodpecker.kernels.base import Implementation
+from woodpecker.kernels.generated.conv2d import HalideConv2d
+from woodpecker.kernels.generated.dense import HalideDense
+from woodpecker.kernels.generated.elementwise import HalideElementwise
+from woodpecker.kernels.generated.pool import HalidePool
+from woodpecker.kernels.library.numpy import NumpyImplementation
+from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
+from woodpecker.kernels.library.openvino import OpenVinoImplementation
+from woodpecker.kernels.library.torch import TorchImplementation
+from woodpecker.kernels.workload import Workload
+
+FALLBACK = "onnxruntime"
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    impl.name: impl
+    for impl in (HalideConv2d(), HalideDense(), HalidePool(), HalideElementwise(), OnnxRuntimeImplementation(),
+                 OpenVinoImplementation(), TorchImplementation(), NumpyImplementation())
+}
+LIBRARIES = ("onnxruntime", "openvino", "torch", "numpy")
+
+
+def candidates(workload: Workload, libraries: tuple[str, ...] = LIBRARIES) -> list[Implementation]:
+    """Implementations that claim this node; ONNX Runtime always does, as the fallback."""
+    return [impl for impl in IMPLEMENTATIONS.values()
+            if (impl.kind == "generated" or impl.name in libraries or impl.name == FALLBACK)
+            and impl.matches(workload)]
+
+
+def get(name: str) -> Implementation:
+    return IMPLEMENTATIONS[name]

@@ -1,0 +1,86 @@
+"""A Workload is one node cut out of its graph with everything needed to build and check it.
+
+It is self-contained (shapes, attributes, constant inputs), so it can be sent to a worker
+process, keyed for the tuning records, and turned into a one-node ONNX model for libraries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from woodpecker.graph.ir import Graph, Node, Value
+
+
+@dataclass(frozen=True)
+class Workload:
+    node: Node
+    values: dict[str, Value]  # every input and output of the node
+    constants: dict[str, np.ndarray]  # the node's constant inputs (weights, bias, shapes)
+    opset: int
+
+    @staticmethod
+    def of(graph: Graph, node: Node) -> Workload:
+        names = [n for n in node.inputs + node.outputs if n]
+        return Workload(node, {n: graph.values[n] for n in names},
+                        {n: graph.constants[n] for n in node.inputs if n in graph.constants}, graph.opset)
+
+    @property
+    def op(self) -> str:
+        return self.node.op
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.values[name].shape
+
+    def input_shape(self, index: int) -> tuple[int, ...]:
+        return self.shape(self.node.inputs[index])
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shape(self.node.outputs[0])
+
+    @property
+    def dynamic_inputs(self) -> list[str]:
+        """Inputs that arrive at run time (everything that is not a constant)."""
+        return [n for n in self.node.inputs if n and n not in self.constants]
+
+    def has_input(self, index: int) -> bool:
+        return len(self.node.inputs) > index and bool(self.node.inputs[index])
+
+    def as_graph(self) -> Graph:
+        outputs = [o for o in self.node.outputs if o]
+        return Graph([self.node], dict(self.values), self.dynamic_inputs, outputs, dict(self.constants),
+                     self.opset, self.node.name)
+
+    def key(self) -> str:
+        """Hash of what determines a kernel's speed: op, attributes, shapes, dtypes, constness."""
+        description = {
+            "op": self.op,
+            "attrs": {k: _jsonable(v) for k, v in sorted(self.node.attrs.items())},
+            "inputs": [[list(self.values[n].shape), self.values[n].dtype, n in self.constants] if n else None
+                       for n in self.node.inputs],
+            "outputs": [[list(self.values[n].shape), self.values[n].dtype] for n in self.node.outputs if n],
+        }
+        text = json.dumps(description, sort_keys=True)
+        return f"{self.op}-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def flops(self) -> float:
+        """Multiply-adds counted as two flops; used to report GFLOPS."""
+        out = int(np.prod(self.output_shape))
+        if self.op == "Conv":
+            w = self.input_shape(1)
+            return 2.0 * out * int(np.prod(w[1:]))
+        if self.op in ("Gemm", "MatMul"):
+            return 2.0 * out * self.input_shape(0)[-1]
+        return float(out)
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float):
+        return round(value, 7)
+    return value
