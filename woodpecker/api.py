@@ -1,0 +1,54 @@
+"""The Python API; the `wpk` commands are thin wrappers over these functions."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import onnx
+
+from woodpecker.errors import PlanError
+from woodpecker.graph.onnx_import import import_model, load_onnx
+from woodpecker.graph.passes import optimize_graph
+from woodpecker.measure.runner import LocalRunner
+from woodpecker.plan.explore import ExploreOptions, explore, summarize
+from woodpecker.plan.plan import Plan
+from woodpecker.plan.verify import verify
+from woodpecker.records.database import Records
+from woodpecker.records.fingerprint import fingerprint
+
+
+def optimize(model: str | Path | onnx.ModelProto, *, budget: int = 8, strategy: str = "random",
+             records: str | Path | None = None, batch: int | None = None, libraries: tuple[str, ...] | None = None,
+             seed: int = 0, progress: bool | None = None, threads: int | None = None,
+             timeout_s: float = 120.0) -> Plan:
+    """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime."""
+    start = time.perf_counter()
+    progress = sys.stderr.isatty() if progress is None else progress
+    proto = load_onnx(model)
+    graph = import_model(proto, batch)
+    optimized = optimize_graph(graph)
+    options = ExploreOptions(budget=budget, strategy=strategy, seed=seed, progress=progress,
+                             **({"libraries": tuple(libraries)} if libraries is not None else {}))
+    store = Records(records)
+    try:
+        with LocalRunner(threads=threads, timeout_s=timeout_s, seed=seed) as runner:
+            choices = explore(optimized, options, runner, store)
+    finally:
+        store.close()
+    meta = {"batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
+            "strategy": strategy, "budget": budget, "hardware": fingerprint(),
+            "summary": summarize(graph, optimized, choices, time.perf_counter() - start)}
+    plan = Plan(optimized, choices, meta)
+    plan.executor(progress)
+    check = verify(plan, proto, batch, seed=seed + 1234)
+    if not check.ok:
+        raise PlanError(f"the plan does not match ONNX Runtime: {check.describe()}; not saved")
+    plan.meta["verification"] = {"output_error": check.output_error, "difference_error": check.difference_error}
+    plan.meta["summary"]["optimize_seconds"] = round(time.perf_counter() - start, 1)
+    return plan
+
+
+def load(directory: str | Path) -> Plan:
+    return Plan.load(directory)

@@ -1,0 +1,97 @@
+"""LocalRunner: owns one measuring process, restarts it after a crash or a timeout."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Any
+
+from woodpecker.errors import WoodpeckerError
+from woodpecker.kernels.workload import Workload
+from woodpecker.measure.result import MeasureResult
+from woodpecker.measure.timing import TimingSettings
+from woodpecker.measure.worker import worker_main
+
+DEFAULT_TIMEOUT_S = 120.0
+STARTUP_TIMEOUT_S = 120.0
+
+
+class LocalRunner:
+    """Sends (workload, implementation, config) to a worker and waits at most `timeout_s`."""
+
+    def __init__(self, threads: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 settings: TimingSettings | None = None, seed: int = 0):
+        self.threads, self.timeout_s, self.seed = threads, timeout_s, seed
+        self.settings = settings or TimingSettings()
+        self._context = mp.get_context("spawn")  # no inherited thread pools or JIT state
+        self._process = None
+        self._conn = None
+        self._sent: set[str] = set()
+
+    def measure(self, workload: Workload, impl: str, config: dict[str, Any]) -> MeasureResult:
+        key = workload.key()
+        try:
+            self._ensure_started()
+            if key not in self._sent:
+                self._call(("workload", key, workload, self.seed), self.timeout_s)
+                self._sent.add(key)
+            reply = self._call(("measure", key, impl, config), self.timeout_s)
+            return reply[1]
+        except TimeoutError:
+            self._restart()
+            return MeasureResult(impl, config, error=f"timeout after {self.timeout_s:.0f}s")
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            code = self._process.exitcode if self._process else None
+            self._restart()
+            return MeasureResult(impl, config, error=f"crashed (worker exit code {code})")
+
+    def _call(self, message: tuple, timeout_s: float):
+        self._conn.send(message)
+        if not self._conn.poll(timeout_s):
+            raise TimeoutError
+        return self._conn.recv()
+
+    def _ensure_started(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        parent, child = self._context.Pipe()
+        self._process = self._context.Process(target=worker_main, args=(child, self.threads, self.settings),
+                                              daemon=True, name="wpk-measure")
+        self._process.start()
+        child.close()
+        self._conn = parent
+        self._sent.clear()
+        # A worker that cannot even start is the environment's fault, not a candidate's.
+        try:
+            ready = parent.poll(STARTUP_TIMEOUT_S) and parent.recv() == ("ready",)
+        except EOFError:
+            ready = False
+        if not ready:
+            code = self._process.exitcode
+            self.close()
+            raise WoodpeckerError(f"the measuring worker process failed to start (exit code {code})")
+
+    def _restart(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._process is not None:
+            if self._process.is_alive():
+                try:
+                    self._conn.send(("stop",))
+                except (BrokenPipeError, OSError):
+                    pass
+                self._process.join(timeout=2)
+                if self._process.is_alive():
+                    self._process.kill()
+                    self._process.join()
+        if self._conn is not None:
+            self._conn.close()
+        self._process = None
+        self._conn = None
+        self._sent.clear()
+
+    def __enter__(self) -> LocalRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

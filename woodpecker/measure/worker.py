@@ -1,0 +1,88 @@
+"""The measuring process: build a candidate, check it against ONNX Runtime, time it.
+
+It runs apart from the tuner so that a kernel that crashes, hangs or exhausts memory costs
+one failed trial. Workloads are sent once and cached here, since weights can be large.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+from woodpecker.measure.result import MeasureResult
+from woodpecker.measure.threads import configure_threads
+from woodpecker.measure.timing import (
+    REL_TOLERANCE,
+    TimingSettings,
+    check,
+    empty_outputs,
+    random_inputs,
+    time_kernel,
+)
+
+
+def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:
+    configure_threads(threads)
+    from woodpecker.kernels import registry
+    from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
+
+    try:
+        import torch
+
+        torch.set_num_threads(int(__import__("os").environ["OMP_NUM_THREADS"]))
+    except ImportError:
+        pass
+
+    workloads: dict = {}
+    conn.send(("ready",))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        kind = message[0]
+        if kind == "stop":
+            return
+        if kind == "workload":
+            _, key, workload, seed = message
+            inputs = random_inputs(workload, seed)
+            reference = empty_outputs(workload)
+            try:
+                OnnxRuntimeKernel(workload)(inputs, reference)
+                workloads[key] = (workload, inputs, reference, None)
+            except Exception as exc:
+                workloads[key] = (workload, inputs, reference, f"reference failed: {exc}")
+            conn.send(("ok",))
+            continue
+        _, key, impl_name, config = message
+        conn.send(("result", _measure(workloads[key], registry.get(impl_name), config, settings)))
+
+
+def _measure(entry, impl, config, settings: TimingSettings) -> MeasureResult:
+    workload, inputs, reference, reference_error = entry
+    if reference_error:
+        return MeasureResult(impl.name, config, error=reference_error)
+    start = time.perf_counter()
+    try:
+        kernel = impl.build(workload, config)
+    except Exception as exc:
+        return MeasureResult(impl.name, config, error=f"compile: {_short(exc)}")
+    compile_s = time.perf_counter() - start
+    try:
+        error = check(kernel, inputs, reference)
+    except Exception as exc:
+        return MeasureResult(impl.name, config, error=f"run: {_short(exc)}", compile_s=compile_s)
+    if not error <= REL_TOLERANCE:
+        return MeasureResult(impl.name, config, error=f"wrong result: max relative error {error:.2e}",
+                             compile_s=compile_s, max_rel_error=error)
+    times = time_kernel(kernel, inputs, empty_outputs(workload), settings)
+    return MeasureResult(impl.name, config, compile_s=compile_s, times_s=times, max_rel_error=error)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[-1] if text else type(exc).__name__
+    if not text:
+        line = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return line[:300]

@@ -1,0 +1,104 @@
+"""System-level exploration: per node, time generated and library kernels, keep the fastest correct.
+
+Identical workloads (same op, shapes, attributes) are measured once per run, and every
+measurement goes to the tuning records so a later run never measures it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from woodpecker.errors import UnsupportedOpError
+from woodpecker.graph.ir import Graph, Node
+from woodpecker.kernels import registry
+from woodpecker.kernels.workload import Workload
+from woodpecker.measure.result import MeasureResult
+from woodpecker.measure.runner import LocalRunner
+from woodpecker.plan.choice import Choice
+from woodpecker.records.database import Records
+from woodpecker.search.random_search import STRATEGIES
+
+# Ops whose only job is to move data: not worth measuring, NumPy does them.
+TRIVIAL_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+@dataclass(frozen=True)
+class ExploreOptions:
+    budget: int = 8  # configurations tried per generated implementation and workload
+    strategy: str = "random"
+    libraries: tuple[str, ...] = registry.LIBRARIES
+    seed: int = 0
+    progress: bool = True
+
+
+def explore(graph: Graph, options: ExploreOptions, runner: LocalRunner, records: Records | None) -> list[Choice]:
+    decided: dict[str, Choice] = {}
+    choices = []
+    bar = tqdm(graph.nodes, desc="optimize", unit="node", disable=not options.progress, leave=False)
+    for node in bar:
+        bar.set_postfix_str(f"{node.op} {node.name[-40:]}")
+        workload = Workload.of(graph, node)
+        key = workload.key()
+        if key not in decided:
+            decided[key] = _choose(node, workload, key, options, runner, records)
+        choices.append(Choice(**{**decided[key].to_json(), "node": node.name}))
+    bar.close()
+    return choices
+
+
+def _choose(node: Node, workload: Workload, key: str, options: ExploreOptions, runner: LocalRunner,
+            records: Records | None) -> Choice:
+    impls = registry.candidates(workload, options.libraries)
+    native = [i for i in impls if i.name != registry.FALLBACK]
+    if node.op in TRIVIAL_OPS and any(i.name == "numpy" for i in impls):
+        return Choice(node.name, "numpy", {}, "library", workload=key)
+    trials: list[tuple[str, dict]] = []
+    for impl in impls:
+        space = impl.space(workload)
+        if not space.knobs:
+            trials.append((impl.name, {}))
+            continue
+        strategy = STRATEGIES[options.strategy](space, options.seed)
+        trials += [(impl.name, config) for config in strategy.propose(options.budget)]
+    results = []
+    for impl_name, config in tqdm(trials, desc=f"  {node.op}", unit="cand", leave=False, disable=not options.progress):
+        results.append(_measure(workload, key, impl_name, config, runner, records))
+    good = [r for r in results if r.ok]
+    if not good:
+        reasons = "; ".join(f"{r.impl}: {r.error}" for r in results[-3:])
+        raise UnsupportedOpError(f"node {node.name} ({node.op}, output shape {workload.output_shape}): "
+                                 f"no implementation ran correctly ({reasons})")
+    best = min(good, key=lambda r: r.median_s)
+    kind = registry.get(best.impl).kind
+    status = "fallback" if not native else kind
+    return Choice(node.name, best.impl, best.config, status, best.median_s, best.compile_s, key,
+                  [r.to_json() for r in results])
+
+
+def _measure(workload: Workload, key: str, impl: str, config: dict, runner: LocalRunner,
+             records: Records | None) -> MeasureResult:
+    if records is not None:
+        known = records.lookup(key, impl, config)
+        if known is not None:
+            return known
+    result = runner.measure(workload, impl, config)
+    if records is not None:
+        records.add(key, result)  # failures too: a config that crashed or hung is never tried again
+    return result
+
+
+def summarize(graph_before: Graph, graph: Graph, choices: list[Choice], seconds: float) -> dict:
+    by_status = {s: sum(c.status == s for c in choices) for s in ("generated", "library", "fallback")}
+    return {
+        "nodes_before": len(graph_before.nodes),
+        "nodes": len(graph.nodes),
+        "fused": sum(len(n.fused) for n in graph.nodes),
+        **by_status,
+        "by_impl": {impl: sum(c.impl == impl for c in choices) for impl in sorted({c.impl for c in choices})},
+        "fallback_nodes": [c.node for c in choices if c.status == "fallback"],
+        "measured_candidates": sum(len(c.candidates) for c in {c.workload: c for c in choices}.values()),
+        "optimize_seconds": round(seconds, 1),
+        "estimated_latency_s": sum(c.median_s or 0.0 for c in choices),
+    }

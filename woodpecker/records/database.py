@@ -1,0 +1,90 @@
+"""Tuning records in SQLite: hardware fingerprint x workload x implementation x config -> result.
+
+WAL mode and one transaction per write make it safe under concurrent writers and a kill at
+any moment; a file that is not our database raises RecordsError instead of being overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from woodpecker.errors import RecordsError
+from woodpecker.measure.result import MeasureResult
+from woodpecker.records.fingerprint import fingerprint, fingerprint_id
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x57504B31  # "WPK1"
+
+
+def default_path() -> Path:
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "woodpecker" / "records.sqlite"
+
+
+class Records:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise RecordsError(f"{self.path}: not a Woodpecker records database ({exc})") from None
+        if tables and app_id != APPLICATION_ID:
+            raise RecordsError(f"{self.path}: an SQLite file that is not a Woodpecker records database; "
+                               "choose another --records path")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        if not tables:
+            self._create()
+        self.hardware = fingerprint_id()
+        self._db.execute("INSERT OR IGNORE INTO hardware VALUES (?, ?)", (self.hardware, json.dumps(fingerprint())))
+
+    def _create(self) -> None:
+        self._db.executescript(f"""
+            BEGIN;
+            PRAGMA application_id={APPLICATION_ID};
+            PRAGMA user_version={SCHEMA_VERSION};
+            CREATE TABLE IF NOT EXISTS hardware (id TEXT PRIMARY KEY, description TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS measurements (
+                hardware TEXT NOT NULL, workload TEXT NOT NULL, impl TEXT NOT NULL, config TEXT NOT NULL,
+                error TEXT, compile_s REAL, median_s REAL, result TEXT NOT NULL, created REAL NOT NULL,
+                PRIMARY KEY (hardware, workload, impl, config));
+            COMMIT;
+        """)
+
+    def lookup(self, workload: str, impl: str, config: dict) -> MeasureResult | None:
+        row = self._db.execute(
+            "SELECT result FROM measurements WHERE hardware=? AND workload=? AND impl=? AND config=?",
+            (self.hardware, workload, impl, _config_key(config))).fetchone()
+        if row is None:
+            return None
+        data = json.loads(row[0])
+        return MeasureResult(data["impl"], data["config"], data["error"], data["compile_s"],
+                             tuple(data["times_s"]), data.get("max_rel_error"))
+
+    def add(self, workload: str, result: MeasureResult) -> None:
+        payload = json.dumps({"impl": result.impl, "config": result.config, "error": result.error,
+                              "compile_s": result.compile_s, "times_s": list(result.times_s),
+                              "max_rel_error": result.max_rel_error})
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (self.hardware, workload, result.impl, _config_key(result.config), result.error, result.compile_s,
+                 result.median_s if result.ok else None, payload, time.time()))
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM measurements WHERE hardware=?", (self.hardware,)).fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)

@@ -1,0 +1,39 @@
+"""The hardware fingerprint: records measured on one machine only count on an identical one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from functools import cache
+from importlib import metadata
+
+LIBRARIES = ("halide", "onnxruntime", "openvino", "torch", "numpy")
+
+
+@cache
+def fingerprint() -> dict:
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "fma", "sse")))
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cpu": cpu, "isa": flags, "cores": len(os.sched_getaffinity(0)), "machine": platform.machine(),
+            "versions": versions}
+
+
+def fingerprint_id() -> str:
+    return hashlib.sha256(json.dumps(fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
