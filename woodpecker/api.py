@@ -37,7 +37,8 @@ def optimize(model: str | Path | onnx.ModelProto, *, budget: int = 8, strategy: 
             choices = explore(optimized, options, runner, store)
     finally:
         store.close()
-    meta = {"batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
+    meta = {"source_model": str(Path(model).resolve()) if isinstance(model, str | Path) else None,
+            "batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
             "strategy": strategy, "budget": budget, "hardware": fingerprint(),
             "summary": summarize(graph, optimized, choices, time.perf_counter() - start)}
     plan = Plan(optimized, choices, meta)

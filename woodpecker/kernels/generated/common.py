@@ -16,9 +16,9 @@ def jit_target() -> hl.Target:
 
 
 def vector_widths() -> tuple[int, ...]:
-    """Float lanes worth trying: the native width and half of it."""
+    """Float lanes worth trying: the native width, half of it, and 4 for narrow layers."""
     native = jit_target().natural_vector_size(hl.Float(32))
-    return tuple(sorted({max(4, native // 2), native}))
+    return tuple(sorted({4, max(4, native // 2), native}))
 
 
 class HalideKernel:

@@ -49,9 +49,10 @@ class HalideElementwise:
         # How to schedule it
         size = workload.values[workload.node.outputs[0]].size
         io, ii = hl.Var("io"), hl.Var("ii")
-        out.vectorize(i, config["vec"])
         if size > config["chunk"]:
-            out.split(i, io, ii, config["chunk"]).parallel(io)
+            out.split(i, io, ii, config["chunk"]).parallel(io).vectorize(ii, config["vec"])
+        else:
+            out.vectorize(i, config["vec"])
         kernel = compile_kernel(out, params, [])
         return _flat(kernel)
 

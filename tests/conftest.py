@@ -1,0 +1,49 @@
+"""Shared fixtures: small ONNX graphs built in the test, torchvision exports, a temp records DB."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def tensor(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def const(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+@pytest.fixture
+def records_path(tmp_path):
+    return tmp_path / "records.sqlite"
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """Export torchvision models once per session: name -> path."""
+    from woodpecker.models import export_torchvision
+
+    directory = tmp_path_factory.mktemp("models")
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = export_torchvision(name, directory / f"{name}.onnx")
+        return cache[name]
+
+    return get

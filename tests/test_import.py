@@ -1,0 +1,69 @@
+import numpy as np
+import onnx
+import pytest
+from conftest import const, make_model, tensor
+from onnx import helper
+
+from woodpecker.errors import ModelError
+from woodpecker.graph.onnx_import import import_model
+
+
+def conv_model(rng, batch="N"):
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    return make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["y"], ["z"])],
+        [tensor("x", [batch, 3, 16, 16])], [tensor("z", [batch, 8, 16, 16])], [const("w", w)])
+
+
+def test_import_infers_static_shapes_and_constants(rng):
+    graph = import_model(conv_model(rng), batch=4)
+    assert graph.inputs == ["x"] and graph.outputs == ["z"]
+    assert graph.shape("y") == (4, 8, 16, 16) and graph.shape("z") == (4, 8, 16, 16)
+    assert graph.constants["w"].shape == (8, 3, 3, 3)
+    assert [n.op for n in graph.nodes] == ["Conv", "Relu"]
+
+
+def test_dynamic_batch_defaults_to_one(rng):
+    assert import_model(conv_model(rng)).shape("z")[0] == 1
+
+
+def test_constant_nodes_become_arrays():
+    model = make_model(
+        [helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.ones((2, 2), np.float32))),
+         helper.make_node("Add", ["x", "c"], ["y"])],
+        [tensor("x", [2, 2])], [tensor("y", [2, 2])])
+    graph = import_model(model)
+    assert np.array_equal(graph.constants["c"], np.ones((2, 2))) and len(graph.nodes) == 1
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="no such file"):
+        import_model(tmp_path / "absent.onnx")
+
+
+def test_not_onnx(tmp_path):
+    path = tmp_path / "text.onnx"
+    path.write_text("definitely not a protobuf")
+    with pytest.raises(ModelError):
+        import_model(path)
+
+
+def test_truncated(tmp_path, rng):
+    path = tmp_path / "cut.onnx"
+    data = conv_model(rng).SerializeToString()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError):
+        import_model(path)
+
+
+def test_unsupported_opset(rng):
+    model = conv_model(rng)
+    model.opset_import[0].version = 3
+    with pytest.raises(ModelError, match="unsupported opset 3"):
+        import_model(model)
+
+
+def test_dynamic_spatial_dim_is_rejected():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 3, "H", 8])], [tensor("y", [1, 3, "H", 8])])
+    with pytest.raises(ModelError, match="dynamic dimension 2"):
+        import_model(model)

@@ -1,0 +1,117 @@
+"""Each generated kernel family against ONNX Runtime on random shapes, over several configurations."""
+
+import numpy as np
+import pytest
+from conftest import const, make_model, tensor
+from onnx import helper
+
+from woodpecker.graph.onnx_import import import_model
+from woodpecker.graph.passes import optimize_graph
+from woodpecker.kernels import registry
+from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
+from woodpecker.kernels.workload import Workload
+from woodpecker.measure.timing import check, random_inputs
+
+
+def single_workload(nodes, inputs, outputs, inits):
+    graph = optimize_graph(import_model(make_model(nodes, inputs, outputs, inits)))
+    assert len(graph.nodes) == 1, graph.summary()
+    return Workload.of(graph, graph.nodes[0])
+
+
+def assert_kernel_family(workload, impl_name, n_configs=3):
+    impl = registry.get(impl_name)
+    assert impl.matches(workload)
+    inputs = random_inputs(workload, seed=np.random.default_rng().integers(1 << 30))
+    reference = [np.empty(workload.output_shape, np.float32)]
+    OnnxRuntimeKernel(workload)(inputs, reference)
+    configs = impl.space(workload).sample(n_configs, seed=int(np.random.default_rng().integers(1 << 30)))
+    assert configs, "empty configuration space"
+    for config in configs:
+        error = check(impl.build(workload, config), inputs, reference)
+        assert error <= 1e-4, (config, error)
+
+
+CONV_CASES = [
+    # (n, c_in, h, w, c_out, k, stride, pad, dilation, groups, epilogue)
+    (1, 3, 17, 19, 16, 3, 1, 1, 1, 1, "relu"),
+    (2, 8, 12, 12, 24, 3, 2, 1, 1, 1, "add_relu"),
+    (1, 16, 10, 9, 16, 3, 1, 1, 1, 16, "clip"),  # depthwise
+    (1, 32, 9, 9, 32, 3, 2, 1, 1, 32, ""),  # strided depthwise
+    (1, 8, 11, 13, 12, 3, 1, 2, 2, 2, ""),  # dilated, grouped
+    (1, 24, 7, 7, 40, 1, 1, 0, 1, 1, "add"),  # 1x1, small spatial
+    (1, 4, 15, 15, 8, 5, 3, 2, 1, 1, "relu"),  # 5x5 stride 3
+    (1, 6, 8, 8, 5, 3, 1, 0, 1, 1, ""),  # odd channel count, no padding
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d(case, rng):
+    n, c_in, h, w, c_out, k, stride, pad, dilation, groups, epilogue = case
+    weight = rng.standard_normal((c_out, c_in // groups, k, k)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    h_out = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    w_out = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    out_shape = [n, c_out, h_out, w_out]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2,
+                              dilations=[dilation] * 2, group=groups)]
+    inputs, last = [tensor("x", [n, c_in, h, w])], "c"
+    if "add" in epilogue:
+        inputs.append(tensor("r", out_shape))
+        nodes.append(helper.make_node("Add", [last, "r"], ["a"]))
+        last = "a"
+    if "relu" in epilogue:
+        nodes.append(helper.make_node("Relu", [last], ["y"]))
+    elif epilogue == "clip":
+        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", [last], ["y"]))
+    inits = [const("w", weight), const("b", bias), const("lo", np.float32(0)), const("hi", np.float32(6))]
+    workload = single_workload(nodes, inputs, [tensor("y", out_shape)], inits)
+    assert_kernel_family(workload, "halide.conv2d", n_configs=4)
+
+
+@pytest.mark.parametrize(("rows", "k", "n", "trans_b", "relu"), [(1, 64, 10, 1, False), (3, 37, 50, 0, True),
+                                                                   (8, 128, 33, 1, False)])
+def test_dense(rows, k, n, trans_b, relu, rng):
+    weight = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=trans_b, alpha=0.5, beta=2.0),
+             helper.make_node("Relu" if relu else "Identity", ["g"], ["y"])]
+    inits = [const("w", weight), const("b", rng.standard_normal(n).astype(np.float32))]
+    workload = single_workload(nodes, [tensor("x", [rows, k])], [tensor("y", [rows, n])], inits)
+    assert_kernel_family(workload, "halide.dense")
+
+
+POOL_CASES = [
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), (1, 8, 15, 15)),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), (2, 4, 14, 14)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]), (1, 4, 9, 9)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1), (1, 4, 9, 9)),
+    ("GlobalAveragePool", {}, (2, 16, 7, 7)),
+]
+
+
+@pytest.mark.parametrize(("op", "attrs", "shape"), POOL_CASES)
+def test_pool(op, attrs, shape):
+    import onnx
+
+    model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], [tensor("x", list(shape))],
+                       [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", "c", "h", "w"])])
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.pool")
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul", "Relu", "Sigmoid"])
+def test_elementwise(op):
+    binary = op in ("Add", "Mul")
+    names = ["a", "b"] if binary else ["a"]
+    model = make_model([helper.make_node(op, names, ["y"])], [tensor(n, [2, 3, 33, 17]) for n in names],
+                       [tensor("y", [2, 3, 33, 17])])
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
+
+
+def test_a_kernel_that_skips_writes_fails_the_check(rng):
+    """The NaN sentinel: an output left unwritten can never pass for correct."""
+    reference = [rng.standard_normal((4, 4)).astype(np.float32)]
+    assert check(lambda inputs, outputs: None, [], reference) == float("inf")

@@ -1,0 +1,77 @@
+"""The measuring worker: right answers are timed, failures come back as results, hangs are cut off."""
+
+import numpy as np
+from conftest import const, make_model, tensor
+from onnx import helper
+
+from woodpecker.graph.onnx_import import import_model
+from woodpecker.kernels.workload import Workload
+from woodpecker.measure.runner import LocalRunner
+from woodpecker.measure.timing import TimingSettings
+from woodpecker.records.database import Records
+
+FAST = TimingSettings(warmup=1, min_runs=3, max_runs=5, min_seconds=0.0, max_seconds=0.2)
+
+
+def conv_workload(rng):
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                       [tensor("x", [1, 8, 20, 20])], [tensor("y", [1, 16, 20, 20])], [const("w", w)])
+    graph = import_model(model)
+    return Workload.of(graph, graph.nodes[0])
+
+
+def test_measure_generated_and_library(rng):
+    workload = conv_workload(rng)
+    config = {"layout": "vec_x", "vec": 8, "tile_x": 2, "tile_c": 2, "reduce_order": "c_inner",
+              "unroll_kw": False, "parallel": "y"}
+    with LocalRunner(settings=FAST) as runner:
+        generated = runner.measure(workload, "halide.conv2d", config)
+        library = runner.measure(workload, "onnxruntime", {})
+    assert generated.ok and library.ok, (generated.error, library.error)
+    assert generated.compile_s > 0 and len(generated.times_s) >= 3 and generated.max_rel_error <= 1e-4
+
+
+def test_invalid_config_is_a_failed_trial_not_a_crash(rng):
+    workload = conv_workload(rng)
+    with LocalRunner(settings=FAST) as runner:
+        result = runner.measure(workload, "halide.conv2d", {"layout": "vec_x"})  # knobs missing
+        after = runner.measure(workload, "onnxruntime", {})
+    assert not result.ok and result.error.startswith("compile")
+    assert after.ok
+
+
+def test_timeout_costs_one_trial_and_the_runner_recovers(rng):
+    workload = conv_workload(rng)
+    with LocalRunner(settings=FAST, timeout_s=0.01) as runner:
+        result = runner.measure(workload, "onnxruntime", {})
+        assert result.error.startswith("timeout")
+        runner.timeout_s = 60
+        assert runner.measure(workload, "onnxruntime", {}).ok
+
+
+def test_records_round_trip(rng, records_path):
+    workload = conv_workload(rng)
+    with LocalRunner(settings=FAST) as runner:
+        result = runner.measure(workload, "onnxruntime", {})
+    records = Records(records_path)
+    records.add(workload.key(), result)
+    again = Records(records_path).lookup(workload.key(), "onnxruntime", {})
+    assert again is not None and again.times_s == result.times_s and records.count() == 1
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from woodpecker.errors import RecordsError
+
+    path = tmp_path / "other.sqlite"
+    sqlite3.connect(path).execute("CREATE TABLE x (a)").connection.commit()
+    with pytest.raises(RecordsError, match="not a Woodpecker records database"):
+        Records(path)
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(RecordsError):
+        Records(garbage)

@@ -1,0 +1,118 @@
+"""Each pass on a small graph: the structure changes as intended and ONNX Runtime agrees on values."""
+
+import numpy as np
+import onnxruntime as ort
+from conftest import const, make_model, tensor
+from onnx import helper
+
+from woodpecker.graph.onnx_export import graph_to_onnx
+from woodpecker.graph.onnx_import import import_model
+from woodpecker.graph.passes import (
+    eliminate_dead,
+    fold_batchnorm,
+    fold_constants,
+    fuse_epilogue,
+    optimize_graph,
+    remove_identity,
+)
+
+
+def run(graph, feeds):
+    session = ort.InferenceSession(graph_to_onnx(graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def assert_same_function(before, after, rng):
+    feeds = {n: rng.standard_normal(before.shape(n)).astype(np.float32) for n in before.inputs}
+    for a, b in zip(run(before, feeds), run(after, feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+
+
+def resblock(rng):
+    w1 = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    bn = [rng.uniform(0.5, 2, 4), rng.standard_normal(4), rng.standard_normal(4), rng.uniform(0.5, 2, 4)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "b", "m", "v"], ["n1"], epsilon=1e-5),
+        helper.make_node("Identity", ["n1"], ["i1"]),
+        helper.make_node("Add", ["i1", "x"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["y"]),
+        helper.make_node("Sigmoid", ["x"], ["unused"]),
+    ]
+    inits = [const("w1", w1)] + [const(n, a.astype(np.float32)) for n, a in zip("gbmv", bn)]
+    return import_model(make_model(nodes, [tensor("x", [2, 4, 8, 8])], [tensor("y", [2, 4, 8, 8])], inits))
+
+
+def test_remove_identity(rng):
+    graph = resblock(rng)
+    out = remove_identity(graph)
+    assert "Identity" not in out.summary()
+    assert_same_function(graph, out, rng)
+
+
+def test_fold_batchnorm(rng):
+    graph = remove_identity(resblock(rng))
+    out = fold_batchnorm(graph)
+    assert "BatchNormalization" not in out.summary()
+    conv = next(n for n in out.nodes if n.op == "Conv")
+    assert conv.attrs["bias_folded"] and len(conv.inputs) == 3
+    assert_same_function(graph, out, rng)
+
+
+def test_fuse_residual_add_and_relu_into_conv(rng):
+    graph = fold_batchnorm(remove_identity(resblock(rng)))
+    out = fuse_epilogue(graph)
+    assert out.summary() == {"Conv": 1, "Sigmoid": 1}
+    conv = out.nodes[-1] if out.nodes[-1].op == "Conv" else out.nodes[0]
+    assert conv.fused == ["BatchNormalization", "Add", "Relu"] and conv.inputs[3] == "x"
+    assert_same_function(graph, out, rng)
+
+
+def test_clip_fuses_only_with_constant_bounds(rng):
+    w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+    inits = [const("w", w), const("lo", np.float32(0)), const("hi", np.float32(6))]
+    graph = import_model(make_model(nodes, [tensor("x", [1, 3, 5, 5])], [tensor("y", [1, 4, 5, 5])], inits))
+    out = fuse_epilogue(graph)
+    assert [n.op for n in out.nodes] == ["Conv"] and out.nodes[0].attrs["clip_max"] == 6.0
+    assert_same_function(graph, out, rng)
+
+
+def test_no_fusion_when_conv_output_has_two_users(rng):
+    w = rng.standard_normal((3, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Add", ["c", "r"], ["y"])]
+    graph = import_model(make_model(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("y", [1, 3, 4, 4])], [const("w", w)]))
+    out = fuse_epilogue(graph)
+    assert sorted(out.summary()) == ["Add", "Conv", "Relu"]
+
+
+def test_fold_constants_turns_shape_arithmetic_into_a_constant(rng):
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    inits = [const("zero", np.int64(0)), const("axes", np.array([0], np.int64)),
+             const("minus1", np.array([-1], np.int64))]
+    graph = import_model(make_model(nodes, [tensor("x", [2, 3, 4])], [tensor("y", [2, 12])], inits))
+    out = fold_constants(graph)
+    assert [n.op for n in out.nodes] == ["Reshape"]
+    assert out.constants[out.nodes[0].inputs[1]].tolist() == [2, -1]
+    assert_same_function(graph, out, rng)
+
+
+def test_eliminate_dead(rng):
+    graph = resblock(rng)
+    out = eliminate_dead(graph)
+    assert "Sigmoid" not in out.summary() and "unused" not in out.values
+    assert_same_function(graph, out, rng)
+
+
+def test_default_pipeline(rng):
+    graph = resblock(rng)
+    out = optimize_graph(graph)
+    assert out.summary() == {"Conv": 1}
+    assert_same_function(graph, out, rng)

@@ -1,0 +1,92 @@
+"""`wpk bench`: time the plan and its peers, each in its own process, same threads, same input.
+
+Timing peers in separate processes keeps one library's thread pool from slowing another's.
+Reported figures are medians over many runs after a warm-up; ratios are peer / Woodpecker
+(above 1: Woodpecker is faster).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from woodpecker.errors import WoodpeckerError
+
+PEERS = ("onnxruntime", "openvino", "openvino-bf16", "torch")
+REDUCED_PRECISION = ("openvino-bf16",)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    batch: int | None = None
+    warmup: int = 5
+    runs: int = 30
+    min_seconds: float = 1.0
+    threads: int | None = None
+    timeout_s: float = 900.0
+
+
+def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict:
+    target = Path(target)
+    if target.is_dir():
+        from woodpecker.plan.plan import Plan
+
+        plan = Plan.load(target)
+        model = plan.meta.get("source_model")
+        batch = plan.meta.get("batch")
+        runtimes = [("woodpecker", str(target))]
+    else:
+        model, batch, runtimes = str(target), settings.batch or 1, []
+    for peer in peers:
+        if peer not in PEERS:
+            raise WoodpeckerError(f"unknown peer '{peer}'; choose from {', '.join(PEERS)}")
+        if not model or not Path(model).exists():
+            raise WoodpeckerError(f"cannot time peer {peer}: the plan's source model {model} is not available")
+        runtimes.append((peer, model))
+    results = []
+    for name, path in runtimes:
+        results.append(_run_isolated(name, path, batch, settings))
+    base = next((r for r in results if r["runtime"] == "woodpecker" and r.get("median_ms")), None)
+    fp32_peers = [r for r in results if r["runtime"] not in ("woodpecker", *REDUCED_PRECISION) and r.get("median_ms")]
+    for r in results:
+        if base and r.get("median_ms"):
+            r["ratio_vs_woodpecker"] = round(r["median_ms"] / base["median_ms"], 3)
+    best = min(fp32_peers, key=lambda r: r["median_ms"]) if fp32_peers else None
+    return {"target": str(target), "model": model, "batch": batch, "results": results,
+            "best_fp32_peer": best["runtime"] if best else None,
+            "speedup_vs_best_fp32_peer": round(best["median_ms"] / base["median_ms"], 3) if base and best else None}
+
+
+def _run_isolated(runtime: str, path: str, batch: int, settings: BenchSettings) -> dict:
+    args = {"runtime": runtime, "path": path, "batch": batch, "warmup": settings.warmup, "runs": settings.runs,
+            "min_seconds": settings.min_seconds, "threads": settings.threads}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "woodpecker.bench_worker", json.dumps(args)],
+                              capture_output=True, text=True, timeout=settings.timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"runtime": runtime, "error": f"timed out after {settings.timeout_s:.0f}s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"runtime": runtime, "error": tail[:300]}
+    return json.loads(lines[-1])
+
+
+def format_table(report: dict) -> str:
+    header = f"{'runtime':<16}{'median ms':>11}{'p90 ms':>10}{'img/s':>10}{'ratio':>9}  note"
+    lines = [f"model {report['model']}  batch {report['batch']}", header, "-" * len(header)]
+    for r in report["results"]:
+        if r.get("error"):
+            lines.append(f"{r['runtime']:<16}{'-':>11}{'-':>10}{'-':>10}{'-':>9}  {r['error']}")
+            continue
+        ratio = r.get("ratio_vs_woodpecker")
+        note = "reduced precision (bf16), not comparable to fp32" if r["runtime"] in REDUCED_PRECISION else ""
+        lines.append(f"{r['runtime']:<16}{r['median_ms']:>11.2f}{r['p90_ms']:>10.2f}{r['throughput']:>10.1f}"
+                     f"{(f'{ratio:.2f}x' if ratio else '-'):>9}  {note}")
+    lines.append("ratio = peer median / Woodpecker median (above 1: Woodpecker is faster)")
+    if report.get("speedup_vs_best_fp32_peer"):
+        lines.append(f"vs best fp32 peer ({report['best_fp32_peer']}): {report['speedup_vs_best_fp32_peer']:.2f}x")
+    return "\n".join(lines)

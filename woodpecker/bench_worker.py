@@ -1,0 +1,89 @@
+"""One runtime timed in a process of its own; prints one JSON line. Used by `wpk bench`."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from woodpecker.measure.threads import configure_threads
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    threads = configure_threads(args["threads"])
+    run, feeds = _prepare(args["runtime"], args["path"], args["batch"], threads)
+    for _ in range(args["warmup"]):
+        run(feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < args["runs"] or time.perf_counter() - start < args["min_seconds"]:
+        t0 = time.perf_counter()
+        run(feeds)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 10 * args["runs"]:
+            break
+    median = statistics.median(times)
+    print(json.dumps({"runtime": args["runtime"], "median_ms": median * 1e3,
+                      "p10_ms": float(np.percentile(times, 10)) * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3,
+                      "runs": len(times), "throughput": args["batch"] / median, "threads": threads}))
+
+
+def _prepare(runtime: str, path: str, batch: int, threads: int):
+    rng = np.random.default_rng(0)
+    if runtime == "woodpecker":
+        from woodpecker.plan.plan import Plan
+
+        plan = Plan.load(path)
+        feeds = {n: rng.standard_normal(s).astype(d) for n, (s, d) in plan.input_specs.items()}
+        executor = plan.executor()
+        return executor.run, feeds
+    from woodpecker.graph.onnx_import import _with_static_inputs, load_onnx
+
+    proto = _with_static_inputs(load_onnx(path), batch)
+    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in inputs}
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        from woodpecker.kernels.library.onnxruntime import session_options
+
+        session = ort.InferenceSession(proto.SerializeToString(), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        return (lambda f: session.run(None, f)), feeds
+    if runtime.startswith("openvino"):
+        import openvino as ov
+
+        precision = "bf16" if runtime.endswith("bf16") else "f32"
+        compiled = ov.Core().compile_model(ov.Core().read_model(proto.SerializeToString(), b""), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                                            "INFERENCE_NUM_THREADS": threads})
+        request = compiled.create_infer_request()
+        return (lambda f: request.infer(f)), feeds
+    if runtime == "torch":
+        import torch
+        import torchvision
+
+        from woodpecker.models import torchvision_name
+
+        name = torchvision_name(path)
+        if name is None:
+            raise SystemExit("torch peer needs a model exported by `wpk export` (torchvision name unknown)")
+        torch.set_num_threads(threads)
+        model = getattr(torchvision.models, name)(weights=None).eval()
+        tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+        def run(_):
+            with torch.inference_mode():
+                return model(*tensors.values())
+
+        return run, feeds
+    raise SystemExit(f"unknown runtime {runtime}")
+
+
+if __name__ == "__main__":
+    main()

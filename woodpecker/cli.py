@@ -1,0 +1,170 @@
+"""The `wpk` command. Each subcommand is a thin wrapper over the Python API.
+
+Errors the user can act on print one line and exit 1; --debug shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from woodpecker.errors import InputError, WoodpeckerError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except WoodpeckerError as exc:
+        if args.debug:
+            raise
+        print(f"wpk: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("wpk: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"wpk: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wpk", description="Woodpecker: make a trained model run faster here.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("optimize", help="optimize an ONNX model into a verified inference plan")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("-o", "--output", required=True, help="plan directory to write")
+    p.add_argument("--budget", type=int, default=8, help="configurations tried per generated kernel (default 8)")
+    p.add_argument("--strategy", default="random", choices=["random"], help="search strategy (default random)")
+    p.add_argument("--records", help="tuning-records database (default: ~/.cache/woodpecker/records.sqlite)")
+    p.add_argument("--batch", type=int, help="batch size to plan for (default: the model's, or 1 if dynamic)")
+    p.add_argument("--libraries", default="onnxruntime,openvino,torch,numpy",
+                   help="library kernels to consider, comma-separated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_optimize)
+
+    p = sub.add_parser("run", help="run a plan on inputs from .npy files")
+    p.add_argument("plan", help="plan directory")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input (NAME= may be left out when the plan has one input)")
+    p.add_argument("-o", "--output", required=True, help="where to write the outputs (.npz)")
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("bench", help="time a plan against ONNX Runtime / OpenVINO / PyTorch")
+    p.add_argument("target", help="plan directory or .onnx model")
+    p.add_argument("--vs", default="onnxruntime", help=f"peers, comma-separated, from: {','.join(_peers())}")
+    p.add_argument("--batch", type=int, help="batch size for an .onnx target (plans know theirs)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per runtime (median reported)")
+    p.add_argument("--threads", type=int, help="threads for every runtime (default: all cores)")
+    p.add_argument("--json", metavar="FILE", nargs="?", const="-", help="write the figures as JSON (to FILE or stdout)")
+    p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("inspect", help="show the optimized graph and which nodes get which kernels")
+    p.add_argument("model")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_inspect)
+
+    p = sub.add_parser("export", help="export a torchvision model with random weights to ONNX")
+    p.add_argument("name", help="e.g. resnet18, resnet50, mobilenet_v2, vgg16, squeezenet1_1")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(handler=_export)
+    return parser
+
+
+def _peers() -> tuple[str, ...]:
+    from woodpecker.bench import PEERS
+
+    return PEERS
+
+
+def _optimize(args) -> int:
+    from woodpecker.api import optimize
+
+    plan = optimize(args.model, budget=args.budget, strategy=args.strategy, records=args.records, batch=args.batch,
+                    libraries=tuple(x for x in args.libraries.split(",") if x), seed=args.seed)
+    plan.save(args.output)
+    summary = plan.meta["summary"]
+    if args.json:
+        print(json.dumps({"plan": str(Path(args.output).resolve()), **summary, **plan.meta["verification"]}, indent=1))
+        return 0
+    print(f"plan written to {args.output}")
+    print(f"  nodes: {summary['nodes_before']} -> {summary['nodes']} ({summary['fused']} ops fused)")
+    print(f"  kernels: {summary['generated']} generated, {summary['library']} library, "
+          f"{summary['fallback']} ONNX Runtime fallback; by implementation: {summary['by_impl']}")
+    if summary["fallback_nodes"]:
+        print(f"  fell back: {', '.join(summary['fallback_nodes'])}")
+    print(f"  measured {summary['measured_candidates']} candidates in {summary['optimize_seconds']} s; "
+          f"sum of chosen kernel medians {summary['estimated_latency_s'] * 1e3:.2f} ms")
+    v = plan.meta["verification"]
+    print(f"  verified against ONNX Runtime: max relative error {v['output_error']:.1e}, "
+          f"input-difference error {v['difference_error']:.1e}")
+    return 0
+
+
+def _run(args) -> int:
+    from woodpecker.plan.plan import Plan
+
+    plan = Plan.load(args.plan)
+    feeds = {}
+    for item in args.input:
+        name, _, file = item.rpartition("=")
+        if not name:
+            if len(plan.graph.inputs) != 1:
+                raise InputError(f"the plan has inputs {plan.graph.inputs}: write --input NAME=FILE.npy")
+            name = plan.graph.inputs[0]
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"input '{name}': cannot read {file} as .npy ({exc})") from None
+    outputs = plan.run(feeds)
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, **outputs)
+    tmp.replace(out)
+    print(f"wrote {', '.join(f'{k}{list(v.shape)}' for k, v in outputs.items())} to {out}")
+    return 0
+
+
+def _bench(args) -> int:
+    from woodpecker.bench import BenchSettings, bench, format_table
+
+    settings = BenchSettings(batch=args.batch, runs=args.runs, threads=args.threads)
+    report = bench(args.target, [p for p in args.vs.split(",") if p], settings)
+    if args.json == "-":
+        print(json.dumps(report, indent=1))
+        return 0
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _inspect(args) -> int:
+    from woodpecker.inspect_graph import format_inspection, inspect_model
+
+    report = inspect_model(args.model, args.batch)
+    print(json.dumps(report, indent=1) if args.json else format_inspection(report))
+    return 0
+
+
+def _export(args) -> int:
+    from woodpecker.models import export_torchvision
+
+    print(f"wrote {export_torchvision(args.name, args.output)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Export torchvision classification models (random weights, nothing from a hub) to ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from woodpecker.errors import WoodpeckerError
+
+TORCHVISION_KEY = "woodpecker.torchvision_model"
+KNOWN_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vgg16", "squeezenet1_1")
+
+
+def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int = 17, seed: int = 0) -> Path:
+    """Write `torchvision.models.<name>(weights=None)` as ONNX with a dynamic batch dimension."""
+    import onnx
+    import torch
+    import torchvision
+
+    if not hasattr(torchvision.models, name):
+        raise WoodpeckerError(f"torchvision has no model '{name}' (try one of {', '.join(KNOWN_MODELS)})")
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.inference_mode():
+        torch.onnx.export(model, (torch.randn(batch, 3, 224, 224),), str(tmp), opset_version=opset, dynamo=False,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    proto = onnx.load(str(tmp))
+    onnx.helper.set_model_props(proto, {TORCHVISION_KEY: name})
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def torchvision_name(model_path: str | Path) -> str | None:
+    """The torchvision model an ONNX file was exported from by `export_torchvision`, if any."""
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    return next((p.value for p in proto.metadata_props if p.key == TORCHVISION_KEY), None)
