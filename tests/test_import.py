@@ -12,7 +12,10 @@ def conv_model(rng, batch="N"):
     w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     return make_model(
         [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["y"], ["z"])],
-        [tensor("x", [batch, 3, 16, 16])], [tensor("z", [batch, 8, 16, 16])], [const("w", w)])
+        [tensor("x", [batch, 3, 16, 16])],
+        [tensor("z", [batch, 8, 16, 16])],
+        [const("w", w)],
+    )
 
 
 def test_import_infers_static_shapes_and_constants(rng):
@@ -29,9 +32,13 @@ def test_dynamic_batch_defaults_to_one(rng):
 
 def test_constant_nodes_become_arrays():
     model = make_model(
-        [helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.ones((2, 2), np.float32))),
-         helper.make_node("Add", ["x", "c"], ["y"])],
-        [tensor("x", [2, 2])], [tensor("y", [2, 2])])
+        [
+            helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.ones((2, 2), np.float32))),
+            helper.make_node("Add", ["x", "c"], ["y"]),
+        ],
+        [tensor("x", [2, 2])],
+        [tensor("y", [2, 2])],
+    )
     graph = import_model(model)
     assert np.array_equal(graph.constants["c"], np.ones((2, 2))) and len(graph.nodes) == 1
 
@@ -64,6 +71,8 @@ def test_unsupported_opset(rng):
 
 
 def test_dynamic_spatial_dim_is_rejected():
-    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 3, "H", 8])], [tensor("y", [1, 3, "H", 8])])
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 3, "H", 8])], [tensor("y", [1, 3, "H", 8])]
+    )
     with pytest.raises(ModelError, match="dynamic dimension 2"):
         import_model(model)

@@ -53,8 +53,11 @@ def test_conv2d(case, rng):
     h_out = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
     w_out = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
     out_shape = [n, c_out, h_out, w_out]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2,
-                              dilations=[dilation] * 2, group=groups)]
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2, dilations=[dilation] * 2, group=groups
+        )
+    ]
     inputs, last = [tensor("x", [n, c_in, h, w])], "c"
     if "add" in epilogue:
         inputs.append(tensor("r", out_shape))
@@ -71,12 +74,15 @@ def test_conv2d(case, rng):
     assert_kernel_family(workload, "halide.conv2d", n_configs=4)
 
 
-@pytest.mark.parametrize(("rows", "k", "n", "trans_b", "relu"), [(1, 64, 10, 1, False), (3, 37, 50, 0, True),
-                                                                   (8, 128, 33, 1, False)])
+@pytest.mark.parametrize(
+    ("rows", "k", "n", "trans_b", "relu"), [(1, 64, 10, 1, False), (3, 37, 50, 0, True), (8, 128, 33, 1, False)]
+)
 def test_dense(rows, k, n, trans_b, relu, rng):
     weight = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
-    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=trans_b, alpha=0.5, beta=2.0),
-             helper.make_node("Relu" if relu else "Identity", ["g"], ["y"])]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=trans_b, alpha=0.5, beta=2.0),
+        helper.make_node("Relu" if relu else "Identity", ["g"], ["y"]),
+    ]
     inits = [const("w", weight), const("b", rng.standard_normal(n).astype(np.float32))]
     workload = single_workload(nodes, [tensor("x", [rows, k])], [tensor("y", [rows, n])], inits)
     assert_kernel_family(workload, "halide.dense")
@@ -95,8 +101,11 @@ POOL_CASES = [
 def test_pool(op, attrs, shape):
     import onnx
 
-    model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], [tensor("x", list(shape))],
-                       [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", "c", "h", "w"])])
+    model = make_model(
+        [helper.make_node(op, ["x"], ["y"], **attrs)],
+        [tensor("x", list(shape))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", "c", "h", "w"])],
+    )
     graph = import_model(model)
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.pool")
 
@@ -105,8 +114,9 @@ def test_pool(op, attrs, shape):
 def test_elementwise(op):
     binary = op in ("Add", "Mul")
     names = ["a", "b"] if binary else ["a"]
-    model = make_model([helper.make_node(op, names, ["y"])], [tensor(n, [2, 3, 33, 17]) for n in names],
-                       [tensor("y", [2, 3, 33, 17])])
+    model = make_model(
+        [helper.make_node(op, names, ["y"])], [tensor(n, [2, 3, 33, 17]) for n in names], [tensor("y", [2, 3, 33, 17])]
+    )
     graph = import_model(model)
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
 

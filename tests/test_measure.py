@@ -15,16 +15,27 @@ FAST = TimingSettings(warmup=1, min_runs=3, max_runs=5, min_seconds=0.0, max_sec
 
 def conv_workload(rng):
     w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
-    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
-                       [tensor("x", [1, 8, 20, 20])], [tensor("y", [1, 16, 20, 20])], [const("w", w)])
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        [tensor("x", [1, 8, 20, 20])],
+        [tensor("y", [1, 16, 20, 20])],
+        [const("w", w)],
+    )
     graph = import_model(model)
     return Workload.of(graph, graph.nodes[0])
 
 
 def test_measure_generated_and_library(rng):
     workload = conv_workload(rng)
-    config = {"layout": "vec_x", "vec": 8, "tile_x": 2, "tile_c": 2, "reduce_order": "c_inner",
-              "unroll_kw": False, "parallel": "y"}
+    config = {
+        "layout": "vec_x",
+        "vec": 8,
+        "tile_x": 2,
+        "tile_c": 2,
+        "reduce_order": "c_inner",
+        "unroll_kw": False,
+        "parallel": "y",
+    }
     with LocalRunner(settings=FAST) as runner:
         generated = runner.measure(workload, "halide.conv2d", config)
         library = runner.measure(workload, "onnxruntime", {})

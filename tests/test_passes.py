@@ -80,8 +80,11 @@ def test_clip_fuses_only_with_constant_bounds(rng):
 
 def test_no_fusion_when_conv_output_has_two_users(rng):
     w = rng.standard_normal((3, 3, 1, 1)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Add", ["c", "r"], ["y"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Add", ["c", "r"], ["y"]),
+    ]
     graph = import_model(make_model(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("y", [1, 3, 4, 4])], [const("w", w)]))
     out = fuse_epilogue(graph)
     assert sorted(out.summary()) == ["Add", "Conv", "Relu"]
@@ -95,8 +98,11 @@ def test_fold_constants_turns_shape_arithmetic_into_a_constant(rng):
         helper.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
         helper.make_node("Reshape", ["x", "shape"], ["y"]),
     ]
-    inits = [const("zero", np.int64(0)), const("axes", np.array([0], np.int64)),
-             const("minus1", np.array([-1], np.int64))]
+    inits = [
+        const("zero", np.int64(0)),
+        const("axes", np.array([0], np.int64)),
+        const("minus1", np.array([-1], np.int64)),
+    ]
     graph = import_model(make_model(nodes, [tensor("x", [2, 3, 4])], [tensor("y", [2, 12])], inits))
     out = fold_constants(graph)
     assert [n.op for n in out.nodes] == ["Reshape"]

@@ -19,28 +19,46 @@ from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
 
 
-def optimize(model: str | Path | onnx.ModelProto, *, budget: int = 8, strategy: str = "random",
-             records: str | Path | None = None, batch: int | None = None, libraries: tuple[str, ...] | None = None,
-             seed: int = 0, progress: bool | None = None, threads: int | None = None,
-             timeout_s: float = 120.0) -> Plan:
+def optimize(
+    model: str | Path | onnx.ModelProto,
+    *,
+    budget: int = 8,
+    strategy: str = "random",
+    records: str | Path | None = None,
+    batch: int | None = None,
+    libraries: tuple[str, ...] | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    threads: int | None = None,
+    timeout_s: float = 120.0,
+) -> Plan:
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime."""
     start = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
     proto = load_onnx(model)
     graph = import_model(proto, batch)
     optimized = optimize_graph(graph)
-    options = ExploreOptions(budget=budget, strategy=strategy, seed=seed, progress=progress,
-                             **({"libraries": tuple(libraries)} if libraries is not None else {}))
+    options = ExploreOptions(
+        budget=budget,
+        strategy=strategy,
+        seed=seed,
+        progress=progress,
+        **({"libraries": tuple(libraries)} if libraries is not None else {}),
+    )
     store = Records(records)
     try:
         with LocalRunner(threads=threads, timeout_s=timeout_s, seed=seed) as runner:
             choices = explore(optimized, options, runner, store)
     finally:
         store.close()
-    meta = {"source_model": str(Path(model).resolve()) if isinstance(model, str | Path) else None,
-            "batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
-            "strategy": strategy, "budget": budget, "hardware": fingerprint(),
-            "summary": summarize(graph, optimized, choices, time.perf_counter() - start)}
+    meta = {
+        "source_model": str(Path(model).resolve()) if isinstance(model, str | Path) else None,
+        "batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
+        "strategy": strategy,
+        "budget": budget,
+        "hardware": fingerprint(),
+        "summary": summarize(graph, optimized, choices, time.perf_counter() - start),
+    }
     plan = Plan(optimized, choices, meta)
     plan.executor(progress)
     check = verify(plan, proto, batch, seed=seed + 1234)

@@ -55,17 +55,33 @@ def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict
         if base and r.get("median_ms"):
             r["ratio_vs_woodpecker"] = round(r["median_ms"] / base["median_ms"], 3)
     best = min(fp32_peers, key=lambda r: r["median_ms"]) if fp32_peers else None
-    return {"target": str(target), "model": model, "batch": batch, "results": results,
-            "best_fp32_peer": best["runtime"] if best else None,
-            "speedup_vs_best_fp32_peer": round(best["median_ms"] / base["median_ms"], 3) if base and best else None}
+    return {
+        "target": str(target),
+        "model": model,
+        "batch": batch,
+        "results": results,
+        "best_fp32_peer": best["runtime"] if best else None,
+        "speedup_vs_best_fp32_peer": round(best["median_ms"] / base["median_ms"], 3) if base and best else None,
+    }
 
 
 def _run_isolated(runtime: str, path: str, batch: int, settings: BenchSettings) -> dict:
-    args = {"runtime": runtime, "path": path, "batch": batch, "warmup": settings.warmup, "runs": settings.runs,
-            "min_seconds": settings.min_seconds, "threads": settings.threads}
+    args = {
+        "runtime": runtime,
+        "path": path,
+        "batch": batch,
+        "warmup": settings.warmup,
+        "runs": settings.runs,
+        "min_seconds": settings.min_seconds,
+        "threads": settings.threads,
+    }
     try:
-        proc = subprocess.run([sys.executable, "-m", "woodpecker.bench_worker", json.dumps(args)],
-                              capture_output=True, text=True, timeout=settings.timeout_s)
+        proc = subprocess.run(
+            [sys.executable, "-m", "woodpecker.bench_worker", json.dumps(args)],
+            capture_output=True,
+            text=True,
+            timeout=settings.timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return {"runtime": runtime, "error": f"timed out after {settings.timeout_s:.0f}s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -84,8 +100,10 @@ def format_table(report: dict) -> str:
             continue
         ratio = r.get("ratio_vs_woodpecker")
         note = "reduced precision (bf16), not comparable to fp32" if r["runtime"] in REDUCED_PRECISION else ""
-        lines.append(f"{r['runtime']:<16}{r['median_ms']:>11.2f}{r['p90_ms']:>10.2f}{r['throughput']:>10.1f}"
-                     f"{(f'{ratio:.2f}x' if ratio else '-'):>9}  {note}")
+        lines.append(
+            f"{r['runtime']:<16}{r['median_ms']:>11.2f}{r['p90_ms']:>10.2f}{r['throughput']:>10.1f}"
+            f"{(f'{ratio:.2f}x' if ratio else '-'):>9}  {note}"
+        )
     lines.append("ratio = peer median / Woodpecker median (above 1: Woodpecker is faster)")
     if report.get("speedup_vs_best_fp32_peer"):
         lines.append(f"vs best fp32 peer ({report['best_fp32_peer']}): {report['speedup_vs_best_fp32_peer']:.2f}x")

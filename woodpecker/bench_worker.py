@@ -27,9 +27,19 @@ def main() -> None:
         if len(times) >= 10 * args["runs"]:
             break
     median = statistics.median(times)
-    print(json.dumps({"runtime": args["runtime"], "median_ms": median * 1e3,
-                      "p10_ms": float(np.percentile(times, 10)) * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3,
-                      "runs": len(times), "throughput": args["batch"] / median, "threads": threads}))
+    print(
+        json.dumps(
+            {
+                "runtime": args["runtime"],
+                "median_ms": median * 1e3,
+                "p10_ms": float(np.percentile(times, 10)) * 1e3,
+                "p90_ms": float(np.percentile(times, 90)) * 1e3,
+                "runs": len(times),
+                "throughput": args["batch"] / median,
+                "threads": threads,
+            }
+        )
+    )
 
 
 def _prepare(runtime: str, path: str, batch: int, threads: int):
@@ -45,23 +55,28 @@ def _prepare(runtime: str, path: str, batch: int, threads: int):
 
     proto = _with_static_inputs(load_onnx(path), batch)
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-             for i in inputs}
+    feeds = {
+        i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+        for i in inputs
+    }
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
         from woodpecker.kernels.library.onnxruntime import session_options
 
-        session = ort.InferenceSession(proto.SerializeToString(), session_options(threads),
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            proto.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
+        )
         return (lambda f: session.run(None, f)), feeds
     if runtime.startswith("openvino"):
         import openvino as ov
 
         precision = "bf16" if runtime.endswith("bf16") else "f32"
-        compiled = ov.Core().compile_model(ov.Core().read_model(proto.SerializeToString(), b""), "CPU",
-                                           {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
-                                            "INFERENCE_NUM_THREADS": threads})
+        compiled = ov.Core().compile_model(
+            ov.Core().read_model(proto.SerializeToString(), b""),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads},
+        )
         request = compiled.create_infer_request()
         return (lambda f: request.infer(f)), feeds
     if runtime == "torch":

@@ -31,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"wpk: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"wpk: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return 3
 
 
@@ -48,16 +47,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="random", choices=["random"], help="search strategy (default random)")
     p.add_argument("--records", help="tuning-records database (default: ~/.cache/woodpecker/records.sqlite)")
     p.add_argument("--batch", type=int, help="batch size to plan for (default: the model's, or 1 if dynamic)")
-    p.add_argument("--libraries", default="onnxruntime,openvino,torch,numpy",
-                   help="library kernels to consider, comma-separated")
+    p.add_argument(
+        "--libraries", default="onnxruntime,openvino,torch,numpy", help="library kernels to consider, comma-separated"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_optimize)
 
     p = sub.add_parser("run", help="run a plan on inputs from .npy files")
     p.add_argument("plan", help="plan directory")
-    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="an input (NAME= may be left out when the plan has one input)")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy",
+        help="an input (NAME= may be left out when the plan has one input)",
+    )
     p.add_argument("-o", "--output", required=True, help="where to write the outputs (.npz)")
     p.set_defaults(handler=_run)
 
@@ -92,8 +97,15 @@ def _peers() -> tuple[str, ...]:
 def _optimize(args) -> int:
     from woodpecker.api import optimize
 
-    plan = optimize(args.model, budget=args.budget, strategy=args.strategy, records=args.records, batch=args.batch,
-                    libraries=tuple(x for x in args.libraries.split(",") if x), seed=args.seed)
+    plan = optimize(
+        args.model,
+        budget=args.budget,
+        strategy=args.strategy,
+        records=args.records,
+        batch=args.batch,
+        libraries=tuple(x for x in args.libraries.split(",") if x),
+        seed=args.seed,
+    )
     plan.save(args.output)
     summary = plan.meta["summary"]
     if args.json:
@@ -101,15 +113,21 @@ def _optimize(args) -> int:
         return 0
     print(f"plan written to {args.output}")
     print(f"  nodes: {summary['nodes_before']} -> {summary['nodes']} ({summary['fused']} ops fused)")
-    print(f"  kernels: {summary['generated']} generated, {summary['library']} library, "
-          f"{summary['fallback']} ONNX Runtime fallback; by implementation: {summary['by_impl']}")
+    print(
+        f"  kernels: {summary['generated']} generated, {summary['library']} library, "
+        f"{summary['fallback']} ONNX Runtime fallback; by implementation: {summary['by_impl']}"
+    )
     if summary["fallback_nodes"]:
         print(f"  fell back: {', '.join(summary['fallback_nodes'])}")
-    print(f"  measured {summary['measured_candidates']} candidates in {summary['optimize_seconds']} s; "
-          f"sum of chosen kernel medians {summary['estimated_latency_s'] * 1e3:.2f} ms")
+    print(
+        f"  measured {summary['measured_candidates']} candidates in {summary['optimize_seconds']} s; "
+        f"sum of chosen kernel medians {summary['estimated_latency_s'] * 1e3:.2f} ms"
+    )
     v = plan.meta["verification"]
-    print(f"  verified against ONNX Runtime: max relative error {v['output_error']:.1e}, "
-          f"input-difference error {v['difference_error']:.1e}")
+    print(
+        f"  verified against ONNX Runtime: max relative error {v['output_error']:.1e}, "
+        f"input-difference error {v['difference_error']:.1e}"
+    )
     return 0
 
 

@@ -19,23 +19,39 @@ def inspect_model(model: str | Path, batch: int | None = None) -> dict:
         impls = [impl.name for impl in registry.candidates(workload)]
         generated = [i for i in impls if registry.get(i).kind == "generated"]
         native = [i for i in impls if i != registry.FALLBACK]
-        rows.append({"name": node.name, "op": node.op, "fused": node.fused, "output_shape": list(workload.output_shape),
-                     "coverage": "generated" if generated else "library" if native else "fallback",
-                     "implementations": impls})
-    return {"model": str(model), "nodes_before": len(graph.nodes), "nodes": rows,
-            "fusions": sum(len(r["fused"]) for r in rows),
-            "fallback": [r["name"] for r in rows if r["coverage"] == "fallback"]}
+        rows.append(
+            {
+                "name": node.name,
+                "op": node.op,
+                "fused": node.fused,
+                "output_shape": list(workload.output_shape),
+                "coverage": "generated" if generated else "library" if native else "fallback",
+                "implementations": impls,
+            }
+        )
+    return {
+        "model": str(model),
+        "nodes_before": len(graph.nodes),
+        "nodes": rows,
+        "fusions": sum(len(r["fused"]) for r in rows),
+        "fallback": [r["name"] for r in rows if r["coverage"] == "fallback"],
+    }
 
 
 def format_inspection(report: dict) -> str:
-    lines = [f"{report['model']}: {report['nodes_before']} nodes -> {len(report['nodes'])} after optimization, "
-             f"{report['fusions']} operations fused"]
+    lines = [
+        f"{report['model']}: {report['nodes_before']} nodes -> {len(report['nodes'])} after optimization, "
+        f"{report['fusions']} operations fused"
+    ]
     header = f"{'op':<18}{'output shape':<22}{'fused':<22}{'coverage':<11}implementations / node"
     lines += [header, "-" * len(header)]
     for r in report["nodes"]:
         fused = "+".join(r["fused"]) or "-"
-        lines.append(f"{r['op']:<18}{str(r['output_shape']):<22}{fused:<22}{r['coverage']:<11}"
-                     f"{','.join(r['implementations'])}  {r['name']}")
+        lines.append(
+            f"{r['op']:<18}{str(r['output_shape']):<22}{fused:<22}{r['coverage']:<11}"
+            f"{','.join(r['implementations'])}  {r['name']}"
+        )
     fallback = report["fallback"]
-    lines.append(f"fallback to ONNX Runtime: {len(fallback)} node(s)" + (f": {', '.join(fallback)}" if fallback else ""))
+    listed = f": {', '.join(fallback)}" if fallback else ""
+    lines.append(f"fallback to ONNX Runtime: {len(fallback)} node(s){listed}")
     return "\n".join(lines)

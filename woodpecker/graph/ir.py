@@ -66,8 +66,13 @@ class Graph:
 
     def copy(self) -> Graph:
         return Graph(
-            list(self.nodes), dict(self.values), list(self.inputs), list(self.outputs),
-            dict(self.constants), self.opset, self.name,
+            list(self.nodes),
+            dict(self.values),
+            list(self.inputs),
+            list(self.outputs),
+            dict(self.constants),
+            self.opset,
+            self.name,
         )
 
     def producers(self) -> dict[str, Node]:

@@ -33,10 +33,16 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
         current = f"{out}__act"
     elif activation == "clip":
         lo, hi = f"{out}__lo", f"{out}__hi"
-        protos.append(helper.make_node("Constant", [], [lo], value=numpy_helper.from_array(
-            np.array(node.attrs["clip_min"], np.float32), lo)))
-        protos.append(helper.make_node("Constant", [], [hi], value=numpy_helper.from_array(
-            np.array(node.attrs["clip_max"], np.float32), hi)))
+        protos.append(
+            helper.make_node(
+                "Constant", [], [lo], value=numpy_helper.from_array(np.array(node.attrs["clip_min"], np.float32), lo)
+            )
+        )
+        protos.append(
+            helper.make_node(
+                "Constant", [], [hi], value=numpy_helper.from_array(np.array(node.attrs["clip_max"], np.float32), hi)
+            )
+        )
         protos.append(helper.make_node("Clip", [current, lo, hi], [f"{out}__act"], name=f"{node.name}/clip"))
         current = f"{out}__act"
     protos[-1].output[0] = out
@@ -46,20 +52,26 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
 _WPK_ATTRS = {"activation", "clip_min", "clip_max", "residual", "bias_folded"}
 
 
-def graph_to_onnx(graph: Graph, nodes: list[Node] | None = None, inputs: list[str] | None = None,
-                  outputs: list[str] | None = None) -> onnx.ModelProto:
+def graph_to_onnx(
+    graph: Graph, nodes: list[Node] | None = None, inputs: list[str] | None = None, outputs: list[str] | None = None
+) -> onnx.ModelProto:
     """A model of `nodes` (default: all). Constants they read become initializers."""
     nodes = graph.nodes if nodes is None else nodes
     inputs = graph.inputs if inputs is None else inputs
     outputs = graph.outputs if outputs is None else outputs
     used = {name for node in nodes for name in node.inputs if name}
-    initializers = [numpy_helper.from_array(np.asarray(graph.constants[n]), n) for n in sorted(used)
-                    if n in graph.constants and n not in inputs]
+    initializers = [
+        numpy_helper.from_array(np.asarray(graph.constants[n]), n)
+        for n in sorted(used)
+        if n in graph.constants and n not in inputs
+    ]
     protos = [p for node in nodes for p in expand_node(node)]
     proto_graph = helper.make_graph(
-        protos, graph.name, [_info(graph, n) for n in inputs], [_info(graph, n) for n in outputs], initializers)
-    model = helper.make_model(proto_graph, opset_imports=[helper.make_opsetid("", graph.opset)],
-                              producer_name="woodpecker")
+        protos, graph.name, [_info(graph, n) for n in inputs], [_info(graph, n) for n in outputs], initializers
+    )
+    model = helper.make_model(
+        proto_graph, opset_imports=[helper.make_opsetid("", graph.opset)], producer_name="woodpecker"
+    )
     model.ir_version = min(model.ir_version, 10)
     return model
 
@@ -73,5 +85,3 @@ def node_model(graph: Graph, node: Node) -> onnx.ModelProto:
 def _info(graph: Graph, name: str) -> onnx.ValueInfoProto:
     value = graph.values[name]
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(value.dtype)), value.shape)
-
-

@@ -70,8 +70,10 @@ def import_model(model: str | Path | onnx.ModelProto, batch: int | None = None) 
     nodes: list[Node] = []
     for index, proto_node in enumerate(g.node):
         if proto_node.domain not in ("", "ai.onnx"):
-            raise ModelError(f"node {proto_node.name or index} ({proto_node.op_type}): custom domain "
-                             f"'{proto_node.domain}' is not supported")
+            raise ModelError(
+                f"node {proto_node.name or index} ({proto_node.op_type}): custom domain "
+                f"'{proto_node.domain}' is not supported"
+            )
         name = proto_node.name or f"{proto_node.op_type}_{index}"
         attrs = {a.name: _attribute(a) for a in proto_node.attribute}
         if proto_node.op_type == "Constant":
@@ -81,12 +83,10 @@ def import_model(model: str | Path | onnx.ModelProto, batch: int | None = None) 
             continue
         for out in proto_node.output:
             if out and out not in values:
-                raise ModelError(f"node {name} ({proto_node.op_type}): shape of output '{out}' "
-                                 "could not be inferred")
+                raise ModelError(f"node {name} ({proto_node.op_type}): shape of output '{out}' could not be inferred")
         nodes.append(Node(name, proto_node.op_type, tuple(proto_node.input), tuple(proto_node.output), attrs))
     inputs = [i.name for i in g.input if i.name not in constants]
-    return Graph(nodes, values, inputs, [o.name for o in g.output], constants, default_opset(proto),
-                 g.name or "graph")
+    return Graph(nodes, values, inputs, [o.name for o in g.output], constants, default_opset(proto), g.name or "graph")
 
 
 def _with_static_inputs(proto: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
@@ -106,8 +106,10 @@ def _with_static_inputs(proto: onnx.ModelProto, batch: int | None) -> onnx.Model
                     dim.Clear()
                     dim.dim_value = 1
                 else:
-                    raise ModelError(f"input '{inp.name}' has a dynamic dimension {axis} "
-                                     f"('{dim.dim_param}'); only the batch dimension may be dynamic")
+                    raise ModelError(
+                        f"input '{inp.name}' has a dynamic dimension {axis} "
+                        f"('{dim.dim_param}'); only the batch dimension may be dynamic"
+                    )
     # Outputs may carry a stale batch dimension; let inference recompute them.
     for out in proto.graph.output:
         if batch is not None and out.type.tensor_type.shape.dim:
@@ -141,8 +143,12 @@ def _attribute(attr: onnx.AttributeProto):
 def _constant_value(name: str, attrs: dict) -> np.ndarray:
     if "value" in attrs:
         return np.asarray(attrs["value"])
-    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
-                       ("value_int", np.int64), ("value_ints", np.int64)):
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     raise ModelError(f"node {name} (Constant): unsupported constant attribute {sorted(attrs)}")

@@ -17,17 +17,27 @@ FALLBACK = "onnxruntime"
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.name: impl
-    for impl in (HalideConv2d(), HalideDense(), HalidePool(), HalideElementwise(), OnnxRuntimeImplementation(),
-                 OpenVinoImplementation(), TorchImplementation(), NumpyImplementation())
+    for impl in (
+        HalideConv2d(),
+        HalideDense(),
+        HalidePool(),
+        HalideElementwise(),
+        OnnxRuntimeImplementation(),
+        OpenVinoImplementation(),
+        TorchImplementation(),
+        NumpyImplementation(),
+    )
 }
 LIBRARIES = ("onnxruntime", "openvino", "torch", "numpy")
 
 
 def candidates(workload: Workload, libraries: tuple[str, ...] = LIBRARIES) -> list[Implementation]:
     """Implementations that claim this node; ONNX Runtime always does, as the fallback."""
-    return [impl for impl in IMPLEMENTATIONS.values()
-            if (impl.kind == "generated" or impl.name in libraries or impl.name == FALLBACK)
-            and impl.matches(workload)]
+    return [
+        impl
+        for impl in IMPLEMENTATIONS.values()
+        if (impl.kind == "generated" or impl.name in libraries or impl.name == FALLBACK) and impl.matches(workload)
+    ]
 
 
 def get(name: str) -> Implementation:

@@ -25,8 +25,12 @@ class Workload:
     @staticmethod
     def of(graph: Graph, node: Node) -> Workload:
         names = [n for n in node.inputs + node.outputs if n]
-        return Workload(node, {n: graph.values[n] for n in names},
-                        {n: graph.constants[n] for n in node.inputs if n in graph.constants}, graph.opset)
+        return Workload(
+            node,
+            {n: graph.values[n] for n in names},
+            {n: graph.constants[n] for n in node.inputs if n in graph.constants},
+            graph.opset,
+        )
 
     @property
     def op(self) -> str:
@@ -52,16 +56,25 @@ class Workload:
 
     def as_graph(self) -> Graph:
         outputs = [o for o in self.node.outputs if o]
-        return Graph([self.node], dict(self.values), self.dynamic_inputs, outputs, dict(self.constants),
-                     self.opset, self.node.name)
+        return Graph(
+            [self.node],
+            dict(self.values),
+            self.dynamic_inputs,
+            outputs,
+            dict(self.constants),
+            self.opset,
+            self.node.name,
+        )
 
     def key(self) -> str:
         """Hash of what determines a kernel's speed: op, attributes, shapes, dtypes, constness."""
         description = {
             "op": self.op,
             "attrs": {k: _jsonable(v) for k, v in sorted(self.node.attrs.items())},
-            "inputs": [[list(self.values[n].shape), self.values[n].dtype, n in self.constants] if n else None
-                       for n in self.node.inputs],
+            "inputs": [
+                [list(self.values[n].shape), self.values[n].dtype, n in self.constants] if n else None
+                for n in self.node.inputs
+            ],
             "outputs": [[list(self.values[n].shape), self.values[n].dtype] for n in self.node.outputs if n],
         }
         text = json.dumps(description, sort_keys=True)

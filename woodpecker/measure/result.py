@@ -25,6 +25,12 @@ class MeasureResult:
         return statistics.median(self.times_s) if self.times_s else float("inf")
 
     def to_json(self) -> dict[str, Any]:
-        return {"impl": self.impl, "config": self.config, "error": self.error, "compile_s": round(self.compile_s, 4),
-                "median_s": self.median_s if self.ok else None, "runs": len(self.times_s),
-                "max_rel_error": self.max_rel_error}
+        return {
+            "impl": self.impl,
+            "config": self.config,
+            "error": self.error,
+            "compile_s": round(self.compile_s, 4),
+            "median_s": self.median_s if self.ok else None,
+            "runs": len(self.times_s),
+            "max_rel_error": self.max_rel_error,
+        }

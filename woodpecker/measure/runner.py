@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 from typing import Any
 
@@ -18,8 +19,13 @@ STARTUP_TIMEOUT_S = 120.0
 class LocalRunner:
     """Sends (workload, implementation, config) to a worker and waits at most `timeout_s`."""
 
-    def __init__(self, threads: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 settings: TimingSettings | None = None, seed: int = 0):
+    def __init__(
+        self,
+        threads: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        settings: TimingSettings | None = None,
+        seed: int = 0,
+    ):
         self.threads, self.timeout_s, self.seed = threads, timeout_s, seed
         self.settings = settings or TimingSettings()
         self._context = mp.get_context("spawn")  # no inherited thread pools or JIT state
@@ -54,8 +60,9 @@ class LocalRunner:
         if self._process is not None and self._process.is_alive():
             return
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=worker_main, args=(child, self.threads, self.settings),
-                                              daemon=True, name="wpk-measure")
+        self._process = self._context.Process(
+            target=worker_main, args=(child, self.threads, self.settings), daemon=True, name="wpk-measure"
+        )
         self._process.start()
         child.close()
         self._conn = parent
@@ -74,16 +81,13 @@ class LocalRunner:
         self.close()
 
     def close(self) -> None:
-        if self._process is not None:
+        if self._process is not None and self._process.is_alive():
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._conn.send(("stop",))
+            self._process.join(timeout=2)
             if self._process.is_alive():
-                try:
-                    self._conn.send(("stop",))
-                except (BrokenPipeError, OSError):
-                    pass
-                self._process.join(timeout=2)
-                if self._process.is_alive():
-                    self._process.kill()
-                    self._process.join()
+                self._process.kill()
+                self._process.join()
         if self._conn is not None:
             self._conn.close()
         self._process = None

@@ -64,8 +64,9 @@ def check(kernel: Callable, inputs: list[np.ndarray], reference: list[np.ndarray
     return max((relative_error(o, r) for o, r in zip(outputs, reference)), default=0.0)
 
 
-def time_kernel(kernel: Callable, inputs: list[np.ndarray], outputs: list[np.ndarray],
-                settings: TimingSettings) -> tuple[float, ...]:
+def time_kernel(
+    kernel: Callable, inputs: list[np.ndarray], outputs: list[np.ndarray], settings: TimingSettings
+) -> tuple[float, ...]:
     for _ in range(settings.warmup):
         kernel(inputs, outputs)
     times: list[float] = []

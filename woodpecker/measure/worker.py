@@ -74,8 +74,13 @@ def _measure(entry, impl, config, settings: TimingSettings) -> MeasureResult:
     except Exception as exc:
         return MeasureResult(impl.name, config, error=f"run: {_short(exc)}", compile_s=compile_s)
     if not error <= REL_TOLERANCE:
-        return MeasureResult(impl.name, config, error=f"wrong result: max relative error {error:.2e}",
-                             compile_s=compile_s, max_rel_error=error)
+        return MeasureResult(
+            impl.name,
+            config,
+            error=f"wrong result: max relative error {error:.2e}",
+            compile_s=compile_s,
+            max_rel_error=error,
+        )
     times = time_kernel(kernel, inputs, empty_outputs(workload), settings)
     return MeasureResult(impl.name, config, compile_s=compile_s, times_s=times, max_rel_error=error)
 

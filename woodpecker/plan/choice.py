@@ -18,9 +18,16 @@ class Choice:
     candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "impl": self.impl, "config": self.config, "status": self.status,
-                "median_s": self.median_s, "compile_s": self.compile_s, "workload": self.workload,
-                "candidates": self.candidates}
+        return {
+            "node": self.node,
+            "impl": self.impl,
+            "config": self.config,
+            "status": self.status,
+            "median_s": self.median_s,
+            "compile_s": self.compile_s,
+            "workload": self.workload,
+            "candidates": self.candidates,
+        }
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Choice:

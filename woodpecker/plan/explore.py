@@ -48,8 +48,9 @@ def explore(graph: Graph, options: ExploreOptions, runner: LocalRunner, records:
     return choices
 
 
-def _choose(node: Node, workload: Workload, key: str, options: ExploreOptions, runner: LocalRunner,
-            records: Records | None) -> Choice:
+def _choose(
+    node: Node, workload: Workload, key: str, options: ExploreOptions, runner: LocalRunner, records: Records | None
+) -> Choice:
     impls = registry.candidates(workload, options.libraries)
     native = [i for i in impls if i.name != registry.FALLBACK]
     if node.op in TRIVIAL_OPS and any(i.name == "numpy" for i in impls):
@@ -68,17 +69,21 @@ def _choose(node: Node, workload: Workload, key: str, options: ExploreOptions, r
     good = [r for r in results if r.ok]
     if not good:
         reasons = "; ".join(f"{r.impl}: {r.error}" for r in results[-3:])
-        raise UnsupportedOpError(f"node {node.name} ({node.op}, output shape {workload.output_shape}): "
-                                 f"no implementation ran correctly ({reasons})")
+        raise UnsupportedOpError(
+            f"node {node.name} ({node.op}, output shape {workload.output_shape}): "
+            f"no implementation ran correctly ({reasons})"
+        )
     best = min(good, key=lambda r: r.median_s)
     kind = registry.get(best.impl).kind
     status = "fallback" if not native else kind
-    return Choice(node.name, best.impl, best.config, status, best.median_s, best.compile_s, key,
-                  [r.to_json() for r in results])
+    return Choice(
+        node.name, best.impl, best.config, status, best.median_s, best.compile_s, key, [r.to_json() for r in results]
+    )
 
 
-def _measure(workload: Workload, key: str, impl: str, config: dict, runner: LocalRunner,
-             records: Records | None) -> MeasureResult:
+def _measure(
+    workload: Workload, key: str, impl: str, config: dict, runner: LocalRunner, records: Records | None
+) -> MeasureResult:
     if records is not None:
         known = records.lookup(key, impl, config)
         if known is not None:

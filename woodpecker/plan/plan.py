@@ -54,10 +54,16 @@ class Plan:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             names = sorted(self.graph.constants)
-            np.savez(staging / "constants.npz", **{f"c{i}": np.asarray(self.graph.constants[n])
-                                                    for i, n in enumerate(names)})
-            data = {"format": FORMAT_VERSION, "graph": graph_to_data(self.graph), "constant_keys": names,
-                    "choices": [c.to_json() for c in self.choices], "meta": self.meta}
+            np.savez(
+                staging / "constants.npz", **{f"c{i}": np.asarray(self.graph.constants[n]) for i, n in enumerate(names)}
+            )
+            data = {
+                "format": FORMAT_VERSION,
+                "graph": graph_to_data(self.graph),
+                "constant_keys": names,
+                "choices": [c.to_json() for c in self.choices],
+                "meta": self.meta,
+            }
             (staging / "plan.json").write_text(json.dumps(data, indent=1, default=_json_default))
             manifest = {name: _sha256(staging / name) for name in FILES}
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))

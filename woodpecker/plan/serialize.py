@@ -16,16 +16,28 @@ def graph_to_data(graph: Graph) -> dict[str, Any]:
         "inputs": graph.inputs,
         "outputs": graph.outputs,
         "values": {n: {"shape": list(v.shape), "dtype": v.dtype} for n, v in graph.values.items()},
-        "nodes": [{"name": n.name, "op": n.op, "inputs": list(n.inputs), "outputs": list(n.outputs),
-                   "attrs": {k: _encode(v) for k, v in n.attrs.items()}} for n in graph.nodes],
+        "nodes": [
+            {
+                "name": n.name,
+                "op": n.op,
+                "inputs": list(n.inputs),
+                "outputs": list(n.outputs),
+                "attrs": {k: _encode(v) for k, v in n.attrs.items()},
+            }
+            for n in graph.nodes
+        ],
         "constants": sorted(graph.constants),
     }
 
 
 def graph_from_data(data: dict[str, Any], constants: dict[str, np.ndarray]) -> Graph:
     values = {n: Value(n, tuple(v["shape"]), v["dtype"]) for n, v in data["values"].items()}
-    nodes = [Node(n["name"], n["op"], tuple(n["inputs"]), tuple(n["outputs"]),
-                  {k: _decode(v) for k, v in n["attrs"].items()}) for n in data["nodes"]]
+    nodes = [
+        Node(
+            n["name"], n["op"], tuple(n["inputs"]), tuple(n["outputs"]), {k: _decode(v) for k, v in n["attrs"].items()}
+        )
+        for n in data["nodes"]
+    ]
     return Graph(nodes, values, list(data["inputs"]), list(data["outputs"]), constants, data["opset"], data["name"])
 
 

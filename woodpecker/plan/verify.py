@@ -31,8 +31,10 @@ class Verification:
         return self.output_error <= OUTPUT_TOLERANCE and self.difference_error <= DIFFERENCE_TOLERANCE
 
     def describe(self) -> str:
-        return (f"max relative error {self.output_error:.2e} (limit {OUTPUT_TOLERANCE:.0e}), "
-                f"input-difference error {self.difference_error:.2e} (limit {DIFFERENCE_TOLERANCE:.0e})")
+        return (
+            f"max relative error {self.output_error:.2e} (limit {OUTPUT_TOLERANCE:.0e}), "
+            f"input-difference error {self.difference_error:.2e} (limit {DIFFERENCE_TOLERANCE:.0e})"
+        )
 
 
 def random_feeds(specs: dict[str, tuple[tuple[int, ...], str]], seed: int) -> dict[str, np.ndarray]:
@@ -41,12 +43,14 @@ def random_feeds(specs: dict[str, tuple[tuple[int, ...], str]], seed: int) -> di
 
 
 def verify(plan, model: onnx.ModelProto, batch: int | None, seed: int = 1234) -> Verification:
-    reference = ort.InferenceSession(_with_static_inputs(model, batch).SerializeToString(), session_options(),
-                                     providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(
+        _with_static_inputs(model, batch).SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
+    )
     feeds = [random_feeds(plan.input_specs, seed), random_feeds(plan.input_specs, seed + 1)]
     expected = [dict(zip([o.name for o in reference.get_outputs()], reference.run(None, f))) for f in feeds]
     actual = [plan.run(f) for f in feeds]
     output_error = max(relative_error(a[n], e[n]) for a, e in zip(actual, expected) for n in e)
-    difference_error = max(relative_error(actual[0][n] - actual[1][n], expected[0][n] - expected[1][n])
-                           for n in expected[0])
+    difference_error = max(
+        relative_error(actual[0][n] - actual[1][n], expected[0][n] - expected[1][n]) for n in expected[0]
+    )
     return Verification(output_error, difference_error)

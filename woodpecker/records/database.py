@@ -37,8 +37,9 @@ class Records:
         except sqlite3.DatabaseError as exc:
             raise RecordsError(f"{self.path}: not a Woodpecker records database ({exc})") from None
         if tables and app_id != APPLICATION_ID:
-            raise RecordsError(f"{self.path}: an SQLite file that is not a Woodpecker records database; "
-                               "choose another --records path")
+            raise RecordsError(
+                f"{self.path}: an SQLite file that is not a Woodpecker records database; choose another --records path"
+            )
         self._db.execute("PRAGMA journal_mode=WAL")
         if not tables:
             self._create()
@@ -61,23 +62,47 @@ class Records:
     def lookup(self, workload: str, impl: str, config: dict) -> MeasureResult | None:
         row = self._db.execute(
             "SELECT result FROM measurements WHERE hardware=? AND workload=? AND impl=? AND config=?",
-            (self.hardware, workload, impl, _config_key(config))).fetchone()
+            (self.hardware, workload, impl, _config_key(config)),
+        ).fetchone()
         if row is None:
             return None
         data = json.loads(row[0])
-        return MeasureResult(data["impl"], data["config"], data["error"], data["compile_s"],
-                             tuple(data["times_s"]), data.get("max_rel_error"))
+        return MeasureResult(
+            data["impl"],
+            data["config"],
+            data["error"],
+            data["compile_s"],
+            tuple(data["times_s"]),
+            data.get("max_rel_error"),
+        )
 
     def add(self, workload: str, result: MeasureResult) -> None:
-        payload = json.dumps({"impl": result.impl, "config": result.config, "error": result.error,
-                              "compile_s": result.compile_s, "times_s": list(result.times_s),
-                              "max_rel_error": result.max_rel_error})
+        payload = json.dumps(
+            {
+                "impl": result.impl,
+                "config": result.config,
+                "error": result.error,
+                "compile_s": result.compile_s,
+                "times_s": list(result.times_s),
+                "max_rel_error": result.max_rel_error,
+            }
+        )
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.hardware, workload, result.impl, _config_key(result.config), result.error, result.compile_s,
-                 result.median_s if result.ok else None, payload, time.time()))
+                (
+                    self.hardware,
+                    workload,
+                    result.impl,
+                    _config_key(result.config),
+                    result.error,
+                    result.compile_s,
+                    result.median_s if result.ok else None,
+                    payload,
+                    time.time(),
+                ),
+            )
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM measurements WHERE hardware=?", (self.hardware,)).fetchone()[0]

@@ -31,8 +31,13 @@ def fingerprint() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"cpu": cpu, "isa": flags, "cores": len(os.sched_getaffinity(0)), "machine": platform.machine(),
-            "versions": versions}
+    return {
+        "cpu": cpu,
+        "isa": flags,
+        "cores": len(os.sched_getaffinity(0)),
+        "machine": platform.machine(),
+        "versions": versions,
+    }
 
 
 def fingerprint_id() -> str:

@@ -30,8 +30,9 @@ class Step:
 class Executor:
     def __init__(self, graph: Graph, choices: list[Choice], progress: bool = False):
         self.graph = graph
-        self.buffers = {name: np.empty(v.shape, v.dtype) for name, v in graph.values.items()
-                        if name not in graph.constants}
+        self.buffers = {
+            name: np.empty(v.shape, v.dtype) for name, v in graph.values.items() if name not in graph.constants
+        }
         by_node = {c.node: c for c in choices}
         self.steps: list[Step] = []
         for node in tqdm(graph.nodes, desc="build kernels", unit="node", leave=False, disable=not progress):
@@ -41,22 +42,31 @@ class Executor:
                 kernel = registry.get(choice.impl).build(workload, choice.config)
             except Exception as exc:
                 raise PlanError(f"node {node.name} ({node.op}): building {choice.impl} failed: {exc}") from None
-            self.steps.append(Step(node.name, kernel, [self.buffers[n] for n in workload.dynamic_inputs],
-                                   [self.buffers[n] for n in node.outputs if n]))
+            self.steps.append(
+                Step(
+                    node.name,
+                    kernel,
+                    [self.buffers[n] for n in workload.dynamic_inputs],
+                    [self.buffers[n] for n in node.outputs if n],
+                )
+            )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._load_inputs(feeds)
         for step in self.steps:
             step.kernel(step.inputs, step.outputs)
-        return {name: np.array(self.graph.constants[name] if name in self.graph.constants else self.buffers[name])
-                for name in self.graph.outputs}
+        return {
+            name: np.array(self.graph.constants[name] if name in self.graph.constants else self.buffers[name])
+            for name in self.graph.outputs
+        }
 
     def _load_inputs(self, feeds: dict[str, np.ndarray]) -> None:
         missing = [n for n in self.graph.inputs if n not in feeds]
         unknown = [n for n in feeds if n not in self.graph.inputs]
         if missing or unknown:
-            raise InputError(f"inputs do not match the plan: missing {missing}, unknown {unknown}; "
-                             f"expected {self.describe_inputs()}")
+            raise InputError(
+                f"inputs do not match the plan: missing {missing}, unknown {unknown}; expected {self.describe_inputs()}"
+            )
         for name in self.graph.inputs:
             array, value = np.asarray(feeds[name]), self.graph.values[name]
             if array.shape != value.shape:
@@ -66,5 +76,6 @@ class Executor:
             np.copyto(self.buffers[name], array)
 
     def describe_inputs(self) -> str:
-        return ", ".join(f"{n}: {self.graph.values[n].dtype}{list(self.graph.values[n].shape)}"
-                         for n in self.graph.inputs)
+        return ", ".join(
+            f"{n}: {self.graph.values[n].dtype}{list(self.graph.values[n].shape)}" for n in self.graph.inputs
+        )

@@ -21,5 +21,12 @@ def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> G
     return graph
 
 
-__all__ = ["DEFAULT_PASSES", "eliminate_dead", "fold_batchnorm", "fold_constants", "fuse_epilogue",
-           "optimize_graph", "remove_identity"]
+__all__ = [
+    "DEFAULT_PASSES",
+    "eliminate_dead",
+    "fold_batchnorm",
+    "fold_constants",
+    "fuse_epilogue",
+    "optimize_graph",
+    "remove_identity",
+]

@@ -27,8 +27,9 @@ def fold_batchnorm(graph: Graph) -> Graph:
             continue
         if len(consumers.get(bn.inputs[0], [])) != 1 or bn.inputs[0] in out.outputs:
             continue
-        if producer.inputs[1] not in out.constants or (len(producer.inputs) > 2 and producer.inputs[2]
-                                                       and producer.inputs[2] not in out.constants):
+        if producer.inputs[1] not in out.constants or (
+            len(producer.inputs) > 2 and producer.inputs[2] and producer.inputs[2] not in out.constants
+        ):
             continue
         if producer.op == "Gemm" and (producer.attrs.get("transA", 0) or len(out.shape(bn.inputs[0])) != 2):
             continue
@@ -57,7 +58,8 @@ def fold_batchnorm(graph: Graph) -> Graph:
         if producer.op == "Gemm":
             attrs.update(alpha=1.0, beta=1.0)
         replaced[producer.name] = producer.replace(
-            inputs=(producer.inputs[0], w_name, b_name), outputs=bn.outputs[:1], attrs=attrs)
+            inputs=(producer.inputs[0], w_name, b_name), outputs=bn.outputs[:1], attrs=attrs
+        )
         removed.add(bn.name)
     out.nodes = [replaced.get(n.name, n) for n in out.nodes if n.name not in removed]
     return out

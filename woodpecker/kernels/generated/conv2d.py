@@ -30,9 +30,21 @@ def conv_params(workload: Workload) -> dict:
     attrs = workload.node.attrs
     pads = attrs.get("pads", [0, 0, 0, 0])
     return dict(
-        n=n, c_in=c_in, h=h, w=w, c_out=c_out, c_in_group=c_in_group, kh=kh, kw=kw, h_out=h_out, w_out=w_out,
-        groups=attrs.get("group", 1), strides=attrs.get("strides", [1, 1]), dilations=attrs.get("dilations", [1, 1]),
-        pad_top=pads[0], pad_left=pads[1],
+        n=n,
+        c_in=c_in,
+        h=h,
+        w=w,
+        c_out=c_out,
+        c_in_group=c_in_group,
+        kh=kh,
+        kw=kw,
+        h_out=h_out,
+        w_out=w_out,
+        groups=attrs.get("group", 1),
+        strides=attrs.get("strides", [1, 1]),
+        dilations=attrs.get("dilations", [1, 1]),
+        pad_top=pads[0],
+        pad_left=pads[1],
     )
 
 
@@ -41,10 +53,14 @@ class HalideConv2d:
     kind = "generated"
 
     def matches(self, workload: Workload) -> bool:
-        return (workload.op == "Conv" and len(workload.input_shape(0)) == 4 and is_float32(workload)
-                and workload.node.inputs[1] in workload.constants
-                and workload.node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
-                and (not workload.has_input(2) or workload.node.inputs[2] in workload.constants))
+        return (
+            workload.op == "Conv"
+            and len(workload.input_shape(0)) == 4
+            and is_float32(workload)
+            and workload.node.inputs[1] in workload.constants
+            and workload.node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
+            and (not workload.has_input(2) or workload.node.inputs[2] in workload.constants)
+        )
 
     def space(self, workload: Workload) -> ConfigSpace:
         p = conv_params(workload)
@@ -77,8 +93,11 @@ class HalideConv2d:
 
         # Constants packed once, at plan time.
         weight = workload.constants[workload.node.inputs[1]].astype(np.float32)
-        bias = (workload.constants[workload.node.inputs[2]].astype(np.float32) if workload.has_input(2)
-                else np.zeros(p["c_out"], np.float32))
+        bias = (
+            workload.constants[workload.node.inputs[2]].astype(np.float32)
+            if workload.has_input(2)
+            else np.zeros(p["c_out"], np.float32)
+        )
         if layout == "vec_c":
             blocks = -(-p["c_out"] // vec)
             padded_w = np.zeros((blocks * vec, *weight.shape[1:]), np.float32)

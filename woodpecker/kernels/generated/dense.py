@@ -27,15 +27,20 @@ class HalideDense:
             return False
         if node.op == "Gemm" and node.attrs.get("transA", 0):
             return False
-        bias_ok = not workload.has_input(2) or (node.inputs[2] in workload.constants
-                                                 and workload.constants[node.inputs[2]].ndim <= 1)
+        bias_ok = not workload.has_input(2) or (
+            node.inputs[2] in workload.constants and workload.constants[node.inputs[2]].ndim <= 1
+        )
         return bias_ok
 
     def space(self, workload: Workload) -> ConfigSpace:
         n_out = workload.output_shape[1]
         return ConfigSpace(
-            (Knob("vec", vector_widths()), Knob("tile_n", (1, 2, 4, 8)), Knob("unroll_k", (1, 2, 4)),
-             Knob("parallel_rows", (False, True))),
+            (
+                Knob("vec", vector_widths()),
+                Knob("tile_n", (1, 2, 4, 8)),
+                Knob("unroll_k", (1, 2, 4)),
+                Knob("parallel_rows", (False, True)),
+            ),
             lambda cfg: cfg["vec"] * cfg["tile_n"] <= max(n_out, cfg["vec"]) and cfg["tile_n"] <= MAX_ACCUMULATORS,
         )
 

@@ -9,10 +9,22 @@ from woodpecker.kernels.generated.common import compile_kernel, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
-BINARY = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
-          "Div": lambda a, b: a / b, "Max": hl.max, "Min": hl.min}
-UNARY = {"Relu": lambda a: hl.max(a, 0.0), "Sigmoid": lambda a: 1.0 / (1.0 + hl.exp(-a)),
-         "Tanh": hl.tanh, "Exp": hl.exp, "Neg": lambda a: -a, "Abs": hl.abs}
+BINARY = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Div": lambda a, b: a / b,
+    "Max": hl.max,
+    "Min": hl.min,
+}
+UNARY = {
+    "Relu": lambda a: hl.max(a, 0.0),
+    "Sigmoid": lambda a: 1.0 / (1.0 + hl.exp(-a)),
+    "Tanh": hl.tanh,
+    "Exp": hl.exp,
+    "Neg": lambda a: -a,
+    "Abs": hl.abs,
+}
 
 
 class HalideElementwise:
@@ -25,8 +37,12 @@ class HalideElementwise:
             return False
         arity = 2 if node.op in BINARY else 1
         shapes = {workload.shape(n) for n in node.inputs}
-        return (len(node.inputs) == arity and shapes == {workload.output_shape} and is_float32(workload)
-                and not any(n in workload.constants for n in node.inputs))
+        return (
+            len(node.inputs) == arity
+            and shapes == {workload.output_shape}
+            and is_float32(workload)
+            and not any(n in workload.constants for n in node.inputs)
+        )
 
     def space(self, workload: Workload) -> ConfigSpace:
         size = int(workload.values[workload.node.outputs[0]].size)

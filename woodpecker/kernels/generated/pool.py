@@ -19,9 +19,14 @@ class HalidePool:
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
-        return (node.op in POOL_OPS and len(workload.input_shape(0)) == 4 and is_float32(workload)
-                and len([o for o in node.outputs if o]) == 1
-                and node.attrs.get("auto_pad", "NOTSET") == "NOTSET" and node.attrs.get("storage_order", 0) == 0)
+        return (
+            node.op in POOL_OPS
+            and len(workload.input_shape(0)) == 4
+            and is_float32(workload)
+            and len([o for o in node.outputs if o]) == 1
+            and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
+            and node.attrs.get("storage_order", 0) == 0
+        )
 
     def space(self, workload: Workload) -> ConfigSpace:
         w_out = workload.output_shape[3]

@@ -21,9 +21,13 @@ class NumpyImplementation(LibraryImplementation):
         if node.op == "Concat":
             return all(n not in workload.constants for n in node.inputs)
         if node.op == "Gemm":
-            return (is_float32(workload) and not node.attrs.get("transA", 0)
-                    and node.inputs[1] in workload.constants and len(workload.input_shape(0)) == 2
-                    and (not workload.has_input(2) or node.inputs[2] in workload.constants))
+            return (
+                is_float32(workload)
+                and not node.attrs.get("transA", 0)
+                and node.inputs[1] in workload.constants
+                and len(workload.input_shape(0)) == 2
+                and (not workload.has_input(2) or node.inputs[2] in workload.constants)
+            )
         return False
 
     def build(self, workload: Workload, config: Config):

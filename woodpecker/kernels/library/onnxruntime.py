@@ -27,8 +27,9 @@ class OnnxRuntimeKernel:
 
     def __init__(self, workload: Workload, threads: int | None = None):
         model = node_model(workload.as_graph(), workload.node)
-        self.session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
+        )
         self.input_names = workload.dynamic_inputs
         self.output_names = [o for o in workload.node.outputs if o]
 

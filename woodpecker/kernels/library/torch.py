@@ -26,12 +26,18 @@ class TorchImplementation(LibraryImplementation):
         if not is_float32(workload) or not available():
             return False
         if node.op == "Conv":
-            return (len(workload.input_shape(0)) == 4 and node.inputs[1] in workload.constants
-                    and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
-                    and (not workload.has_input(2) or node.inputs[2] in workload.constants))
+            return (
+                len(workload.input_shape(0)) == 4
+                and node.inputs[1] in workload.constants
+                and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
+                and (not workload.has_input(2) or node.inputs[2] in workload.constants)
+            )
         if node.op == "Gemm":
-            return (not node.attrs.get("transA", 0) and node.inputs[1] in workload.constants
-                    and (not workload.has_input(2) or node.inputs[2] in workload.constants))
+            return (
+                not node.attrs.get("transA", 0)
+                and node.inputs[1] in workload.constants
+                and (not workload.has_input(2) or node.inputs[2] in workload.constants)
+            )
         return node.op in ("GlobalAveragePool",)
 
     def build(self, workload: Workload, config: Config):
@@ -52,8 +58,9 @@ class TorchImplementation(LibraryImplementation):
             def compute(x):
                 if not symmetric:
                     x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
-                return F.conv2d(x, weight, bias, p["strides"], (pads[0], pads[1]) if symmetric else 0,
-                                p["dilations"], p["groups"])
+                return F.conv2d(
+                    x, weight, bias, p["strides"], (pads[0], pads[1]) if symmetric else 0, p["dilations"], p["groups"]
+                )
         elif node.op == "Gemm":
             weight = consts[node.inputs[1]] * node.attrs.get("alpha", 1.0)
             weight = weight if node.attrs.get("transB", 0) else weight.T.contiguous()

@@ -1,0 +1,82 @@
+"""Export the five torchvision models, optimize each, time the plan against its peers.
+
+Usage: .venv/bin/python benchmarks/models.py [--models resnet18,...] [--batch 1] [--budget 4] [--out out/bench]
+
+Every runtime is timed in its own process with the same thread count; the table shows
+medians and the ratio peer / Woodpecker (above 1: Woodpecker is faster). OpenVINO bf16 is
+reported beside, not compared with, the fp32 runtimes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import woodpecker
+from woodpecker.bench import BenchSettings, bench
+from woodpecker.models import KNOWN_MODELS, export_torchvision
+
+PEERS = ["onnxruntime", "openvino", "torch", "openvino-bf16"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(KNOWN_MODELS))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--budget", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--out", default="out/bench")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.models.split(","):
+        model = export_torchvision(name, out / f"{name}.onnx")
+        start = time.perf_counter()
+        plan = woodpecker.optimize(model, budget=args.budget, batch=args.batch, records=out / "records.sqlite")
+        tuning_s = time.perf_counter() - start
+        plan_dir = plan.save(out / f"{name}-b{args.batch}.plan")
+        report = bench(plan_dir, PEERS, BenchSettings(runs=args.runs))
+        report.update(model_name=name, tuning_s=round(tuning_s, 1), summary=plan.meta["summary"])
+        rows.append(report)
+        print(format_row(report), flush=True)
+    (out / f"results-b{args.batch}.json").write_text(json.dumps(rows, indent=1))
+    print()
+    print(format_table(rows, args.batch, args.budget))
+
+
+def _median(report: dict, runtime: str) -> float | None:
+    return next((r.get("median_ms") for r in report["results"] if r["runtime"] == runtime), None)
+
+
+def format_row(report: dict) -> str:
+    cells = [f"{report['model_name']:<14}"]
+    for runtime in ["woodpecker", *PEERS]:
+        value = _median(report, runtime)
+        cells.append(f"{value:>10.2f}" if value else f"{'n/a':>10}")
+    speedup = report.get("speedup_vs_best_fp32_peer")
+    cells.append(f"{speedup:>9.2f}x  {report['best_fp32_peer'] or '-':<12}" if speedup else f"{'-':>10}")
+    s = report["summary"]
+    cells.append(f"{s['generated']:>3}/{s['library']:>3}/{s['fallback']:<3} {report['tuning_s']:>7.0f}")
+    return "".join(cells)
+
+
+def format_table(rows: list[dict], batch: int, budget: int) -> str:
+    header = (
+        f"{'model':<14}"
+        + "".join(f"{h:>10}" for h in ["wpk ms", "ORT ms", "OV f32 ms", "torch ms", "OV bf16"])
+        + f"{'vs best':>10}  {'best fp32':<12}gen/lib/fb  tune s"
+    )
+    lines = [
+        f"batch {batch}, budget {budget}: medians in ms; 'vs best' = best fp32 peer median / Woodpecker median",
+        header,
+        "-" * len(header),
+    ]
+    lines += [format_row(r) for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""End to end on torchvision models exported in the test run: optimize, verify, save, load, run."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import woodpecker
+from woodpecker.errors import InputError, PlanError
+from woodpecker.graph.onnx_import import _with_static_inputs, load_onnx
+from woodpecker.plan.plan import Plan
+
+
+def ort_outputs(model_path, batch, x):
+    proto = _with_static_inputs(load_onnx(model_path), batch)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def rel(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize(("name", "batch"), [("resnet18", 1), ("mobilenet_v2", 2)])
+def test_plan_matches_onnxruntime(name, batch, exported, records_path, tmp_path, rng):
+    model = exported(name)
+    plan = woodpecker.optimize(model, budget=1, batch=batch, records=records_path, progress=False)
+    summary = plan.meta["summary"]
+    assert summary["nodes"] < summary["nodes_before"] and summary["fused"] > 0
+    assert summary["fallback"] == 0 and summary["generated"] + summary["library"] == summary["nodes"]
+    plan.save(tmp_path / "plan")
+    loaded = woodpecker.load(tmp_path / "plan")
+    x1, x2 = (rng.standard_normal((batch, 3, 224, 224)).astype(np.float32) for _ in range(2))
+    y1, y2 = loaded.run({"input": x1})["output"], loaded.run({"input": x2})["output"]
+    r1, r2 = ort_outputs(model, batch, x1), ort_outputs(model, batch, x2)
+    assert rel(y1, r1) <= 1e-4 and rel(y2, r2) <= 1e-4
+    # Random-weight models barely react to their input: the difference must match too.
+    assert rel(y1 - y2, r1 - r2) <= 1e-3
+    # Records make a second optimization measure nothing new.
+    again = woodpecker.optimize(model, budget=1, batch=batch, records=records_path, progress=False)
+    assert [c.impl for c in again.choices] == [c.impl for c in plan.choices]
+
+
+@pytest.fixture(scope="module")
+def small_plan(tmp_path_factory):
+    from conftest import const, make_model, tensor
+    from onnx import helper
+
+    rng = np.random.default_rng()
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        [tensor("x", [1, 3, 12, 12])],
+        [tensor("y", [1, 8, 12, 12])],
+        [const("w", w)],
+    )
+    directory = tmp_path_factory.mktemp("small")
+    path = directory / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    plan = woodpecker.optimize(path, budget=2, records=directory / "r.sqlite", progress=False)
+    plan.save(directory / "plan")
+    return directory
+
+
+def test_wrong_input_shape_dtype_and_name(small_plan):
+    plan = woodpecker.load(small_plan / "plan")
+    with pytest.raises(InputError, match=r"shape \(1, 3, 10, 10\)"):
+        plan.run({"x": np.ones((1, 3, 10, 10), np.float32)})
+    with pytest.raises(InputError, match="dtype float64"):
+        plan.run({"x": np.ones((1, 3, 12, 12))})
+    with pytest.raises(InputError, match="missing"):
+        plan.run({"z": np.ones((1, 3, 12, 12), np.float32)})
+
+
+def test_tampered_plan_is_refused(small_plan, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_plan / "plan", copy)
+    data = json.loads((copy / "plan.json").read_text())
+    data["choices"][0]["impl"] = "onnxruntime"
+    (copy / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="checksum"):
+        Plan.load(copy)
+    with pytest.raises(PlanError, match="not a Woodpecker plan"):
+        Plan.load(tmp_path)
+
+
+def test_plan_files_hold_no_pickle(small_plan):
+    with np.load(small_plan / "plan" / "constants.npz", allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+
+
+def wpk(*args):
+    return subprocess.run([sys.executable, "-m", "woodpecker.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_run_inspect_and_bench(small_plan, tmp_path):
+    x = np.random.default_rng().standard_normal((1, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = wpk("run", small_plan / "plan", "--input", f"x={tmp_path / 'x.npy'}", "-o", tmp_path / "out.npz")
+    assert result.returncode == 0, result.stderr
+    y = np.load(tmp_path / "out.npz")["y"]
+    np.testing.assert_allclose(y, woodpecker.load(small_plan / "plan").run({"x": x})["y"], rtol=1e-6)
+    inspect = wpk("inspect", small_plan / "model.onnx", "--json")
+    report = json.loads(inspect.stdout)
+    assert report["nodes"][0]["fused"] == ["Relu"] and report["fallback"] == []
+    bench = wpk("bench", small_plan / "plan", "--vs", "onnxruntime", "--runs", "5", "--json")
+    figures = json.loads(bench.stdout)
+    assert {r["runtime"] for r in figures["results"]} == {"woodpecker", "onnxruntime"}
+    assert all(r["median_ms"] > 0 for r in figures["results"])
+
+
+@pytest.mark.parametrize("content", [None, b"", b"\x08\x07garbage-not-onnx"])
+def test_cli_bad_model_is_one_line_and_writes_nothing(content, tmp_path):
+    model = tmp_path / "bad.onnx"
+    if content is not None:
+        model.write_bytes(content)
+    result = wpk("optimize", model, "-o", tmp_path / "plan", "--records", tmp_path / "r.sqlite")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wpk: error:") and "Traceback" not in result.stderr
+    assert not (tmp_path / "plan").exists()
+
+
+def test_cli_run_wrong_shape_is_one_line(small_plan, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 5, 5), np.float32))
+    result = wpk("run", small_plan / "plan", "--input", tmp_path / "x.npy", "-o", tmp_path / "out.npz")
+    assert result.returncode == 1 and "shape (1, 3, 5, 5)" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out.npz").exists()
