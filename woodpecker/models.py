@@ -23,21 +23,24 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with torch.inference_mode():
-        torch.onnx.export(
-            model,
-            (torch.randn(batch, 3, 224, 224),),
-            str(tmp),
-            opset_version=opset,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        )
-    proto = onnx.load(str(tmp))
-    onnx.helper.set_model_props(proto, {TORCHVISION_KEY: name})
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    try:
+        with torch.inference_mode():
+            torch.onnx.export(
+                model,
+                (torch.randn(batch, 3, 224, 224),),
+                str(tmp),
+                opset_version=opset,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, {TORCHVISION_KEY: name})
+        onnx.save(proto, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

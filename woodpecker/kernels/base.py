@@ -39,5 +39,12 @@ class LibraryImplementation:
         return EMPTY_SPACE
 
 
+def importable(module: str) -> bool:
+    """Whether an optional library (OpenVINO, PyTorch) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def is_float32(workload: Workload) -> bool:
     return all(v.dtype == "float32" for n, v in workload.values.items() if n not in workload.constants)

@@ -6,6 +6,8 @@ calls the steps in order.
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +61,17 @@ class Executor:
             name: np.array(self.graph.constants[name] if name in self.graph.constants else self.buffers[name])
             for name in self.graph.outputs
         }
+
+    def profile(self, feeds: dict[str, np.ndarray], runs: int = 20) -> list[tuple[str, float]]:
+        """Median seconds per step inside whole-plan runs: where the time goes, node by node."""
+        self._load_inputs(feeds)
+        samples: list[list[float]] = [[] for _ in self.steps]
+        for _ in range(runs):
+            for step, times in zip(self.steps, samples):
+                start = time.perf_counter()
+                step.kernel(step.inputs, step.outputs)
+                times.append(time.perf_counter() - start)
+        return [(step.node, statistics.median(times)) for step, times in zip(self.steps, samples)]
 
     def _load_inputs(self, feeds: dict[str, np.ndarray]) -> None:
         missing = [n for n in self.graph.inputs if n not in feeds]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from woodpecker.graph.onnx_export import node_model
-from woodpecker.kernels.base import LibraryImplementation, is_float32
+from woodpecker.kernels.base import LibraryImplementation, importable, is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
 
@@ -13,19 +13,11 @@ COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAverag
 FP32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 
 
-def available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class OpenVinoImplementation(LibraryImplementation):
     name = "openvino"
 
     def matches(self, workload: Workload) -> bool:
-        return workload.op in COMPUTE_OPS and is_float32(workload) and available()
+        return workload.op in COMPUTE_OPS and is_float32(workload) and importable("openvino")
 
     def build(self, workload: Workload, config: Config):
         import openvino as ov

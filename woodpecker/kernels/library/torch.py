@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from woodpecker.kernels.base import LibraryImplementation, is_float32
+from woodpecker.kernels.base import LibraryImplementation, importable, is_float32
 from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
-
-
-def available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class TorchImplementation(LibraryImplementation):
@@ -23,7 +15,7 @@ class TorchImplementation(LibraryImplementation):
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
-        if not is_float32(workload) or not available():
+        if not is_float32(workload) or not importable("torch"):
             return False
         if node.op == "Conv":
             return (
