@@ -24,7 +24,7 @@ def assert_kernel_family(workload, impl_name, n_configs=3):
     assert impl.matches(workload)
     inputs = random_inputs(workload, seed=np.random.default_rng().integers(1 << 30))
     reference = [np.empty(workload.output_shape, np.float32)]
-    OnnxRuntimeKernel(workload)(inputs, reference)
+    OnnxRuntimeKernel(workload.as_graph())(inputs, reference)
     configs = impl.space(workload).sample(n_configs, seed=int(np.random.default_rng().integers(1 << 30)))
     assert configs, "empty configuration space"
     for config in configs:

@@ -14,6 +14,7 @@ from woodpecker.graph.passes import optimize_graph
 from woodpecker.measure.runner import LocalRunner
 from woodpecker.plan.explore import ExploreOptions, explore, summarize
 from woodpecker.plan.plan import Plan
+from woodpecker.plan.select import select_plan
 from woodpecker.plan.verify import verify
 from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
@@ -51,6 +52,8 @@ def optimize(
             choices = explore(optimized, options, runner, store)
     finally:
         store.close()
+    best, timed = select_plan(optimized, choices, options.libraries, seed, progress)
+    choices = best.choices
     meta = {
         "source_model": str(Path(model).resolve()) if isinstance(model, str | Path) else None,
         "batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
@@ -59,8 +62,11 @@ def optimize(
         "hardware": fingerprint(),
         "summary": summarize(graph, optimized, choices, time.perf_counter() - start),
     }
-    plan = Plan(optimized, choices, meta)
-    plan.executor(progress)
+    meta["plan_candidates"] = {
+        c.name: {"median_ms": c.median_s * 1e3 if c.median_s else None, "error": c.error} for c in timed
+    }
+    meta["selected"] = best.name
+    plan = Plan(optimized, choices, meta, executor=best.executor)
     check = verify(plan, proto, batch, seed=seed + 1234)
     if not check.ok:
         raise PlanError(f"the plan does not match ONNX Runtime: {check.describe()}; not saved")

@@ -109,7 +109,8 @@ def _optimize(args) -> int:
     plan.save(args.output)
     summary = plan.meta["summary"]
     if args.json:
-        print(json.dumps({"plan": str(Path(args.output).resolve()), **summary, **plan.meta["verification"]}, indent=1))
+        extra = {k: plan.meta[k] for k in ("verification", "plan_candidates", "selected")}
+        print(json.dumps({"plan": str(Path(args.output).resolve()), **summary, **extra}, indent=1))
         return 0
     print(f"plan written to {args.output}")
     print(f"  nodes: {summary['nodes_before']} -> {summary['nodes']} ({summary['fused']} ops fused)")
@@ -120,9 +121,14 @@ def _optimize(args) -> int:
     if summary["fallback_nodes"]:
         print(f"  fell back: {', '.join(summary['fallback_nodes'])}")
     print(
-        f"  measured {summary['measured_candidates']} candidates in {summary['optimize_seconds']} s; "
-        f"sum of chosen kernel medians {summary['estimated_latency_s'] * 1e3:.2f} ms"
+        f"  {summary['measured_candidates']} kernel candidates measured or read from the records; "
+        f"{summary['optimize_seconds']} s in all"
     )
+    timings = ", ".join(
+        f"{name} {c['median_ms']:.2f} ms" if c["median_ms"] else f"{name} failed"
+        for name, c in plan.meta["plan_candidates"].items()
+    )
+    print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']}")
     v = plan.meta["verification"]
     print(
         f"  verified against ONNX Runtime: max relative error {v['output_error']:.1e}, "

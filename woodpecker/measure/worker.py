@@ -49,7 +49,7 @@ def worker_main(conn: Connection, threads: int | None, settings: TimingSettings)
             inputs = random_inputs(workload, seed)
             reference = empty_outputs(workload)
             try:
-                OnnxRuntimeKernel(workload)(inputs, reference)
+                OnnxRuntimeKernel(workload.as_graph())(inputs, reference)
                 workloads[key] = (workload, inputs, reference, None)
             except Exception as exc:
                 workloads[key] = (workload, inputs, reference, f"reference failed: {exc}")

@@ -105,5 +105,4 @@ def summarize(graph_before: Graph, graph: Graph, choices: list[Choice], seconds:
         "fallback_nodes": [c.node for c in choices if c.status == "fallback"],
         "measured_candidates": sum(len(c.candidates) for c in {c.workload: c for c in choices}.values()),
         "optimize_seconds": round(seconds, 1),
-        "estimated_latency_s": sum(c.median_s or 0.0 for c in choices),
     }

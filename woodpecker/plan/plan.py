@@ -28,11 +28,11 @@ FILES = ("plan.json", "constants.npz")
 
 
 class Plan:
-    def __init__(self, graph: Graph, choices: list[Choice], meta: dict[str, Any] | None = None):
+    def __init__(self, graph: Graph, choices: list[Choice], meta: dict[str, Any] | None = None, executor=None):
         self.graph = graph
         self.choices = choices
         self.meta = meta or {}
-        self._executor = None
+        self._executor = executor  # built lazily: loading a plan only reads files
 
     @property
     def input_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -19,6 +19,7 @@ from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
+from woodpecker.plan.segments import Segment, segments
 
 
 @dataclass(frozen=True)
@@ -35,23 +36,33 @@ class Executor:
         self.buffers = {
             name: np.empty(v.shape, v.dtype) for name, v in graph.values.items() if name not in graph.constants
         }
-        by_node = {c.node: c for c in choices}
         self.steps: list[Step] = []
-        for node in tqdm(graph.nodes, desc="build kernels", unit="node", leave=False, disable=not progress):
-            choice = by_node[node.name]
-            workload = Workload.of(graph, node)
-            try:
-                kernel = registry.get(choice.impl).build(workload, choice.config)
-            except Exception as exc:
-                raise PlanError(f"node {node.name} ({node.op}): building {choice.impl} failed: {exc}") from None
-            self.steps.append(
-                Step(
-                    node.name,
-                    kernel,
-                    [self.buffers[n] for n in workload.dynamic_inputs],
-                    [self.buffers[n] for n in node.outputs if n],
-                )
-            )
+        for segment in tqdm(
+            segments(graph, choices), desc="build kernels", unit="step", leave=False, disable=not progress
+        ):
+            self.steps.append(self._build_step(segment))
+
+    def _build_step(self, segment: Segment) -> Step:
+        impl = registry.get(segment.impl)
+        first = segment.nodes[0]
+        where = (
+            f"node {first.name} ({first.op})"
+            if len(segment.nodes) == 1
+            else (f"{segment.impl} segment of {len(segment.nodes)} nodes from {first.name}")
+        )
+        try:
+            if len(segment.nodes) == 1:
+                workload = Workload.of(self.graph, first)
+                kernel = impl.build(workload, segment.config)
+                inputs, outputs = workload.dynamic_inputs, [n for n in first.outputs if n]
+            else:
+                subgraph = segment.subgraph(self.graph)
+                kernel = impl.build_graph(subgraph)
+                inputs, outputs = subgraph.inputs, subgraph.outputs
+        except Exception as exc:
+            raise PlanError(f"{where}: building {segment.impl} failed: {exc}") from None
+        name = first.name if len(segment.nodes) == 1 else f"{segment.impl}[{first.name}..{segment.nodes[-1].name}]"
+        return Step(name, kernel, [self.buffers[n] for n in inputs], [self.buffers[n] for n in outputs])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._load_inputs(feeds)

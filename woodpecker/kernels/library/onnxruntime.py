@@ -1,11 +1,12 @@
-"""ONNX Runtime (MLAS) as a per-node kernel, and the fallback for any op nothing else covers."""
+"""ONNX Runtime (MLAS) as a kernel for one node or a sub-graph; the fallback for any op."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
 
-from woodpecker.graph.onnx_export import node_model
+from woodpecker.graph.ir import Graph
+from woodpecker.graph.onnx_export import graph_to_onnx
 from woodpecker.kernels.base import LibraryImplementation
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
@@ -23,23 +24,26 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 class OnnxRuntimeKernel:
-    """Runs a one-node model, reading and writing the caller's arrays in place (IO binding)."""
+    """Runs a small graph, reading and writing the caller's arrays in place (IO binding)."""
 
-    def __init__(self, workload: Workload, threads: int | None = None):
-        model = node_model(workload.as_graph(), workload.node)
+    def __init__(self, graph: Graph, threads: int | None = None):
         self.session = ort.InferenceSession(
-            model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
+            graph_to_onnx(graph).SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
         )
-        self.input_names = workload.dynamic_inputs
-        self.output_names = [o for o in workload.node.outputs if o]
+        self.input_names, self.output_names = graph.inputs, graph.outputs
+        self._binding = None
+        self._bound: tuple[int, ...] = ()
 
     def __call__(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
-        binding = self.session.io_binding()
-        for name, array in zip(self.input_names, inputs):
-            binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        for name, array in zip(self.output_names, outputs):
-            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        self.session.run_with_iobinding(binding)
+        pointers = tuple(a.ctypes.data for a in inputs + outputs)
+        if pointers != self._bound:  # the executor's buffers never move: bind once
+            self._binding = self.session.io_binding()
+            for name, array in zip(self.input_names, inputs):
+                self._binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            for name, array in zip(self.output_names, outputs):
+                self._binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            self._bound = pointers
+        self.session.run_with_iobinding(self._binding)
 
 
 class OnnxRuntimeImplementation(LibraryImplementation):
@@ -49,4 +53,7 @@ class OnnxRuntimeImplementation(LibraryImplementation):
         return True  # checked for real when the session is built
 
     def build(self, workload: Workload, config: Config) -> OnnxRuntimeKernel:
-        return OnnxRuntimeKernel(workload)
+        return self.build_graph(workload.as_graph())
+
+    def build_graph(self, graph: Graph) -> OnnxRuntimeKernel:
+        return OnnxRuntimeKernel(graph)

@@ -1,10 +1,11 @@
-"""OpenVINO's CPU plugin (oneDNN) as a per-node kernel, pinned to fp32."""
+"""OpenVINO's CPU plugin (oneDNN) as a kernel for one node or a sub-graph, pinned to fp32."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from woodpecker.graph.onnx_export import node_model
+from woodpecker.graph.ir import Graph
+from woodpecker.graph.onnx_export import graph_to_onnx
 from woodpecker.kernels.base import LibraryImplementation, importable, is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
@@ -20,16 +21,20 @@ class OpenVinoImplementation(LibraryImplementation):
         return workload.op in COMPUTE_OPS and is_float32(workload) and importable("openvino")
 
     def build(self, workload: Workload, config: Config):
+        return self.build_graph(workload.as_graph())
+
+    def build_graph(self, graph: Graph):
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(node_model(workload.as_graph(), workload.node).SerializeToString(), b"")
+        model = core.read_model(graph_to_onnx(graph).SerializeToString(), b"")
         compiled = core.compile_model(model, "CPU", FP32_CONFIG)
         request = compiled.create_infer_request()
+        ports = [compiled.output(name) for name in graph.outputs]
 
         def run(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
-            results = request.infer([ov.Tensor(a, shared_memory=True) for a in inputs])
-            for index, out in enumerate(outputs):
-                np.copyto(out, results[compiled.outputs[index]].reshape(out.shape))
+            request.infer([ov.Tensor(a, shared_memory=True) for a in inputs])
+            for port, out in zip(ports, outputs):
+                np.copyto(out, request.get_tensor(port).data.reshape(out.shape))
 
         return run
