@@ -12,6 +12,7 @@ import woodpecker
 from woodpecker.errors import InputError, PlanError
 from woodpecker.graph.onnx_import import _with_static_inputs, load_onnx
 from woodpecker.plan.plan import Plan
+from woodpecker.records.database import Records
 
 
 def ort_outputs(model_path, batch, x):
@@ -40,8 +41,9 @@ def test_plan_matches_onnxruntime(name, batch, exported, records_path, tmp_path,
     # Random-weight models barely react to their input: the difference must match too.
     assert rel(y1 - y2, r1 - r2) <= 1e-3
     # Records make a second optimization measure nothing new.
-    again = woodpecker.optimize(model, budget=1, batch=batch, records=records_path, progress=False)
-    assert [c.impl for c in again.choices] == [c.impl for c in plan.choices]
+    measured = Records(records_path).count()
+    woodpecker.optimize(model, budget=1, batch=batch, records=records_path, progress=False)
+    assert Records(records_path).count() == measured
 
 
 @pytest.fixture(scope="module")
