@@ -1,4 +1,4 @@
-"""Random search: a seeded sample of the valid configurations, never proposing one twice."""
+"""Random search: the space's starting points, then a seeded sample, never proposing one twice."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from woodpecker.search.space import Config, ConfigSpace
 
 class RandomSearch:
     def __init__(self, space: ConfigSpace, seed: int = 0):
-        self._pending = space.sample(len(space), seed)
+        defaults = space.valid_defaults()
+        self._pending = defaults + [c for c in space.sample(len(space), seed) if c not in defaults]
 
     def propose(self, n: int) -> list[Config]:
         batch, self._pending = self._pending[:n], self._pending[n:]

@@ -23,6 +23,11 @@ class ConfigSpace:
 
     knobs: tuple[Knob, ...] = ()
     constraint: Callable[[Config], bool] = field(default=lambda config: True, compare=False)
+    # Hand-picked starting points (like AutoTVM's fallback configs); searches try the valid ones first.
+    defaults: tuple[Config, ...] = ()
+
+    def valid_defaults(self) -> list[Config]:
+        return [d for d in self.defaults if self.is_valid(d)]
 
     def is_valid(self, config: Config) -> bool:
         return all(config.get(k.name) in k.choices for k in self.knobs) and self.constraint(config)

@@ -2,7 +2,7 @@
 
 Two schedule families, both searched:
 - "vec_x": vectorize over output width, weights in OIHW;
-- "vec_c": vectorize over output channels, weights packed in blocks of `vec` output channels,
+- "vec_c": vectorize over output channels, weights packed with output channels innermost,
   the accumulator tile stored channel-innermost (reorder_storage) then written back as NCHW.
 """
 
@@ -48,6 +48,23 @@ def conv_params(workload: Workload) -> dict:
     )
 
 
+def _starting_points(p: dict, native: int) -> tuple[Config, ...]:
+    """Schedules that were fast here: channel vectors for dense convs, width vectors for depthwise."""
+    rows_parallel = "y" if p["h_out"] >= 14 else "c"
+    common = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy"}
+    if p["groups"] > 1 and p["c_in_group"] == 1:
+        width = next((v for v in sorted(vector_widths(), reverse=True) if v <= p["w_out"]), 4)
+        return tuple(
+            {"layout": "vec_x", "vec": width, "tile_x": 1, "tile_c": tc, "parallel": "c", **common} for tc in (4, 2)
+        )
+    return (
+        {"layout": "vec_c", "vec": native, "tile_x": 8, "tile_c": 2, "parallel": rows_parallel, **common},
+        {"layout": "vec_c", "vec": native, "tile_x": 4, "tile_c": 4, "parallel": "c", **common},
+        {"layout": "vec_c", "vec": native, "tile_x": 8, "tile_c": 1, "parallel": rows_parallel, **common},
+        {"layout": "vec_c", "vec": native // 2, "tile_x": 8, "tile_c": 1, "parallel": rows_parallel, **common},
+    )
+
+
 class HalideConv2d:
     name = "halide.conv2d"
     kind = "generated"
@@ -81,8 +98,10 @@ class HalideConv2d:
                 Knob("reduce_order", ("c_inner", "k_inner")),
                 Knob("unroll_kw", (False, True)),
                 Knob("parallel", ("y", "c")),
+                Knob("padding", ("select", "copy")),
             ),
             valid,
+            defaults=_starting_points(p, max(vector_widths())),
         )
 
     def build(self, workload: Workload, config: Config):
@@ -99,11 +118,8 @@ class HalideConv2d:
             else np.zeros(p["c_out"], np.float32)
         )
         if layout == "vec_c":
-            blocks = -(-p["c_out"] // vec)
-            padded_w = np.zeros((blocks * vec, *weight.shape[1:]), np.float32)
-            padded_w[: p["c_out"]] = weight
-            # (O/vec, I, KH, KW, vec): Halide sees (lane, kw, kh, ci, block).
-            weight = padded_w.reshape(blocks, vec, *weight.shape[1:]).transpose(0, 2, 3, 4, 1)
+            # (I, KH, KW, O): output channels contiguous, so a vector of them is one dense load.
+            weight = np.ascontiguousarray(weight.transpose(1, 2, 3, 0))
 
         x, y, c, n = hl.Var("x"), hl.Var("y"), hl.Var("c"), hl.Var("n")
         inp = hl.ImageParam(hl.Float(32), 4, "input")
@@ -112,15 +128,21 @@ class HalideConv2d:
         b_param = hl.ImageParam(hl.Float(32), 1, "bias")
 
         # The algorithm
-        if p["pad_top"] or p["pad_left"] or any(workload.node.attrs.get("pads", [0])):
+        padded = any(workload.node.attrs.get("pads", [0]))
+        if padded:
             source = hl.BoundaryConditions.constant_exterior(inp, 0.0, [hl.Range(0, p["w"]), hl.Range(0, p["h"])])
         else:
             source = inp
+        pad_copy = None
+        if padded and config.get("padding", "select") == "copy":  # bounds checks once, not per multiply-add
+            pad_copy = hl.Func("padded")
+            pad_copy[x, y, c, n] = source[x, y, c, n]
+            source = pad_copy
         r = hl.RDom([hl.Range(0, p["c_in_group"]), hl.Range(0, p["kw"]), hl.Range(0, p["kh"])], "r")
         in_x = x * p["strides"][1] + r.y * p["dilations"][1] - p["pad_left"]
         in_y = y * p["strides"][0] + r.z * p["dilations"][0] - p["pad_top"]
         in_c = r.x if p["groups"] == 1 else (c // c_out_group) * p["c_in_group"] + r.x
-        w_value = w_param[r.y, r.z, r.x, c] if layout == "vec_x" else w_param[c % vec, r.y, r.z, r.x, c // vec]
+        w_value = w_param[r.y, r.z, r.x, c] if layout == "vec_x" else w_param[c, r.y, r.z, r.x]
         acc = hl.Func("acc")
         acc[x, y, c, n] = b_param[c]
         acc[x, y, c, n] += source[in_x, in_y, in_c, n] * w_value
@@ -144,6 +166,8 @@ class HalideConv2d:
         if config["unroll_kw"] and p["kw"] <= 7:
             acc.update().unroll(r.y)
         out.parallel(y if config["parallel"] == "y" else co)
+        if pad_copy is not None:
+            pad_copy.compute_root().parallel(c).vectorize(x, vec)
 
         params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
         return compile_kernel(out, params, [weight, bias])
