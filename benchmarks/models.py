@@ -1,6 +1,6 @@
 """Export the five torchvision models, optimize each, time the plan against its peers.
 
-Usage: .venv/bin/python benchmarks/models.py [--models resnet18,...] [--batch 1] [--budget 4] [--out out/bench]
+Usage: .venv/bin/python benchmarks/models.py [--models resnet18,...] [--batch 1] [--budget 6] [--out out/bench]
 
 Every runtime is timed in its own process with the same thread count; the table shows
 medians and the ratio peer / Woodpecker (above 1: Woodpecker is faster). OpenVINO bf16 is
@@ -25,11 +25,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(KNOWN_MODELS))
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--budget", type=int, default=4)
+    parser.add_argument("--budget", type=int, default=6)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--out", default="out/bench")
+    parser.add_argument("--from-json", action="store_true", help="print the table of a finished run, run nothing")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.from_json:
+        rows = json.loads((out / f"results-b{args.batch}.json").read_text())
+        print(format_table(rows, args.batch, args.budget))
+        return
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models.split(","):
@@ -58,8 +63,12 @@ def format_row(report: dict) -> str:
         cells.append(f"{value:>10.2f}" if value else f"{'n/a':>10}")
     speedup = report.get("speedup_vs_best_fp32_peer")
     cells.append(f"{speedup:>9.2f}x  {report['best_fp32_peer'] or '-':<12}" if speedup else f"{'-':>10}")
-    s = report["summary"]
-    cells.append(f"{s['generated']:>3}/{s['library']:>3}/{s['fallback']:<3} {report['tuning_s']:>7.0f}")
+    meta = json.loads((Path(report["target"]) / "plan.json").read_text())["meta"]
+    per_node = meta["plan_candidates"]["per-node"]["median_ms"]
+    cells.append(
+        f"{per_node:>10.2f}  {meta['selected']:<16}" if per_node else f"{'failed':>10}  {meta['selected']:<16}"
+    )
+    cells.append(f"{report['tuning_s']:>7.0f}")
     return "".join(cells)
 
 
@@ -67,10 +76,11 @@ def format_table(rows: list[dict], batch: int, budget: int) -> str:
     header = (
         f"{'model':<14}"
         + "".join(f"{h:>10}" for h in ["wpk ms", "ORT ms", "OV f32 ms", "torch ms", "OV bf16"])
-        + f"{'vs best':>10}  {'best fp32':<12}gen/lib/fb  tune s"
+        + f"{'vs best':>10}  {'best fp32':<12}{'per-node':>10}  {'selected plan':<16}{'tune s':>7}"
     )
     lines = [
-        f"batch {batch}, budget {budget}: medians in ms; 'vs best' = best fp32 peer median / Woodpecker median",
+        f"batch {batch}, budget {budget}: medians in ms; 'vs best' = best fp32 peer median / Woodpecker median;",
+        "'per-node' = the plan of per-node kernel winners, timed in the optimizing process",
         header,
         "-" * len(header),
     ]

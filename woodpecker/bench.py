@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from woodpecker.errors import WoodpeckerError
 
 PEERS = ("onnxruntime", "openvino", "openvino-bf16", "torch")
@@ -47,7 +49,7 @@ def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict
             raise WoodpeckerError(f"cannot time peer {peer}: the plan's source model {model} is not available")
         runtimes.append((peer, model))
     results = []
-    for name, path in runtimes:
+    for name, path in tqdm(runtimes, desc="bench", unit="runtime", leave=False, disable=not sys.stderr.isatty()):
         results.append(_run_isolated(name, path, batch, settings))
     base = next((r for r in results if r["runtime"] == "woodpecker" and r.get("median_ms")), None)
     fp32_peers = [r for r in results if r["runtime"] not in ("woodpecker", *REDUCED_PRECISION) and r.get("median_ms")]

@@ -6,7 +6,7 @@ measurement goes to the tuning records so a later run never measures it again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
@@ -43,7 +43,7 @@ def explore(graph: Graph, options: ExploreOptions, runner: LocalRunner, records:
         key = workload.key()
         if key not in decided:
             decided[key] = _choose(node, workload, key, options, runner, records)
-        choices.append(Choice(**{**decided[key].to_json(), "node": node.name}))
+        choices.append(replace(decided[key], node=node.name))
     bar.close()
     return choices
 

@@ -1,0 +1,58 @@
+"""Consecutive library nodes become one sub-graph call with the right boundary values."""
+
+import numpy as np
+from conftest import const, make_model, tensor
+from onnx import helper
+
+from woodpecker.graph.onnx_import import import_model
+from woodpecker.plan.choice import Choice
+from woodpecker.plan.segments import segments
+from woodpecker.runtime.executor import Executor
+
+
+def branchy_graph(rng):
+    """x -> a=Sigmoid(x) -> b=Tanh(a) -> c=Add(a, b) -> y=Mul(c, x); every value used across nodes."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["a"], name="n0"),
+        helper.make_node("Tanh", ["a"], ["b"], name="n1"),
+        helper.make_node("Add", ["a", "b"], ["c"], name="n2"),
+        helper.make_node("Mul", ["c", "x"], ["y"], name="n3"),
+    ]
+    shape = [2, 3, 5, 5]
+    model = make_model(nodes, [tensor("x", shape)], [tensor("y", shape)], [const("unused", np.zeros(1, np.float32))])
+    return import_model(model)
+
+
+def choose(graph, impls):
+    return [Choice(n.name, impl, {}, "library") for n, impl in zip(graph.nodes, impls)]
+
+
+def test_runs_of_one_library_merge_and_expose_values_used_later(rng):
+    graph = branchy_graph(rng)
+    groups = segments(graph, choose(graph, ["onnxruntime", "onnxruntime", "halide.elementwise", "onnxruntime"]))
+    assert [(g.impl, [n.name for n in g.nodes]) for g in groups] == [
+        ("onnxruntime", ["n0", "n1"]),
+        ("halide.elementwise", ["n2"]),
+        ("onnxruntime", ["n3"]),
+    ]
+    first = groups[0].subgraph(graph)
+    assert first.inputs == ["x"] and first.outputs == ["a", "b"]  # both read by n2
+
+
+def test_mixed_plan_computes_what_onnxruntime_computes(rng):
+    graph = branchy_graph(rng)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    a = 1 / (1 + np.exp(-x))
+    expected = (a + np.tanh(a)) * x
+    halide_config = {"vec": 4, "chunk": 1024}
+    for impls in (
+        ["onnxruntime"] * 4,
+        ["onnxruntime", "onnxruntime", "halide.elementwise", "onnxruntime"],
+        ["halide.elementwise", "onnxruntime", "onnxruntime", "halide.elementwise"],
+    ):
+        choices = [
+            Choice(n.name, impl, halide_config if impl.startswith("halide") else {}, "library")
+            for n, impl in zip(graph.nodes, impls)
+        ]
+        y = Executor(graph, choices).run({"x": x})["y"]
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
