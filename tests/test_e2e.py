@@ -10,13 +10,13 @@ import pytest
 
 import woodpecker
 from woodpecker.errors import InputError, PlanError
-from woodpecker.graph.onnx_import import _with_static_inputs, load_onnx
+from woodpecker.graph.onnx_import import load_onnx, with_static_inputs
 from woodpecker.plan.plan import Plan
 from woodpecker.records.database import Records
 
 
 def ort_outputs(model_path, batch, x):
-    proto = _with_static_inputs(load_onnx(model_path), batch)
+    proto = with_static_inputs(load_onnx(model_path), batch)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x})[0]
 

@@ -50,6 +50,15 @@ def test_remove_identity(rng):
     assert_same_function(graph, out, rng)
 
 
+def test_identity_from_input_to_output_is_kept_and_the_input_still_read(rng):
+    nodes = [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Relu", ["x"], ["z"])]
+    shape = [2, 3]
+    graph = import_model(make_model(nodes, [tensor("x", shape)], [tensor("y", shape), tensor("z", shape)]))
+    out = remove_identity(graph)
+    assert [n.op for n in out.nodes] == ["Identity", "Relu"] and out.nodes[1].inputs == ("x",)
+    assert_same_function(graph, out, rng)
+
+
 def test_fold_batchnorm(rng):
     graph = remove_identity(resblock(rng))
     out = fold_batchnorm(graph)

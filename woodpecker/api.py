@@ -8,9 +8,10 @@ from pathlib import Path
 
 import onnx
 
-from woodpecker.errors import PlanError
+from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.onnx_import import import_model, load_onnx
 from woodpecker.graph.passes import optimize_graph
+from woodpecker.kernels import registry
 from woodpecker.measure.runner import LocalRunner
 from woodpecker.plan.explore import ExploreOptions, explore, summarize
 from woodpecker.plan.plan import Plan
@@ -18,6 +19,7 @@ from woodpecker.plan.select import select_plan
 from woodpecker.plan.verify import verify
 from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
+from woodpecker.search.random_search import STRATEGIES
 
 
 def optimize(
@@ -36,6 +38,13 @@ def optimize(
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime."""
     start = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
+    if strategy not in STRATEGIES:
+        raise WoodpeckerError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+    if budget < 1:
+        raise WoodpeckerError(f"--budget must be at least 1, got {budget}")
+    unknown = sorted(set(libraries or ()) - set(registry.LIBRARIES))
+    if unknown:
+        raise WoodpeckerError(f"unknown libraries {unknown}; choose from {', '.join(registry.LIBRARIES)}")
     proto = load_onnx(model)
     graph = import_model(proto, batch)
     optimized = optimize_graph(graph)

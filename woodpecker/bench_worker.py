@@ -51,9 +51,9 @@ def _prepare(runtime: str, path: str, batch: int, threads: int):
         feeds = {n: rng.standard_normal(s).astype(d) for n, (s, d) in plan.input_specs.items()}
         executor = plan.executor()
         return executor.run, feeds
-    from woodpecker.graph.onnx_import import _with_static_inputs, load_onnx
+    from woodpecker.graph.onnx_import import load_onnx, with_static_inputs
 
-    proto = _with_static_inputs(load_onnx(path), batch)
+    proto = with_static_inputs(load_onnx(path), batch)
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     feeds = {
         i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)

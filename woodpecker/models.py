@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from woodpecker.errors import WoodpeckerError
@@ -24,7 +25,9 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with torch.inference_mode():
+        # The TorchScript exporter is deprecated but gives the classic opset-17 graphs we want.
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
                 (torch.randn(batch, 3, 224, 224),),

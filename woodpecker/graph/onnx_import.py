@@ -52,7 +52,7 @@ def default_opset(proto: onnx.ModelProto) -> int:
 def import_model(model: str | Path | onnx.ModelProto, batch: int | None = None) -> Graph:
     """ONNX -> Graph with every value's shape known. `batch` overrides the first input dim."""
     proto = load_onnx(model)
-    proto = _with_static_inputs(proto, batch)
+    proto = with_static_inputs(proto, batch)
     try:
         proto = shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as exc:
@@ -89,7 +89,7 @@ def import_model(model: str | Path | onnx.ModelProto, batch: int | None = None) 
     return Graph(nodes, values, inputs, [o.name for o in g.output], constants, default_opset(proto), g.name or "graph")
 
 
-def _with_static_inputs(proto: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
+def with_static_inputs(proto: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
     """Pin the batch dim (and reject other unknown dims) so every shape is static."""
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     initializers = {i.name for i in proto.graph.initializer}

@@ -23,14 +23,14 @@ from woodpecker.measure.timing import (
 
 
 def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:
-    configure_threads(threads)
+    threads = configure_threads(threads)
     from woodpecker.kernels import registry
     from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
 
     try:
         import torch
 
-        torch.set_num_threads(int(__import__("os").environ["OMP_NUM_THREADS"]))
+        torch.set_num_threads(threads)
     except ImportError:
         pass
 

@@ -21,6 +21,13 @@ class Segment:
     nodes: tuple[Node, ...]
     config: dict
 
+    @property
+    def label(self) -> str:
+        """The node's name, or `impl[first..last]` for a merged run."""
+        if len(self.nodes) == 1:
+            return self.nodes[0].name
+        return f"{self.impl}[{self.nodes[0].name}..{self.nodes[-1].name}]"
+
     def subgraph(self, graph: Graph) -> Graph:
         """The segment as a graph: inputs read from outside it, outputs used after it (or by the model)."""
         produced = {o for n in self.nodes for o in n.outputs if o}

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from woodpecker.graph.onnx_import import _with_static_inputs
+from woodpecker.graph.onnx_import import with_static_inputs
 from woodpecker.kernels.library.onnxruntime import session_options
 from woodpecker.measure.timing import relative_error
 
@@ -44,7 +44,7 @@ def random_feeds(specs: dict[str, tuple[tuple[int, ...], str]], seed: int) -> di
 
 def verify(plan, model: onnx.ModelProto, batch: int | None, seed: int = 1234) -> Verification:
     reference = ort.InferenceSession(
-        _with_static_inputs(model, batch).SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
+        with_static_inputs(model, batch).SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
     )
     feeds = [random_feeds(plan.input_specs, seed), random_feeds(plan.input_specs, seed + 1)]
     expected = [dict(zip([o.name for o in reference.get_outputs()], reference.run(None, f))) for f in feeds]

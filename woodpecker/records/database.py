@@ -7,6 +7,7 @@ any moment; a file that is not our database raises RecordsError instead of being
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -20,8 +21,6 @@ APPLICATION_ID = 0x57504B31  # "WPK1"
 
 
 def default_path() -> Path:
-    import os
-
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "woodpecker" / "records.sqlite"
 

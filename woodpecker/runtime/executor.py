@@ -43,26 +43,19 @@ class Executor:
             self.steps.append(self._build_step(segment))
 
     def _build_step(self, segment: Segment) -> Step:
-        impl = registry.get(segment.impl)
         first = segment.nodes[0]
-        where = (
-            f"node {first.name} ({first.op})"
-            if len(segment.nodes) == 1
-            else (f"{segment.impl} segment of {len(segment.nodes)} nodes from {first.name}")
-        )
         try:
             if len(segment.nodes) == 1:
                 workload = Workload.of(self.graph, first)
-                kernel = impl.build(workload, segment.config)
+                kernel = registry.get(segment.impl).build(workload, segment.config)
                 inputs, outputs = workload.dynamic_inputs, [n for n in first.outputs if n]
             else:
                 subgraph = segment.subgraph(self.graph)
-                kernel = impl.build_graph(subgraph)
+                kernel = registry.get(segment.impl).build_graph(subgraph)
                 inputs, outputs = subgraph.inputs, subgraph.outputs
         except Exception as exc:
-            raise PlanError(f"{where}: building {segment.impl} failed: {exc}") from None
-        name = first.name if len(segment.nodes) == 1 else f"{segment.impl}[{first.name}..{segment.nodes[-1].name}]"
-        return Step(name, kernel, [self.buffers[n] for n in inputs], [self.buffers[n] for n in outputs])
+            raise PlanError(f"{segment.label} ({first.op}): building {segment.impl} failed: {exc}") from None
+        return Step(segment.label, kernel, [self.buffers[n] for n in inputs], [self.buffers[n] for n in outputs])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._load_inputs(feeds)

@@ -45,9 +45,8 @@ def fold_constants(graph: Graph) -> Graph:
 
 
 def _foldable(graph: Graph, node) -> bool:
+    """All inputs are constants (a node without inputs folds unless it is random)."""
     real_inputs = [n for n in node.inputs if n]
-    return (
-        bool(real_inputs)
-        and all(n in graph.constants for n in real_inputs)
-        or (not real_inputs and node.op not in ("RandomNormal", "RandomUniform"))
-    )
+    if not real_inputs:
+        return node.op not in ("RandomNormal", "RandomUniform")
+    return all(n in graph.constants for n in real_inputs)

@@ -20,14 +20,14 @@ def remove_identity(graph: Graph) -> Graph:
         source, target = node.inputs[0], node.outputs[0]
         if source in out.constants:
             out.constants[target] = out.constants[source]
-        elif target in out.outputs:
+        elif target not in out.outputs:
+            alias[target] = source
+        elif source in out.inputs or source in out.outputs:
+            kept.append(node)  # a graph input or output copied to an output: the copy is the node's job
+        else:
             # Keep the graph's output name: make the producer write it directly.
             kept = [_rename_output(n, source, target) for n in kept]
             alias[source] = target
-            if source in out.inputs:
-                kept.append(node)
-            continue
-        alias[target] = source
     out.nodes = kept
     return out
 
