@@ -19,7 +19,7 @@ from woodpecker.plan.select import select_plan
 from woodpecker.plan.verify import verify
 from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
-from woodpecker.search.random_search import STRATEGIES
+from woodpecker.search.strategies import STRATEGIES
 
 
 def optimize(

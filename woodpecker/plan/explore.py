@@ -18,7 +18,7 @@ from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.runner import LocalRunner
 from woodpecker.plan.choice import Choice
 from woodpecker.records.database import Records
-from woodpecker.search.random_search import STRATEGIES
+from woodpecker.search.strategies import STRATEGIES
 
 # Ops whose only job is to move data: not worth measuring, NumPy does them.
 TRIVIAL_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -27,6 +27,7 @@ TRIVIAL_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 @dataclass(frozen=True)
 class ExploreOptions:
     budget: int = 8  # configurations tried per generated implementation and workload
+    batch: int = 4  # configurations measured between two strategy updates
     strategy: str = "random"
     libraries: tuple[str, ...] = registry.LIBRARIES
     seed: int = 0
@@ -55,17 +56,17 @@ def _choose(
     native = [i for i in impls if i.name != registry.FALLBACK]
     if node.op in TRIVIAL_OPS and any(i.name == "numpy" for i in impls):
         return Choice(node.name, "numpy", {}, "library", workload=key)
-    trials: list[tuple[str, dict]] = []
-    for impl in impls:
-        space = impl.space(workload)
-        if not space.knobs:
-            trials.append((impl.name, {}))
-            continue
-        strategy = STRATEGIES[options.strategy](space, options.seed)
-        trials += [(impl.name, config) for config in strategy.propose(options.budget)]
-    results = []
-    for impl_name, config in tqdm(trials, desc=f"  {node.op}", unit="cand", leave=False, disable=not options.progress):
-        results.append(_measure(workload, key, impl_name, config, runner, records))
+    results: list[MeasureResult] = []
+    spaces = {impl.name: impl.space(workload) for impl in impls}
+    total = sum(options.budget if space.knobs else 1 for space in spaces.values())
+    with tqdm(total=total, desc=f"  {node.op}", unit="cand", leave=False, disable=not options.progress) as bar:
+        for impl in impls:
+            space = spaces[impl.name]
+            if not space.knobs:
+                results.append(_measure(workload, key, impl.name, {}, runner, records))
+                bar.update()
+                continue
+            results += _tune(workload, key, impl.name, space, options, runner, records, bar)
     good = [r for r in results if r.ok]
     if not good:
         reasons = "; ".join(f"{r.impl}: {r.error}" for r in results[-3:])
@@ -79,6 +80,30 @@ def _choose(
     return Choice(
         node.name, best.impl, best.config, status, best.median_s, best.compile_s, key, [r.to_json() for r in results]
     )
+
+
+def _tune(
+    workload: Workload,
+    key: str,
+    impl: str,
+    space,
+    options: ExploreOptions,
+    runner: LocalRunner,
+    records: Records | None,
+    bar: tqdm,
+) -> list[MeasureResult]:
+    """Propose, measure, observe in batches until the budget is spent or the strategy has nothing new."""
+    strategy = STRATEGIES[options.strategy](space, options.seed)
+    results: list[MeasureResult] = []
+    while len(results) < options.budget:
+        configs = strategy.propose(min(options.batch, options.budget - len(results)))
+        if not configs:
+            break
+        batch = [_measure(workload, key, impl, config, runner, records) for config in configs]
+        bar.update(len(batch))
+        strategy.observe(configs, [r.median_s for r in batch])
+        results += batch
+    return results
 
 
 def _measure(

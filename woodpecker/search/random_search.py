@@ -16,6 +16,3 @@ class RandomSearch:
 
     def observe(self, configs: list[Config], costs: list[float]) -> None:
         """Random search learns nothing; kept for the common protocol."""
-
-
-STRATEGIES = {"random": RandomSearch}

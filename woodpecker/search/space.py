@@ -47,5 +47,51 @@ class ConfigSpace:
     def __len__(self) -> int:
         return sum(1 for _ in self.all_configs())
 
+    # Vectors and variation operators, used by the genetic and learning searches.
+
+    def encode(self, config: Config) -> list[int]:
+        """A config as the index of each knob's choice."""
+        return [knob.choices.index(config[knob.name]) for knob in self.knobs]
+
+    def decode(self, vector: list[int]) -> Config:
+        return {knob.name: knob.choices[index] for knob, index in zip(self.knobs, vector)}
+
+    def random_valid(self, rng: random.Random, tries: int = 200) -> Config | None:
+        """A uniformly drawn valid config (rejection sampling), or None if none was hit."""
+        for _ in range(tries):
+            config = {knob.name: rng.choice(knob.choices) for knob in self.knobs}
+            if self.constraint(config):
+                return config
+        valid = list(self.all_configs())
+        return rng.choice(valid) if valid else None
+
+    def mutate(self, config: Config, rng: random.Random, rate: float = 0.2) -> Config:
+        """Redraw each knob with probability `rate` (at least one), then repair."""
+        child = dict(config)
+        knobs = [k for k in self.knobs if len(k.choices) > 1]
+        if not knobs:
+            return child
+        chosen = [k for k in knobs if rng.random() < rate] or [rng.choice(knobs)]
+        for knob in chosen:
+            child[knob.name] = rng.choice([c for c in knob.choices if c != config[knob.name]])
+        return self.repair(child, rng)
+
+    def crossover(self, a: Config, b: Config, rng: random.Random) -> Config:
+        """Uniform crossover: each knob from one parent or the other, then repair."""
+        return self.repair({knob.name: (a if rng.random() < 0.5 else b)[knob.name] for knob in self.knobs}, rng)
+
+    def repair(self, config: Config, rng: random.Random, tries: int = 50) -> Config:
+        """The nearest valid config found by redrawing one knob at a time; a random valid one failing that."""
+        if self.is_valid(config):
+            return config
+        knobs = [k for k in self.knobs if len(k.choices) > 1]
+        candidate = dict(config)
+        for _ in range(tries):
+            knob = rng.choice(knobs)
+            candidate[knob.name] = rng.choice(knob.choices)
+            if self.is_valid(candidate):
+                return candidate
+        return self.random_valid(rng) or config
+
 
 EMPTY_SPACE = ConfigSpace()
