@@ -133,3 +133,14 @@ def test_cli_run_wrong_shape_is_one_line(small_plan, tmp_path):
     result = wpk("run", small_plan / "plan", "--input", tmp_path / "x.npy", "-o", tmp_path / "out.npz")
     assert result.returncode == 1 and "shape (1, 3, 5, 5)" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize("strategy", ["ga", "rl"])
+def test_search_strategies_drive_real_measurements(strategy, small_plan, tmp_path):
+    plan = woodpecker.optimize(
+        small_plan / "model.onnx", budget=6, strategy=strategy, records=tmp_path / "r.sqlite", progress=False
+    )
+    conv = plan.choices[0]
+    generated = [c for c in conv.candidates if c["impl"] == "halide.conv2d"]
+    assert len(generated) == 6 and len({json.dumps(c["config"], sort_keys=True) for c in generated}) == 6
+    assert all(c["error"] is None for c in generated)

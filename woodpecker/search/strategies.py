@@ -6,6 +6,7 @@ from typing import Protocol
 
 from woodpecker.search.genetic import GeneticSearch
 from woodpecker.search.random_search import RandomSearch
+from woodpecker.search.rl import PPOSearch
 from woodpecker.search.space import Config, ConfigSpace
 
 
@@ -19,4 +20,4 @@ class Strategy(Protocol):
         """Measured costs (seconds; inf for a failed trial) of configs this strategy proposed."""
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "ga": GeneticSearch}
+STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "ga": GeneticSearch, "rl": PPOSearch}
