@@ -56,14 +56,14 @@ def test_proposals_are_valid_and_never_repeat(name):
     assert len(keys) == len(set(keys)) == 150 and all(SPACE.is_valid(c) for _, c in history)
 
 
-@pytest.mark.parametrize("name", ["ga", "rl"])
+@pytest.mark.parametrize("name", ["ga", "rl", "anneal"])
 def test_finds_the_optimum_within_budget(name):
     runs = [run(STRATEGIES[name](SPACE, seed=seed), budget=120) for seed in range(5)]
     found = [min(history, key=lambda pair: pair[0])[1] for history in runs]
     assert sum(f == OPTIMUM for f in found) >= 4, found  # 120 trials of 1474 valid configs; random: 0 of 10 seeds
 
 
-@pytest.mark.parametrize("name", ["ga", "rl"])
+@pytest.mark.parametrize("name", ["ga", "rl", "anneal"])
 def test_beats_random_at_equal_trials(name):
     def best(strategy, seed):
         return min(c for c, _ in run(STRATEGIES[strategy](SPACE, seed=seed), budget=60))

@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", required=True, help="plan directory to write")
     p.add_argument("--budget", type=int, default=8, help="configurations tried per generated kernel (default 8)")
-    p.add_argument("--strategy", default="random", help="random, ga (genetic) or rl (PPO)")
+    p.add_argument("--strategy", default="random", help="random, ga (genetic), rl (PPO) or anneal (cost model)")
     p.add_argument("--records", help="tuning-records database (default: ~/.cache/woodpecker/records.sqlite)")
     p.add_argument("--batch", type=int, help="batch size to plan for (default: the model's, or 1 if dynamic)")
     p.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from woodpecker.search.annealing import AnnealingSearch
 from woodpecker.search.genetic import GeneticSearch
 from woodpecker.search.random_search import RandomSearch
 from woodpecker.search.rl import PPOSearch
@@ -20,4 +21,9 @@ class Strategy(Protocol):
         """Measured costs (seconds; inf for a failed trial) of configs this strategy proposed."""
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "ga": GeneticSearch, "rl": PPOSearch}
+STRATEGIES: dict[str, type[Strategy]] = {
+    "random": RandomSearch,
+    "ga": GeneticSearch,
+    "rl": PPOSearch,
+    "anneal": AnnealingSearch,
+}
