@@ -144,3 +144,16 @@ def test_search_strategies_drive_real_measurements(strategy, small_plan, tmp_pat
     generated = [c for c in conv.candidates if c["impl"] == "halide.conv2d"]
     assert len(generated) == 6 and len({json.dumps(c["config"], sort_keys=True) for c in generated}) == 6
     assert all(c["error"] is None for c in generated)
+
+
+def test_cli_tune_fills_the_records_then_export(small_plan, tmp_path):
+    records = tmp_path / "r.sqlite"
+    result = wpk("tune", small_plan / "model.onnx", "--budget", "2", "--records", records, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["workloads"] == 1 and report["measured_candidates"] >= 3
+    assert Records(records).count() == report["measured_candidates"]
+    exported = wpk("records", "export", "--records", records)
+    lines = exported.stdout.splitlines()
+    assert len(lines) == report["measured_candidates"] and all(json.loads(line)["workload"] for line in lines)
+    assert not (tmp_path / "plan").exists()

@@ -37,30 +37,11 @@ def optimize(
 ) -> Plan:
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime."""
     start = time.perf_counter()
-    progress = sys.stderr.isatty() if progress is None else progress
-    if strategy not in STRATEGIES:
-        raise WoodpeckerError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
-    if budget < 1:
-        raise WoodpeckerError(f"--budget must be at least 1, got {budget}")
-    unknown = sorted(set(libraries or ()) - set(registry.LIBRARIES))
-    if unknown:
-        raise WoodpeckerError(f"unknown libraries {unknown}; choose from {', '.join(registry.LIBRARIES)}")
+    options = _options(budget, strategy, libraries, seed, progress)
     proto = load_onnx(model)
     graph = import_model(proto, batch)
     optimized = optimize_graph(graph)
-    options = ExploreOptions(
-        budget=budget,
-        strategy=strategy,
-        seed=seed,
-        progress=progress,
-        **({"libraries": tuple(libraries)} if libraries is not None else {}),
-    )
-    store = Records(records)
-    try:
-        with LocalRunner(threads=threads, timeout_s=timeout_s, seed=seed) as runner:
-            choices = explore(optimized, options, runner, store)
-    finally:
-        store.close()
+    choices = _explore(optimized, options, records, threads, timeout_s)
     best, timed = select_plan(optimized, choices, options.libraries, seed, progress)
     choices = best.choices
     meta = {
@@ -82,6 +63,64 @@ def optimize(
     plan.meta["verification"] = {"output_error": check.output_error, "difference_error": check.difference_error}
     plan.meta["summary"]["optimize_seconds"] = round(time.perf_counter() - start, 1)
     return plan
+
+
+def tune(
+    model: str | Path | onnx.ModelProto,
+    *,
+    budget: int = 8,
+    strategy: str = "random",
+    records: str | Path | None = None,
+    batch: int | None = None,
+    libraries: tuple[str, ...] | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    threads: int | None = None,
+    timeout_s: float = 120.0,
+) -> dict:
+    """Measure every distinct workload of a model into the records; no plan is written."""
+    start = time.perf_counter()
+    options = _options(budget, strategy, libraries, seed, progress)
+    optimized = optimize_graph(import_model(model, batch))
+    choices = _explore(optimized, options, records, threads, timeout_s)
+    best = {c.workload: c for c in choices}
+    return {
+        "workloads": len(best),
+        "measured_candidates": sum(len(c.candidates) for c in best.values()),
+        "best": [
+            {"workload": c.workload, "node": c.node, "impl": c.impl, "median_s": c.median_s} for c in best.values()
+        ],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _options(
+    budget: int, strategy: str, libraries: tuple[str, ...] | None, seed: int, progress: bool | None
+) -> ExploreOptions:
+    if strategy not in STRATEGIES:
+        raise WoodpeckerError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+    if budget < 1:
+        raise WoodpeckerError(f"--budget must be at least 1, got {budget}")
+    unknown = sorted(set(libraries or ()) - set(registry.LIBRARIES))
+    if unknown:
+        raise WoodpeckerError(f"unknown libraries {unknown}; choose from {', '.join(registry.LIBRARIES)}")
+    progress = sys.stderr.isatty() if progress is None else progress
+    return ExploreOptions(
+        budget=budget,
+        strategy=strategy,
+        seed=seed,
+        progress=progress,
+        **({"libraries": tuple(libraries)} if libraries is not None else {}),
+    )
+
+
+def _explore(graph, options: ExploreOptions, records, threads: int | None, timeout_s: float):
+    store = Records(records)
+    try:
+        with LocalRunner(threads=threads, timeout_s=timeout_s, seed=options.seed) as runner:
+            return explore(graph, options, runner, store)
+    finally:
+        store.close()
 
 
 def load(directory: str | Path) -> Plan:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wpk: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if args.debug:
             raise
@@ -45,16 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimize", help="optimize an ONNX model into a verified inference plan")
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", required=True, help="plan directory to write")
-    p.add_argument("--budget", type=int, default=8, help="configurations tried per generated kernel (default 8)")
-    p.add_argument("--strategy", default="random", help="random, ga (genetic), rl (PPO) or anneal (cost model)")
-    p.add_argument("--records", help="tuning-records database (default: ~/.cache/woodpecker/records.sqlite)")
-    p.add_argument("--batch", type=int, help="batch size to plan for (default: the model's, or 1 if dynamic)")
-    p.add_argument(
-        "--libraries", default="onnxruntime,openvino,torch,numpy", help="library kernels to consider, comma-separated"
-    )
-    p.add_argument("--seed", type=int, default=0)
+    _search_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_optimize)
+
+    p = sub.add_parser("tune", help="measure every distinct workload of a model into the records (no plan)")
+    p.add_argument("model", help="the .onnx file")
+    _search_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_tune)
+
+    p = sub.add_parser("records", help="list, export or import tuning records")
+    p.add_argument("action", choices=["list", "export", "import"])
+    p.add_argument("file", nargs="?", default="-", help="JSON-lines file for export/import ('-': stdout/stdin)")
+    p.add_argument("--records", help="the database (default: ~/.cache/woodpecker/records.sqlite)")
+    p.add_argument("--all-hardware", action="store_true", help="export records of every machine, not just this one")
+    p.set_defaults(handler=_records)
 
     p = sub.add_parser("run", help="run a plan on inputs from .npy files")
     p.add_argument("plan", help="plan directory")
@@ -90,6 +100,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=int, default=8, help="configurations tried per generated kernel (default 8)")
+    p.add_argument("--strategy", default="random", help="random, ga (genetic), rl (PPO) or anneal (cost model)")
+    p.add_argument("--records", help="tuning-records database (default: ~/.cache/woodpecker/records.sqlite)")
+    p.add_argument("--batch", type=int, help="batch size to plan for (default: the model's, or 1 if dynamic)")
+    p.add_argument(
+        "--libraries", default="onnxruntime,openvino,torch,numpy", help="library kernels to consider, comma-separated"
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _search_kwargs(args) -> dict:
+    return dict(
+        budget=args.budget,
+        strategy=args.strategy,
+        records=args.records,
+        batch=args.batch,
+        libraries=tuple(x for x in args.libraries.split(",") if x),
+        seed=args.seed,
+    )
+
+
 def _peers() -> tuple[str, ...]:
     from woodpecker.bench import PEERS
 
@@ -99,15 +131,7 @@ def _peers() -> tuple[str, ...]:
 def _optimize(args) -> int:
     from woodpecker.api import optimize
 
-    plan = optimize(
-        args.model,
-        budget=args.budget,
-        strategy=args.strategy,
-        records=args.records,
-        batch=args.batch,
-        libraries=tuple(x for x in args.libraries.split(",") if x),
-        seed=args.seed,
-    )
+    plan = optimize(args.model, **_search_kwargs(args))
     plan.save(args.output)
     summary = plan.meta["summary"]
     if args.json:
@@ -137,6 +161,58 @@ def _optimize(args) -> int:
         f"input-difference error {v['difference_error']:.1e}"
     )
     return 0
+
+
+def _tune(args) -> int:
+    from woodpecker.api import tune
+
+    report = tune(args.model, **_search_kwargs(args))
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(
+        f"tuned {report['workloads']} distinct workloads, {report['measured_candidates']} candidates "
+        f"measured or read from the records, in {report['seconds']} s"
+    )
+    for row in report["best"]:
+        print(f"  {row['impl']:<20}{(row['median_s'] or 0) * 1e3:>9.3f} ms  {row['node']}")
+    return 0
+
+
+def _records(args) -> int:
+    from woodpecker.records.database import Records
+
+    store = Records(args.records)
+    try:
+        if args.action == "list":
+            for row in store.summary():
+                best = f"{row['best_median_s'] * 1e3:.3f} ms" if row["best_median_s"] else "-"
+                print(
+                    f"{row['workload']:<36}{row['impl']:<20}{row['configs']:>5} configs {row['failures']:>4} failed"
+                    f"  best {best}"
+                )
+        elif args.action == "export":
+            lines = (line + "\n" for line in store.export_lines(args.all_hardware))
+            if args.file == "-":
+                sys.stdout.writelines(lines)
+            else:  # written beside, then renamed: never a half-written export
+                tmp = Path(args.file).with_name(Path(args.file).name + ".tmp")
+                tmp.write_text("".join(lines))
+                tmp.replace(args.file)
+        else:
+            source = sys.stdin if args.file == "-" else _open_for_import(args.file)
+            count = store.import_lines(source, args.file)
+            print(f"imported {count} records into {store.path}", file=sys.stderr)
+    finally:
+        store.close()
+    return 0
+
+
+def _open_for_import(path: str):
+    try:
+        return open(path)  # noqa: SIM115
+    except OSError as exc:
+        raise WoodpeckerError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _run(args) -> int:

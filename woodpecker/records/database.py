@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from woodpecker.errors import RecordsError
@@ -63,17 +64,7 @@ class Records:
             "SELECT result FROM measurements WHERE hardware=? AND workload=? AND impl=? AND config=?",
             (self.hardware, workload, impl, _config_key(config)),
         ).fetchone()
-        if row is None:
-            return None
-        data = json.loads(row[0])
-        return MeasureResult(
-            data["impl"],
-            data["config"],
-            data["error"],
-            data["compile_s"],
-            tuple(data["times_s"]),
-            data.get("max_rel_error"),
-        )
+        return None if row is None else _result_from_json(json.loads(row[0]))
 
     def add(self, workload: str, result: MeasureResult) -> None:
         payload = json.dumps(
@@ -103,11 +94,85 @@ class Records:
                 ),
             )
 
+    def summary(self) -> list[dict]:
+        """Per workload and implementation on this hardware: configs measured, failures, best median."""
+        rows = self._db.execute(
+            "SELECT workload, impl, COUNT(*), SUM(error IS NOT NULL), MIN(median_s) FROM measurements "
+            "WHERE hardware=? GROUP BY workload, impl ORDER BY workload, impl",
+            (self.hardware,),
+        ).fetchall()
+        keys = ("workload", "impl", "configs", "failures", "best_median_s")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def export_lines(self, all_hardware: bool = False) -> Iterator[str]:
+        """JSON lines, one measurement each, with the hardware it was measured on."""
+        descriptions = dict(self._db.execute("SELECT id, description FROM hardware").fetchall())
+        query = "SELECT hardware, workload, impl, result, created FROM measurements"
+        rows = (
+            self._db.execute(query) if all_hardware else self._db.execute(query + " WHERE hardware=?", (self.hardware,))
+        )
+        for hardware, workload, impl, result, created in rows:
+            yield json.dumps(
+                {
+                    "hardware": hardware,
+                    "hardware_description": json.loads(descriptions[hardware]),
+                    "workload": workload,
+                    "impl": impl,
+                    "result": json.loads(result),
+                    "created": created,
+                },
+                sort_keys=True,
+            )
+
+    def import_lines(self, lines: Iterable[str], source: str = "input") -> int:
+        """Add exported measurements in one transaction: a malformed line rejects the whole import."""
+        rows, hardware = [], {}
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                result = _result_from_json(item["result"])
+                rows.append(
+                    (
+                        item["hardware"],
+                        item["workload"],
+                        item["impl"],
+                        _config_key(result.config),
+                        result.error,
+                        result.compile_s,
+                        result.median_s if result.ok else None,
+                        json.dumps(item["result"]),
+                        float(item["created"]),
+                    )
+                )
+                hardware[item["hardware"]] = json.dumps(item["hardware_description"], sort_keys=True)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RecordsError(
+                    f"{source}:{number}: not a Woodpecker record ({type(exc).__name__}: {exc})"
+                ) from None
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR IGNORE INTO hardware VALUES (?, ?)", hardware.items())
+            self._db.executemany("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM measurements WHERE hardware=?", (self.hardware,)).fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
+
+
+def _result_from_json(data: dict) -> MeasureResult:
+    return MeasureResult(
+        data["impl"],
+        dict(data["config"]),
+        data["error"],
+        float(data["compile_s"]),
+        tuple(float(t) for t in data["times_s"]),
+        data.get("max_rel_error"),
+    )
 
 
 def _config_key(config: dict) -> str:

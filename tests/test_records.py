@@ -1,0 +1,78 @@
+"""The tuning records: round trips, concurrent writers, a kill mid-write, bad imports."""
+
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from woodpecker.errors import RecordsError
+from woodpecker.measure.result import MeasureResult
+from woodpecker.records.database import Records
+
+
+def result(i: int, error: str | None = None) -> MeasureResult:
+    return MeasureResult("halide.conv2d", {"tile": i}, error, 0.1, () if error else (1e-3 * (i + 1), 2e-3))
+
+
+def writer(path, start: int, count: int) -> None:
+    store = Records(path)
+    for i in range(start, start + count):
+        store.add("Conv-abc", result(i))
+
+
+def test_export_import_round_trip(tmp_path):
+    source = Records(tmp_path / "a.sqlite")
+    for i in range(5):
+        source.add("Conv-abc", result(i, error="compile: boom" if i == 3 else None))
+    lines = list(source.export_lines())
+    target = Records(tmp_path / "b.sqlite")
+    assert target.import_lines(lines) == 5 and target.count() == 5
+    assert target.lookup("Conv-abc", "halide.conv2d", {"tile": 2}) == source.lookup(
+        "Conv-abc", "halide.conv2d", {"tile": 2}
+    )
+    assert target.lookup("Conv-abc", "halide.conv2d", {"tile": 3}).error == "compile: boom"
+    assert target.summary() == source.summary()
+
+
+def test_a_bad_line_imports_nothing(tmp_path):
+    source = Records(tmp_path / "a.sqlite")
+    source.add("Conv-abc", result(1))
+    lines = list(source.export_lines()) + ['{"hardware": "x"}']
+    target = Records(tmp_path / "b.sqlite")
+    with pytest.raises(RecordsError, match=":2: not a Woodpecker record"):
+        target.import_lines(lines, "records.jsonl")
+    assert target.count() == 0
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    Records(path)  # create it once
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=writer, args=(path, k * 100, 40)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert Records(path).count() == 120
+
+
+def test_kill_during_writes_leaves_a_consistent_database(tmp_path):
+    path = tmp_path / "killed.sqlite"
+    Records(path)
+    proc = mp.get_context("spawn").Process(target=writer, args=(path, 0, 100_000))
+    proc.start()
+    deadline = time.time() + 60
+    while Records(path).count() < 20 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    store = Records(path)
+    written = store.count()
+    assert 20 <= written < 100_000
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.add("Conv-abc", result(10**6))  # and it is still writable
+    assert store.count() == written + 1
