@@ -2,6 +2,7 @@
 
 import math
 import random
+import time
 
 import pytest
 
@@ -83,3 +84,43 @@ def test_failed_trials_never_become_parents():
     configs = ga.propose(8)
     ga.observe(configs, [math.inf] * 7 + [2.0])
     assert [c for _, c in ga.population] == [configs[7]]
+
+
+class ScriptedRunner:
+    """Stands in for the measuring worker: returns the costs a test scripts (tuner logic only)."""
+
+    def __init__(self, cost_of):
+        self.cost_of, self.calls = cost_of, 0
+
+    def measure(self, workload, impl, config):
+        from woodpecker.measure.result import MeasureResult
+
+        self.calls += 1
+        return MeasureResult(impl, config, times_s=(self.cost_of(config),))
+
+
+def tune_with(runner, **options):
+    from tqdm import tqdm
+
+    from woodpecker.plan.explore import ExploreOptions, _tune
+
+    return _tune(None, "key", "halide.test", SPACE, ExploreOptions(**options), runner, None, tqdm(disable=True))
+
+
+def test_tuner_stops_after_patience_batches_without_gain():
+    runner = ScriptedRunner(lambda config: 1.0)  # nothing ever improves on the first batch
+    results = tune_with(runner, budget=100, batch=4, strategy="ga", patience=2)
+    assert len(results) == 12 and runner.calls == 12  # first batch, then two stale ones
+
+
+def test_tuner_spends_the_whole_budget_while_it_improves():
+    runner = ScriptedRunner(cost)
+    results = tune_with(runner, budget=40, batch=4, strategy="ga", patience=0)
+    assert len(results) == 40
+    assert min(r.median_s for r in results) < min(r.median_s for r in results[:4])
+
+
+def test_tuner_time_budget():
+    runner = ScriptedRunner(lambda config: time.sleep(0.05) or 1.0)
+    results = tune_with(runner, budget=1000, batch=2, strategy="random", seconds=0.3)
+    assert 2 <= len(results) <= 12

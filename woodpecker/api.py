@@ -31,13 +31,15 @@ def optimize(
     batch: int | None = None,
     libraries: tuple[str, ...] | None = None,
     seed: int = 0,
+    patience: int = 0,
+    seconds: float = 0.0,
     progress: bool | None = None,
     threads: int | None = None,
     timeout_s: float = 120.0,
 ) -> Plan:
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime."""
     start = time.perf_counter()
-    options = _options(budget, strategy, libraries, seed, progress)
+    options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
     proto = load_onnx(model)
     graph = import_model(proto, batch)
     optimized = optimize_graph(graph)
@@ -74,13 +76,15 @@ def tune(
     batch: int | None = None,
     libraries: tuple[str, ...] | None = None,
     seed: int = 0,
+    patience: int = 0,
+    seconds: float = 0.0,
     progress: bool | None = None,
     threads: int | None = None,
     timeout_s: float = 120.0,
 ) -> dict:
     """Measure every distinct workload of a model into the records; no plan is written."""
     start = time.perf_counter()
-    options = _options(budget, strategy, libraries, seed, progress)
+    options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
     optimized = optimize_graph(import_model(model, batch))
     choices = _explore(optimized, options, records, threads, timeout_s)
     best = {c.workload: c for c in choices}

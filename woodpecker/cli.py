@@ -108,6 +108,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--libraries", default="onnxruntime,openvino,torch,numpy", help="library kernels to consider, comma-separated"
     )
+    p.add_argument("--patience", type=int, default=0, help="stop a kernel's search after K batches without gain")
+    p.add_argument("--seconds", type=float, default=0.0, help="time budget per workload and generated kernel")
     p.add_argument("--seed", type=int, default=0)
 
 

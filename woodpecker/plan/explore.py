@@ -6,6 +6,8 @@ measurement goes to the tuning records so a later run never measures it again.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, replace
 
 from tqdm import tqdm
@@ -28,6 +30,8 @@ TRIVIAL_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 class ExploreOptions:
     budget: int = 8  # configurations tried per generated implementation and workload
     batch: int = 4  # configurations measured between two strategy updates
+    patience: int = 0  # stop tuning a kernel after this many batches without improvement (0: never)
+    seconds: float = 0.0  # time budget per workload and generated kernel (0: none)
     strategy: str = "random"
     libraries: tuple[str, ...] = registry.LIBRARIES
     seed: int = 0
@@ -92,10 +96,13 @@ def _tune(
     records: Records | None,
     bar: tqdm,
 ) -> list[MeasureResult]:
-    """Propose, measure, observe in batches until the budget is spent or the strategy has nothing new."""
+    """Propose, measure, observe in batches until the budget (trials or seconds) is spent, the strategy
+    has nothing new, or `patience` batches in a row brought no improvement."""
     strategy = STRATEGIES[options.strategy](space, options.seed)
+    deadline = time.monotonic() + options.seconds if options.seconds else math.inf
     results: list[MeasureResult] = []
-    while len(results) < options.budget:
+    best, stale = math.inf, 0
+    while len(results) < options.budget and time.monotonic() < deadline:
         configs = strategy.propose(min(options.batch, options.budget - len(results)))
         if not configs:
             break
@@ -103,6 +110,10 @@ def _tune(
         bar.update(len(batch))
         strategy.observe(configs, [r.median_s for r in batch])
         results += batch
+        batch_best = min(r.median_s for r in batch)
+        best, stale = (batch_best, 0) if batch_best < best else (best, stale + 1)
+        if options.patience and stale >= options.patience:
+            break
     return results
 
 
