@@ -99,7 +99,13 @@ def tune(
 
 
 def _options(
-    budget: int, strategy: str, libraries: tuple[str, ...] | None, seed: int, progress: bool | None
+    budget: int,
+    strategy: str,
+    libraries: tuple[str, ...] | None,
+    seed: int,
+    progress: bool | None,
+    patience: int = 0,
+    seconds: float = 0.0,
 ) -> ExploreOptions:
     if strategy not in STRATEGIES:
         raise WoodpeckerError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
@@ -114,6 +120,8 @@ def _options(
         strategy=strategy,
         seed=seed,
         progress=progress,
+        patience=patience,
+        seconds=seconds,
         **({"libraries": tuple(libraries)} if libraries is not None else {}),
     )
 
