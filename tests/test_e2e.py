@@ -157,3 +157,36 @@ def test_cli_tune_fills_the_records_then_export(small_plan, tmp_path):
     lines = exported.stdout.splitlines()
     assert len(lines) == report["measured_candidates"] and all(json.loads(line)["workload"] for line in lines)
     assert not (tmp_path / "plan").exists()
+
+
+def conv_model_file(directory, size: int):
+    from conftest import const, make_model, tensor
+    from onnx import helper
+
+    w = np.random.default_rng(size).standard_normal((16, 8, 3, 3)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        [tensor("x", [1, 8, size, size])],
+        [tensor("y", [1, 16, size, size])],
+        [const("w", w)],
+    )
+    path = directory / f"conv{size}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_a_new_workload_starts_from_the_best_config_of_a_similar_one(tmp_path):
+    records = tmp_path / "r.sqlite"
+    tuned = woodpecker.tune(conv_model_file(tmp_path, 20), budget=6, strategy="ga", records=records, progress=False)
+    assert tuned["workloads"] == 1
+    best = min(
+        (
+            json.loads(line)
+            for line in Records(records).export_lines()
+            if json.loads(line)["impl"] == "halide.conv2d" and json.loads(line)["result"]["error"] is None
+        ),
+        key=lambda item: sorted(item["result"]["times_s"])[len(item["result"]["times_s"]) // 2],
+    )
+    plan = woodpecker.optimize(conv_model_file(tmp_path, 22), budget=1, records=records, progress=False)
+    first = next(c for c in plan.choices[0].candidates if c["impl"] == "halide.conv2d")
+    assert first["config"] == best["result"]["config"]

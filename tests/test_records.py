@@ -76,3 +76,26 @@ def test_kill_during_writes_leaves_a_consistent_database(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store.add("Conv-abc", result(10**6))  # and it is still writable
     assert store.count() == written + 1
+
+
+def conv_description(channels: int, size: int) -> dict:
+    return {
+        "op": "Conv",
+        "attrs": {"pads": [1, 1, 1, 1], "strides": [1, 1]},
+        "inputs": [[[1, channels, size, size], "float32", False], [[channels, channels, 3, 3], "float32", True]],
+        "outputs": [[[1, channels, size, size], "float32"]],
+    }
+
+
+def test_transfer_returns_the_best_configs_of_the_nearest_workloads(tmp_path):
+    store = Records(tmp_path / "r.sqlite")
+    for key, channels, size, best_tile in (("Conv-near", 64, 56, 7), ("Conv-far", 512, 7, 9)):
+        store.describe(key, conv_description(channels, size))
+        for tile, seconds in ((best_tile, 1e-3), (best_tile + 100, 2e-3)):
+            store.add(key, MeasureResult("halide.conv2d", {"tile": tile}, times_s=(seconds,)))
+        store.add(key, MeasureResult("halide.conv2d", {"tile": -1}, error="compile: boom"))
+    target = conv_description(64, 52)
+    assert store.transfer("Conv-new", target, "halide.conv2d", k=1) == [{"tile": 7}]
+    assert store.transfer("Conv-new", target, "halide.conv2d", k=3) == [{"tile": 7}, {"tile": 9}]
+    assert store.transfer("Conv-new", target, "halide.dense") == []
+    assert store.transfer("Conv-new", {**target, "op": "MaxPool"}, "halide.conv2d") == []

@@ -8,13 +8,13 @@ if TYPE_CHECKING:
     from woodpecker.api import load, optimize
     from woodpecker.plan.plan import Plan
 
-__all__ = ["Plan", "WoodpeckerError", "load", "optimize"]
+__all__ = ["Plan", "WoodpeckerError", "load", "optimize", "tune"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
     """Import lazily: `wpk --help` should not pay for Halide, ONNX Runtime and PyTorch."""
-    if name in ("load", "optimize"):
+    if name in ("load", "optimize", "tune"):
         from woodpecker import api
 
         return getattr(api, name)

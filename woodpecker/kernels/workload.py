@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,9 +67,9 @@ class Workload:
             self.node.name,
         )
 
-    def key(self) -> str:
-        """Hash of what determines a kernel's speed: op, attributes, shapes, dtypes, constness."""
-        description = {
+    def description(self) -> dict:
+        """What determines a kernel's speed: op, attributes, shapes, dtypes, constness."""
+        return {
             "op": self.op,
             "attrs": {k: _jsonable(v) for k, v in sorted(self.node.attrs.items())},
             "inputs": [
@@ -77,7 +78,9 @@ class Workload:
             ],
             "outputs": [[list(self.values[n].shape), self.values[n].dtype] for n in self.node.outputs if n],
         }
-        text = json.dumps(description, sort_keys=True)
+
+    def key(self) -> str:
+        text = json.dumps(self.description(), sort_keys=True)
         return f"{self.op}-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def flops(self) -> float:
@@ -89,6 +92,26 @@ class Workload:
         if self.op in ("Gemm", "MatMul"):
             return 2.0 * out * self.input_shape(0)[-1]
         return float(out)
+
+
+def shape_features(description: dict) -> list[float]:
+    """Every number of a workload description on a log scale: nearby vectors = similar workloads."""
+    numbers: list[float] = []
+
+    def walk(value) -> None:
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return
+        if isinstance(value, int | float):
+            numbers.append(math.log2(1 + abs(value)))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for key in sorted(value):
+                walk(value[key])
+
+    walk({"attrs": description["attrs"], "inputs": description["inputs"], "outputs": description["outputs"]})
+    return numbers
 
 
 def _jsonable(value):

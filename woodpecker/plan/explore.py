@@ -31,6 +31,7 @@ class ExploreOptions:
     budget: int = 8  # configurations tried per generated implementation and workload
     batch: int = 4  # configurations measured between two strategy updates
     patience: int = 0  # stop tuning a kernel after this many batches without improvement (0: never)
+    transfer: bool = True  # start from the best configs of the most similar recorded workloads
     seconds: float = 0.0  # time budget per workload and generated kernel (0: none)
     strategy: str = "random"
     libraries: tuple[str, ...] = registry.LIBRARIES
@@ -98,6 +99,10 @@ def _tune(
 ) -> list[MeasureResult]:
     """Propose, measure, observe in batches until the budget (trials or seconds) is spent, the strategy
     has nothing new, or `patience` batches in a row brought no improvement."""
+    if options.transfer and records is not None:
+        description = workload.description()
+        records.describe(key, description)
+        space = replace(space, defaults=(*records.transfer(key, description, impl), *space.defaults))
     strategy = STRATEGIES[options.strategy](space, options.seed)
     deadline = time.monotonic() + options.seconds if options.seconds else math.inf
     results: list[MeasureResult] = []

@@ -7,6 +7,7 @@ any moment; a file that is not our database raises RecordsError instead of being
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from woodpecker.errors import RecordsError
+from woodpecker.kernels.workload import shape_features
 from woodpecker.measure.result import MeasureResult
 from woodpecker.records.fingerprint import fingerprint, fingerprint_id
 
@@ -43,6 +45,10 @@ class Records:
         self._db.execute("PRAGMA journal_mode=WAL")
         if not tables:
             self._create()
+        # Added after schema 1 shipped: what each workload key stands for, for transfer between workloads.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS workloads (key TEXT PRIMARY KEY, op TEXT NOT NULL, description TEXT NOT NULL)"
+        )
         self.hardware = fingerprint_id()
         self._db.execute("INSERT OR IGNORE INTO hardware VALUES (?, ?)", (self.hardware, json.dumps(fingerprint())))
 
@@ -65,6 +71,36 @@ class Records:
             (self.hardware, workload, impl, _config_key(config)),
         ).fetchone()
         return None if row is None else _result_from_json(json.loads(row[0]))
+
+    def describe(self, key: str, description: dict) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR IGNORE INTO workloads VALUES (?, ?, ?)",
+                (key, description["op"], json.dumps(description, sort_keys=True)),
+            )
+
+    def transfer(self, key: str, description: dict, impl: str, k: int = 3) -> list[dict]:
+        """Best configs of `impl` on the k recorded workloads of the same op nearest to this one."""
+        rows = self._db.execute(
+            "SELECT w.key, w.description, m.config FROM workloads w JOIN measurements m ON m.workload = w.key "
+            "WHERE w.op=? AND w.key<>? AND m.hardware=? AND m.impl=? AND m.error IS NULL "
+            "AND m.median_s = (SELECT MIN(median_s) FROM measurements x WHERE x.hardware=m.hardware "
+            "AND x.workload=m.workload AND x.impl=m.impl AND x.error IS NULL)",
+            (description["op"], key, self.hardware, impl),
+        ).fetchall()
+        target = shape_features(description)
+        scored = []
+        for _, other, config in rows:
+            features = shape_features(json.loads(other))
+            if len(features) == len(target):
+                scored.append((math.dist(features, target), json.loads(config)))
+        scored.sort(key=lambda pair: pair[0])
+        configs: list[dict] = []
+        for _, config in scored:
+            if config not in configs:
+                configs.append(config)
+        return configs[:k]
 
     def add(self, workload: str, result: MeasureResult) -> None:
         payload = json.dumps(
