@@ -99,6 +99,11 @@ def _tune(
 ) -> list[MeasureResult]:
     """Propose, measure, observe in batches until the budget (trials or seconds) is spent, the strategy
     has nothing new, or `patience` batches in a row brought no improvement."""
+    if records is not None:  # a workload tuned before is never searched again
+        known = records.results(key, impl)
+        if len(known) >= options.budget:
+            bar.update(options.budget)
+            return known
     if options.transfer and records is not None:
         description = workload.description()
         records.describe(key, description)

@@ -72,6 +72,14 @@ class Records:
         ).fetchone()
         return None if row is None else _result_from_json(json.loads(row[0]))
 
+    def results(self, workload: str, impl: str) -> list[MeasureResult]:
+        """Every recorded trial of `impl` on this workload and hardware."""
+        rows = self._db.execute(
+            "SELECT result FROM measurements WHERE hardware=? AND workload=? AND impl=? ORDER BY created",
+            (self.hardware, workload, impl),
+        ).fetchall()
+        return [_result_from_json(json.loads(row[0])) for row in rows]
+
     def describe(self, key: str, description: dict) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
