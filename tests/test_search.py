@@ -98,6 +98,9 @@ class ScriptedRunner:
         self.calls += 1
         return MeasureResult(impl, config, times_s=(self.cost_of(config),))
 
+    def measure_batch(self, workload, impl, configs):
+        return [self.measure(workload, impl, c) for c in configs]
+
 
 def tune_with(runner, **options):
     from tqdm import tqdm

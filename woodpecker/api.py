@@ -36,6 +36,7 @@ def optimize(
     progress: bool | None = None,
     threads: int | None = None,
     timeout_s: float = 120.0,
+    ray: str | None = None,
 ) -> Plan:
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime."""
     start = time.perf_counter()
@@ -43,7 +44,7 @@ def optimize(
     proto = load_onnx(model)
     graph = import_model(proto, batch)
     optimized = optimize_graph(graph)
-    choices = _explore(optimized, options, records, threads, timeout_s)
+    choices = _explore(optimized, options, records, threads, timeout_s, ray)
     best, timed = select_plan(optimized, choices, options.libraries, seed, progress)
     choices = best.choices
     meta = {
@@ -81,12 +82,13 @@ def tune(
     progress: bool | None = None,
     threads: int | None = None,
     timeout_s: float = 120.0,
+    ray: str | None = None,
 ) -> dict:
     """Measure every distinct workload of a model into the records; no plan is written."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
     optimized = optimize_graph(import_model(model, batch))
-    choices = _explore(optimized, options, records, threads, timeout_s)
+    choices = _explore(optimized, options, records, threads, timeout_s, ray)
     best = {c.workload: c for c in choices}
     return {
         "workloads": len(best),
@@ -126,10 +128,16 @@ def _options(
     )
 
 
-def _explore(graph, options: ExploreOptions, records, threads: int | None, timeout_s: float):
+def _explore(graph, options: ExploreOptions, records, threads: int | None, timeout_s: float, ray: str | None):
     store = Records(records)
     try:
-        with LocalRunner(threads=threads, timeout_s=timeout_s, seed=options.seed) as runner:
+        if ray:
+            from woodpecker.measure.ray_runner import RayRunner
+
+            runner = RayRunner(ray, threads=threads, timeout_s=timeout_s, seed=options.seed)
+        else:
+            runner = LocalRunner(threads=threads, timeout_s=timeout_s, seed=options.seed)
+        with runner:
             return explore(graph, options, runner, store)
     finally:
         store.close()

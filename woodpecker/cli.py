@@ -110,6 +110,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--patience", type=int, default=0, help="stop a kernel's search after K batches without gain")
     p.add_argument("--seconds", type=float, default=0.0, help="time budget per workload and generated kernel")
+    p.add_argument("--ray", metavar="ADDRESS", help="measure on a Ray cluster ('local' starts a one-node one)")
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-from typing import Any
+from typing import Any, Protocol
 
 from woodpecker.errors import WoodpeckerError
 from woodpecker.kernels.workload import Workload
@@ -14,6 +14,14 @@ from woodpecker.measure.worker import worker_main
 
 DEFAULT_TIMEOUT_S = 120.0
 STARTUP_TIMEOUT_S = 120.0
+
+
+class Runner(Protocol):
+    """Builds, checks and times candidates somewhere else; failures come back as results."""
+
+    def measure(self, workload: Workload, impl: str, config: dict[str, Any]) -> MeasureResult: ...
+
+    def measure_batch(self, workload: Workload, impl: str, configs: list[dict[str, Any]]) -> list[MeasureResult]: ...
 
 
 class LocalRunner:
@@ -49,6 +57,10 @@ class LocalRunner:
             code = self._process.exitcode if self._process else None
             self._restart()
             return MeasureResult(impl, config, error=f"crashed (worker exit code {code})")
+
+    def measure_batch(self, workload: Workload, impl: str, configs: list[dict[str, Any]]) -> list[MeasureResult]:
+        """One machine times one candidate at a time: a batch here is measured in order."""
+        return [self.measure(workload, impl, config) for config in configs]
 
     def _call(self, message: tuple, timeout_s: float):
         self._conn.send(message)

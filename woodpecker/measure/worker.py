@@ -22,11 +22,9 @@ from woodpecker.measure.timing import (
 )
 
 
-def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:
+def start_measuring_process(threads: int | None) -> None:
+    """Thread settings for a process that measures; call before any library starts its pool."""
     threads = configure_threads(threads)
-    from woodpecker.kernels import registry
-    from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
-
     try:
         import torch
 
@@ -34,6 +32,28 @@ def worker_main(conn: Connection, threads: int | None, settings: TimingSettings)
     except ImportError:
         pass
 
+
+def prepare(workload, seed: int) -> tuple:
+    """Random inputs and ONNX Runtime's outputs for them: what every candidate is checked against."""
+    from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
+
+    inputs = random_inputs(workload, seed)
+    reference = empty_outputs(workload)
+    try:
+        OnnxRuntimeKernel(workload.as_graph())(inputs, reference)
+    except Exception as exc:
+        return workload, inputs, reference, f"reference failed: {exc}"
+    return workload, inputs, reference, None
+
+
+def measure_prepared(entry: tuple, impl_name: str, config, settings: TimingSettings) -> MeasureResult:
+    from woodpecker.kernels import registry
+
+    return _measure(entry, registry.get(impl_name), config, settings)
+
+
+def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:
+    start_measuring_process(threads)
     workloads: dict = {}
     conn.send(("ready",))
     while True:
@@ -46,17 +66,11 @@ def worker_main(conn: Connection, threads: int | None, settings: TimingSettings)
             return
         if kind == "workload":
             _, key, workload, seed = message
-            inputs = random_inputs(workload, seed)
-            reference = empty_outputs(workload)
-            try:
-                OnnxRuntimeKernel(workload.as_graph())(inputs, reference)
-                workloads[key] = (workload, inputs, reference, None)
-            except Exception as exc:
-                workloads[key] = (workload, inputs, reference, f"reference failed: {exc}")
+            workloads[key] = prepare(workload, seed)
             conn.send(("ok",))
             continue
         _, key, impl_name, config = message
-        conn.send(("result", _measure(workloads[key], registry.get(impl_name), config, settings)))
+        conn.send(("result", measure_prepared(workloads[key], impl_name, config, settings)))
 
 
 def _measure(entry, impl, config, settings: TimingSettings) -> MeasureResult:

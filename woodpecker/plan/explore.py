@@ -17,7 +17,7 @@ from woodpecker.graph.ir import Graph, Node
 from woodpecker.kernels import registry
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.result import MeasureResult
-from woodpecker.measure.runner import LocalRunner
+from woodpecker.measure.runner import Runner
 from woodpecker.plan.choice import Choice
 from woodpecker.records.database import Records
 from woodpecker.search.strategies import STRATEGIES
@@ -39,7 +39,7 @@ class ExploreOptions:
     progress: bool = True
 
 
-def explore(graph: Graph, options: ExploreOptions, runner: LocalRunner, records: Records | None) -> list[Choice]:
+def explore(graph: Graph, options: ExploreOptions, runner: Runner, records: Records | None) -> list[Choice]:
     decided: dict[str, Choice] = {}
     choices = []
     bar = tqdm(graph.nodes, desc="optimize", unit="node", disable=not options.progress, leave=False)
@@ -55,7 +55,7 @@ def explore(graph: Graph, options: ExploreOptions, runner: LocalRunner, records:
 
 
 def _choose(
-    node: Node, workload: Workload, key: str, options: ExploreOptions, runner: LocalRunner, records: Records | None
+    node: Node, workload: Workload, key: str, options: ExploreOptions, runner: Runner, records: Records | None
 ) -> Choice:
     impls = registry.candidates(workload, options.libraries)
     native = [i for i in impls if i.name != registry.FALLBACK]
@@ -93,7 +93,7 @@ def _tune(
     impl: str,
     space,
     options: ExploreOptions,
-    runner: LocalRunner,
+    runner: Runner,
     records: Records | None,
     bar: tqdm,
 ) -> list[MeasureResult]:
@@ -116,7 +116,7 @@ def _tune(
         configs = strategy.propose(min(options.batch, options.budget - len(results)))
         if not configs:
             break
-        batch = [_measure(workload, key, impl, config, runner, records) for config in configs]
+        batch = _measure_batch(workload, key, impl, configs, runner, records)
         bar.update(len(batch))
         strategy.observe(configs, [r.median_s for r in batch])
         results += batch
@@ -127,17 +127,24 @@ def _tune(
     return results
 
 
+def _measure_batch(
+    workload: Workload, key: str, impl: str, configs: list[dict], runner, records: Records | None
+) -> list[MeasureResult]:
+    """Measure what the records do not know yet, as one batch (a Ray cluster runs it in parallel)."""
+    known = {i: records.lookup(key, impl, c) for i, c in enumerate(configs)} if records is not None else {}
+    missing = [i for i in range(len(configs)) if known.get(i) is None]
+    fresh = runner.measure_batch(workload, impl, [configs[i] for i in missing]) if missing else []
+    for i, result in zip(missing, fresh):
+        known[i] = result
+        if records is not None:
+            records.add(key, result)  # failures too: a config that crashed or hung is never tried again
+    return [known[i] for i in range(len(configs))]
+
+
 def _measure(
-    workload: Workload, key: str, impl: str, config: dict, runner: LocalRunner, records: Records | None
+    workload: Workload, key: str, impl: str, config: dict, runner: Runner, records: Records | None
 ) -> MeasureResult:
-    if records is not None:
-        known = records.lookup(key, impl, config)
-        if known is not None:
-            return known
-    result = runner.measure(workload, impl, config)
-    if records is not None:
-        records.add(key, result)  # failures too: a config that crashed or hung is never tried again
-    return result
+    return _measure_batch(workload, key, impl, [config], runner, records)[0]
 
 
 def summarize(graph_before: Graph, graph: Graph, choices: list[Choice], seconds: float) -> dict:
