@@ -12,11 +12,7 @@ from __future__ import annotations
 import math
 import random
 
-from woodpecker.search.space import Config, ConfigSpace
-
-
-def _key(config: Config) -> tuple:
-    return tuple(sorted(config.items()))
+from woodpecker.search.space import Config, ConfigSpace, config_key
 
 
 class AnnealingSearch:
@@ -45,8 +41,8 @@ class AnnealingSearch:
             if len(batch) >= n:
                 break
             config = self._starts.pop(0) if self._starts else self.space.random_valid(self.rng)
-            if config is not None and _key(config) not in self.seen:
-                self.seen.add(_key(config))
+            if config is not None and config_key(config) not in self.seen:
+                self.seen.add(config_key(config))
                 batch.append(config)
         return batch
 
@@ -86,9 +82,9 @@ class AnnealingSearch:
             for i, (proposal, score) in enumerate(zip(proposals, new_scores)):
                 if score < scores[i] or self.rng.random() < math.exp((scores[i] - score) / temperature):
                     chains[i], scores[i] = proposal, score
-                if _key(proposal) not in self.seen:
-                    visited[_key(proposal)] = (score, proposal)
+                if config_key(proposal) not in self.seen:
+                    visited[config_key(proposal)] = (score, proposal)
         ranked = sorted(visited.values(), key=lambda pair: pair[0])[:n]
         for _, config in ranked:
-            self.seen.add(_key(config))
+            self.seen.add(config_key(config))
         return [config for _, config in ranked]

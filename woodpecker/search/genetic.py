@@ -11,11 +11,7 @@ from __future__ import annotations
 import math
 import random
 
-from woodpecker.search.space import Config, ConfigSpace
-
-
-def _key(config: Config) -> tuple:
-    return tuple(sorted(config.items()))
+from woodpecker.search.space import Config, ConfigSpace, config_key
 
 
 class GeneticSearch:
@@ -36,9 +32,9 @@ class GeneticSearch:
             child = self._next_candidate()
             if child is None:
                 break
-            if _key(child) in self.seen:
+            if config_key(child) in self.seen:
                 continue
-            self.seen.add(_key(child))
+            self.seen.add(config_key(child))
             batch.append(child)
         return batch
 
@@ -50,7 +46,7 @@ class GeneticSearch:
     def _next_candidate(self) -> Config | None:
         while self._starts:
             start = self._starts.pop(0)
-            if _key(start) not in self.seen:
+            if config_key(start) not in self.seen:
                 return start
         if len(self.population) < 2:
             return self.space.random_valid(self.rng)

@@ -13,11 +13,7 @@ from __future__ import annotations
 import math
 import random
 
-from woodpecker.search.space import Config, ConfigSpace
-
-
-def _key(config: Config) -> tuple:
-    return tuple(sorted(config.items()))
+from woodpecker.search.space import Config, ConfigSpace, config_key
 
 
 class PPOSearch:
@@ -73,16 +69,16 @@ class PPOSearch:
                     vector = [self._sample(d) for d in dists]
                     config = self.space.repair(self.space.decode(vector), self.rng)
                 for _ in range(20):  # a converged policy keeps sampling seen configs: explore around them
-                    if _key(config) not in self.seen:
+                    if config_key(config) not in self.seen:
                         break
                     config = self.space.mutate(config, self.rng)
-                if _key(config) in self.seen:
+                if config_key(config) in self.seen:
                     continue
-                self.seen.add(_key(config))
+                self.seen.add(config_key(config))
                 batch.append(config)
             if batch:
                 for config, logp in zip(batch, self._log_prob(dists, batch).tolist()):
-                    self._old_logp[_key(config)] = logp
+                    self._old_logp[config_key(config)] = logp
         return batch
 
     def _sample(self, dist) -> int:
@@ -99,7 +95,7 @@ class PPOSearch:
         floor = (min(self.history) - mean) / std - 1.0  # a failed trial scores below the worst success
         rewards = torch.tensor([(s - mean) / std if s is not None else floor for s in scores])
         advantages = rewards - rewards.mean() if len(rewards) > 1 else rewards
-        old = torch.tensor([self._old_logp.pop(_key(c)) for c in configs])
+        old = torch.tensor([self._old_logp.pop(config_key(c)) for c in configs])
         for _ in range(self.epochs):
             dists = self._distributions()
             ratio = torch.exp(self._log_prob(dists, configs) - old)

@@ -11,6 +11,11 @@ from typing import Any
 Config = dict[str, Any]
 
 
+def config_key(config: Config) -> tuple:
+    """A hashable identity for a config, for "never propose the same one twice"."""
+    return tuple(sorted(config.items()))
+
+
 @dataclass(frozen=True)
 class Knob:
     name: str
