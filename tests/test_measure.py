@@ -10,7 +10,7 @@ from woodpecker.measure.runner import LocalRunner
 from woodpecker.measure.timing import TimingSettings
 from woodpecker.records.database import Records
 
-FAST = TimingSettings(warmup=1, min_runs=3, max_runs=5, min_seconds=0.0, max_seconds=0.2)
+FAST = TimingSettings(warmup=1, rounds=1, min_runs=3, max_runs=5, min_seconds=0.0, max_seconds=0.2)
 
 
 def conv_workload(rng):
