@@ -43,22 +43,19 @@ def main() -> None:
 
 
 def _prepare(runtime: str, path: str, batch: int, threads: int):
-    rng = np.random.default_rng(0)
+    from woodpecker.plan.verify import random_feeds
+
     if runtime == "woodpecker":
         from woodpecker.plan.plan import Plan
 
         plan = Plan.load(path)
-        feeds = {n: rng.standard_normal(s).astype(d) for n, (s, d) in plan.input_specs.items()}
-        executor = plan.executor()
-        return executor.run, feeds
+        return plan.executor().run, random_feeds(plan.input_specs, seed=0)
     from woodpecker.graph.onnx_import import load_onnx, with_static_inputs
 
     proto = with_static_inputs(load_onnx(path), batch)
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    feeds = {
-        i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-        for i in inputs
-    }
+    specs = {i.name: (tuple(d.dim_value for d in i.type.tensor_type.shape.dim), "float32") for i in inputs}
+    feeds = random_feeds(specs, seed=0)
     if runtime == "onnxruntime":
         import onnxruntime as ort
 

@@ -51,11 +51,11 @@ class LocalRunner:
             reply = self._call(("measure", key, impl, config), self.timeout_s)
             return reply[1]
         except TimeoutError:
-            self._restart()
+            self.close()  # the next measurement starts a fresh worker
             return MeasureResult(impl, config, error=f"timeout after {self.timeout_s:.0f}s")
         except (EOFError, BrokenPipeError, ConnectionResetError):
             code = self._process.exitcode if self._process else None
-            self._restart()
+            self.close()  # the next measurement starts a fresh worker
             return MeasureResult(impl, config, error=f"crashed (worker exit code {code})")
 
     def measure_batch(self, workload: Workload, impl: str, configs: list[dict[str, Any]]) -> list[MeasureResult]:
@@ -88,9 +88,6 @@ class LocalRunner:
             code = self._process.exitcode
             self.close()
             raise WoodpeckerError(f"the measuring worker process failed to start (exit code {code})")
-
-    def _restart(self) -> None:
-        self.close()
 
     def close(self) -> None:
         if self._process is not None and self._process.is_alive():

@@ -101,7 +101,5 @@ def _measure(entry, impl, config, settings: TimingSettings) -> MeasureResult:
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    line = text[-1] if text else type(exc).__name__
-    if not text:
-        line = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    line = text[-1] if text else "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return line[:300]
