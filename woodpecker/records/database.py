@@ -46,11 +46,15 @@ class Records:
         if not tables:
             self._create()
         # Added after schema 1 shipped: what each workload key stands for, for transfer between workloads.
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS workloads (key TEXT PRIMARY KEY, op TEXT NOT NULL, description TEXT NOT NULL)"
-        )
+        if "workloads" not in tables:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS workloads "
+                "(key TEXT PRIMARY KEY, op TEXT NOT NULL, description TEXT NOT NULL)"
+            )
         self.hardware = fingerprint_id()
-        self._db.execute("INSERT OR IGNORE INTO hardware VALUES (?, ?)", (self.hardware, json.dumps(fingerprint())))
+        known = self._db.execute("SELECT 1 FROM hardware WHERE id=?", (self.hardware,)).fetchone()
+        if not known:  # opening for look-ups must not queue behind busy writers for the write lock
+            self._db.execute("INSERT OR IGNORE INTO hardware VALUES (?, ?)", (self.hardware, json.dumps(fingerprint())))
 
     def _create(self) -> None:
         self._db.executescript(f"""
