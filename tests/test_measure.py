@@ -5,6 +5,7 @@ from conftest import const, make_model, tensor
 from onnx import helper
 
 from woodpecker.graph.onnx_import import import_model
+from woodpecker.kernels.generated.conv2d import HalideConv2d
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.runner import LocalRunner
 from woodpecker.measure.timing import TimingSettings
@@ -50,6 +51,30 @@ def test_invalid_config_is_a_failed_trial_not_a_crash(rng):
         after = runner.measure(workload, "onnxruntime", {})
     assert not result.ok and result.error.startswith("compile")
     assert after.ok
+
+
+def test_batches_compile_in_parallel_processes_and_time_in_the_worker(rng):
+    """Ahead-of-time compiled candidates measure like JIT ones; a broken one fails alone."""
+    workload = conv_workload(rng)
+    configs = HalideConv2d().space(workload).sample(3, seed=int(rng.integers(1 << 30)))
+    with LocalRunner(settings=FAST, compile_processes=2) as runner:
+        results = runner.measure_batch(workload, "halide.conv2d", [*configs, {"layout": "vec_x"}])
+        scratch = runner._compiler._scratch
+    assert [r.ok for r in results] == [True, True, True, False], [r.error for r in results]
+    assert results[-1].error.startswith("compile")
+    assert all(r.compile_s > 0 and r.max_rel_error <= 1e-4 for r in results[:3])
+    assert not scratch.exists()  # compiled libraries are removed
+
+
+def test_compile_timeout_fails_the_batch_and_the_pool_recovers(rng):
+    workload = conv_workload(rng)
+    configs = HalideConv2d().space(workload).sample(2, seed=0)
+    with LocalRunner(settings=FAST, compile_processes=2, timeout_s=0.01) as runner:
+        results = runner.measure_batch(workload, "halide.conv2d", configs)
+        assert all(r.error == "compile timeout after 0s" for r in results), [r.error for r in results]
+        runner.timeout_s = runner._compiler.timeout_s = 60
+        again = runner.measure_batch(workload, "halide.conv2d", configs)
+        assert all(r.ok for r in again), [r.error for r in again]
 
 
 def test_timeout_costs_one_trial_and_the_runner_recovers(rng):

@@ -7,7 +7,9 @@ import multiprocessing as mp
 from typing import Any, Protocol
 
 from woodpecker.errors import WoodpeckerError
+from woodpecker.kernels import registry
 from woodpecker.kernels.workload import Workload
+from woodpecker.measure.compile_pool import Compiled, CompilePool
 from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.timing import TimingSettings
 from woodpecker.measure.worker import worker_main
@@ -33,34 +35,51 @@ class LocalRunner:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         settings: TimingSettings | None = None,
         seed: int = 0,
+        compile_processes: int | None = None,
     ):
+        """`compile_processes`: 0 JIT-compiles inside the measuring worker; otherwise batches of
+        generated candidates are compiled ahead of time by that many processes (default: one
+        per core, at most 4) before any of them is timed."""
         self.threads, self.timeout_s, self.seed = threads, timeout_s, seed
         self.settings = settings or TimingSettings()
+        self._compiler = CompilePool(compile_processes, timeout_s) if compile_processes != 0 else None
         self._context = mp.get_context("spawn")  # no inherited thread pools or JIT state
         self._process = None
         self._conn = None
         self._sent: set[str] = set()
 
-    def measure(self, workload: Workload, impl: str, config: dict[str, Any]) -> MeasureResult:
+    def measure(
+        self, workload: Workload, impl: str, config: dict[str, Any], built: Compiled | None = None
+    ) -> MeasureResult:
+        """Build (or load `built`), check and time one candidate in the worker."""
         key = workload.key()
         try:
             self._ensure_started()
             if key not in self._sent:
                 self._call(("workload", key, workload, self.seed), self.timeout_s)
                 self._sent.add(key)
-            reply = self._call(("measure", key, impl, config), self.timeout_s)
+            reply = self._call(("measure", key, impl, config, built), self.timeout_s)
             return reply[1]
         except TimeoutError:
-            self.close()  # the next measurement starts a fresh worker
+            self._stop_worker()  # the next measurement starts a fresh worker
             return MeasureResult(impl, config, error=f"timeout after {self.timeout_s:.0f}s")
         except (EOFError, BrokenPipeError, ConnectionResetError):
             code = self._process.exitcode if self._process else None
-            self.close()  # the next measurement starts a fresh worker
+            self._stop_worker()  # the next measurement starts a fresh worker
             return MeasureResult(impl, config, error=f"crashed (worker exit code {code})")
 
     def measure_batch(self, workload: Workload, impl: str, configs: list[dict[str, Any]]) -> list[MeasureResult]:
-        """One machine times one candidate at a time: a batch here is measured in order."""
-        return [self.measure(workload, impl, config) for config in configs]
+        """Compile the batch in parallel (generated kernels), then time one candidate at a time."""
+        if self._compiler is None or len(configs) < 2 or registry.get(impl).kind != "generated":
+            return [self.measure(workload, impl, config) for config in configs]
+        results = []
+        for config, compiled in zip(configs, self._compiler.compile(workload, impl, configs)):
+            if compiled.error:
+                results.append(MeasureResult(impl, config, error=compiled.error, compile_s=compiled.compile_s))
+            else:
+                results.append(self.measure(workload, impl, config, compiled))
+            self._compiler.release(compiled)
+        return results
 
     def _call(self, message: tuple, timeout_s: float):
         self._conn.send(message)
@@ -86,10 +105,15 @@ class LocalRunner:
             ready = False
         if not ready:
             code = self._process.exitcode
-            self.close()
+            self._stop_worker()
             raise WoodpeckerError(f"the measuring worker process failed to start (exit code {code})")
 
     def close(self) -> None:
+        self._stop_worker()
+        if self._compiler is not None:
+            self._compiler.close()
+
+    def _stop_worker(self) -> None:
         if self._process is not None and self._process.is_alive():
             with contextlib.suppress(BrokenPipeError, OSError):
                 self._conn.send(("stop",))

@@ -7,9 +7,11 @@ one failed trial. Workloads are sent once and cached here, since weights can be 
 from __future__ import annotations
 
 import time
-import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from woodpecker.kernels.base import Kernel
+from woodpecker.measure.compile_pool import Compiled, short_error
 from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.threads import configure_threads
 from woodpecker.measure.timing import (
@@ -46,10 +48,17 @@ def prepare(workload, seed: int) -> tuple:
     return workload, inputs, reference, None
 
 
-def measure_prepared(entry: tuple, impl_name: str, config, settings: TimingSettings) -> MeasureResult:
+def measure_prepared(
+    entry: tuple, impl_name: str, config, settings: TimingSettings, built: Compiled | None = None
+) -> MeasureResult:
+    """Build (JIT) or load (`built`: compiled ahead of time elsewhere), check and time one candidate."""
     from woodpecker.kernels import registry
 
-    return _measure(entry, registry.get(impl_name), config, settings)
+    if built is None:
+        return _measure(entry, impl_name, config, settings, lambda: registry.get(impl_name).build(entry[0], config))
+    from woodpecker.kernels.generated.aot import AotKernel
+
+    return _measure(entry, impl_name, config, settings, lambda: AotKernel(built.directory), built.compile_s)
 
 
 def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:
@@ -69,37 +78,35 @@ def worker_main(conn: Connection, threads: int | None, settings: TimingSettings)
             workloads[key] = prepare(workload, seed)
             conn.send(("ok",))
             continue
-        _, key, impl_name, config = message
-        conn.send(("result", measure_prepared(workloads[key], impl_name, config, settings)))
+        _, key, impl_name, config, built = message
+        conn.send(("result", measure_prepared(workloads[key], impl_name, config, settings, built)))
 
 
-def _measure(entry, impl, config, settings: TimingSettings) -> MeasureResult:
+def _measure(
+    entry, impl_name: str, config, settings: TimingSettings, build: Callable[[], Kernel], compile_s: float = 0.0
+) -> MeasureResult:
     workload, inputs, reference, reference_error = entry
     if reference_error:
-        return MeasureResult(impl.name, config, error=reference_error)
+        return MeasureResult(impl_name, config, error=reference_error)
     start = time.perf_counter()
     try:
-        kernel = impl.build(workload, config)
+        kernel = build()
     except Exception as exc:
-        return MeasureResult(impl.name, config, error=f"compile: {_short(exc)}")
-    compile_s = time.perf_counter() - start
+        return MeasureResult(impl_name, config, error=f"compile: {short_error(exc)}")
+    compile_s += time.perf_counter() - start
     try:
         error = check(kernel, inputs, reference)
     except Exception as exc:
-        return MeasureResult(impl.name, config, error=f"run: {_short(exc)}", compile_s=compile_s)
+        return MeasureResult(impl_name, config, error=f"run: {short_error(exc)}", compile_s=compile_s)
     if not error <= REL_TOLERANCE:
         return MeasureResult(
-            impl.name,
+            impl_name,
             config,
             error=f"wrong result: max relative error {error:.2e}",
             compile_s=compile_s,
             max_rel_error=error,
         )
     times = time_kernel(kernel, inputs, empty_outputs(workload), settings)
-    return MeasureResult(impl.name, config, compile_s=compile_s, times_s=times, max_rel_error=error)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[-1] if text else "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return line[:300]
+    if hasattr(kernel, "close"):
+        kernel.close()  # a worker loads thousands of candidate libraries
+    return MeasureResult(impl_name, config, compile_s=compile_s, times_s=times, max_rel_error=error)

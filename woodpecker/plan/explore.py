@@ -116,7 +116,7 @@ def _tune(
         configs = strategy.propose(min(options.batch, options.budget - len(results)))
         if not configs:
             break
-        batch = _measure_batch(workload, key, impl, configs, runner, records)
+        batch = measure_with_records(workload, key, impl, configs, runner, records)
         bar.update(len(batch))
         strategy.observe(configs, [r.median_s for r in batch])
         results += batch
@@ -127,10 +127,11 @@ def _tune(
     return results
 
 
-def _measure_batch(
+def measure_with_records(
     workload: Workload, key: str, impl: str, configs: list[dict], runner, records: Records | None
 ) -> list[MeasureResult]:
-    """Measure what the records do not know yet, as one batch (a Ray cluster runs it in parallel)."""
+    """Measure what the records do not know yet, as one batch (a Ray cluster runs it in parallel),
+    and record it."""
     known = {i: records.lookup(key, impl, c) for i, c in enumerate(configs)} if records is not None else {}
     missing = [i for i in range(len(configs)) if known.get(i) is None]
     fresh = runner.measure_batch(workload, impl, [configs[i] for i in missing]) if missing else []
@@ -144,7 +145,7 @@ def _measure_batch(
 def _measure(
     workload: Workload, key: str, impl: str, config: dict, runner: Runner, records: Records | None
 ) -> MeasureResult:
-    return _measure_batch(workload, key, impl, [config], runner, records)[0]
+    return measure_with_records(workload, key, impl, [config], runner, records)[0]
 
 
 def summarize(graph_before: Graph, graph: Graph, choices: list[Choice], seconds: float) -> dict:

@@ -1,6 +1,8 @@
-"""Shared pieces of the Halide kernels: JIT compilation, argument passing, fused epilogues."""
+"""Shared pieces of the Halide kernels: definitions, JIT compilation, argument passing, fused epilogues."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import halide as hl
 import numpy as np
@@ -21,27 +23,54 @@ def vector_widths() -> tuple[int, ...]:
     return tuple(sorted({4, max(4, native // 2), native}))
 
 
+@dataclass
+class Definition:
+    """A scheduled Halide pipeline before compilation: what JIT and ahead-of-time builds share."""
+
+    output: hl.Func
+    params: list[hl.ImageParam]  # run-time inputs first, then one per constant array
+    constants: list[np.ndarray] = field(default_factory=list)  # packed once, at plan time
+    flatten: bool = False  # inputs and outputs are passed as 1-D views (element-wise kernels)
+
+    def arguments(self) -> list[hl.Argument]:
+        return [hl.Argument(p) for p in self.params]
+
+
+class GeneratedImplementation:
+    """Base of the Halide kernel families: `define` the pipeline, `build` JIT-compiles it."""
+
+    name = "halide"
+    kind = "generated"
+
+    def define(self, workload: Workload, config: dict) -> Definition:
+        raise NotImplementedError
+
+    def build(self, workload: Workload, config: dict) -> HalideKernel:
+        return jit(self.define(workload, config))
+
+
 class HalideKernel:
-    """A compiled Halide pipeline plus its pre-packed constant buffers.
+    """A JIT-compiled pipeline plus its constant buffers.
 
     Called with the node's run-time inputs and preallocated outputs (NumPy arrays, which
     Halide sees with axes reversed: NCHW arrives as x, y, c, n).
     """
 
-    def __init__(self, callable_: hl.Callable, constants: list[np.ndarray]):
+    def __init__(self, callable_: hl.Callable, definition: Definition):
         self._callable = callable_
-        self._constants = [np.ascontiguousarray(c) for c in constants]  # keep memory alive
+        self._flatten = definition.flatten
+        self._constants = [np.ascontiguousarray(c) for c in definition.constants]  # keep memory alive
         self._constant_buffers = [hl.Buffer(c) for c in self._constants]
 
     def __call__(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
+        if self._flatten:
+            inputs, outputs = [a.reshape(-1) for a in inputs], [o.reshape(-1) for o in outputs]
         self._callable(*[hl.Buffer(a) for a in inputs], *self._constant_buffers, *[hl.Buffer(o) for o in outputs])
 
 
-def compile_kernel(output: hl.Func, params: list[hl.ImageParam], constants: list[np.ndarray]) -> HalideKernel:
-    """JIT `output`; `params` lists run-time inputs first, then one param per constant array."""
-    arguments = [hl.Argument(p) for p in params]
-    callable_ = hl.Pipeline(output).compile_to_callable(arguments, jit_target())
-    return HalideKernel(callable_, constants)
+def jit(definition: Definition) -> HalideKernel:
+    callable_ = hl.Pipeline(definition.output).compile_to_callable(definition.arguments(), jit_target())
+    return HalideKernel(callable_, definition)
 
 
 def apply_activation(workload: Workload, value: hl.Expr) -> hl.Expr:

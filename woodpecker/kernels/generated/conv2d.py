@@ -14,8 +14,9 @@ import numpy as np
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import (
     MAX_ACCUMULATORS,
+    Definition,
+    GeneratedImplementation,
     apply_activation,
-    compile_kernel,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
@@ -65,9 +66,8 @@ def _starting_points(p: dict, native: int) -> tuple[Config, ...]:
     )
 
 
-class HalideConv2d:
+class HalideConv2d(GeneratedImplementation):
     name = "halide.conv2d"
-    kind = "generated"
 
     def matches(self, workload: Workload) -> bool:
         return (
@@ -104,7 +104,7 @@ class HalideConv2d:
             defaults=_starting_points(p, max(vector_widths())),
         )
 
-    def build(self, workload: Workload, config: Config):
+    def define(self, workload: Workload, config: Config) -> Definition:
         p = conv_params(workload)
         vec, layout = config["vec"], config["layout"]
         c_out_group = p["c_out"] // p["groups"]
@@ -170,4 +170,4 @@ class HalideConv2d:
             pad_copy.compute_root().parallel(c).vectorize(x, vec)
 
         params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
-        return compile_kernel(out, params, [weight, bias])
+        return Definition(out, params, [weight, bias])

@@ -10,14 +10,19 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import MAX_ACCUMULATORS, apply_activation, compile_kernel, vector_widths
+from woodpecker.kernels.generated.common import (
+    MAX_ACCUMULATORS,
+    Definition,
+    GeneratedImplementation,
+    apply_activation,
+    vector_widths,
+)
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 
-class HalideDense:
+class HalideDense(GeneratedImplementation):
     name = "halide.dense"
-    kind = "generated"
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
@@ -44,7 +49,7 @@ class HalideDense:
             lambda cfg: cfg["vec"] * cfg["tile_n"] <= max(n_out, cfg["vec"]) and cfg["tile_n"] <= MAX_ACCUMULATORS,
         )
 
-    def build(self, workload: Workload, config: Config):
+    def define(self, workload: Workload, config: Config) -> Definition:
         node = workload.node
         rows, k = workload.input_shape(0)
         n_out = workload.output_shape[1]
@@ -91,4 +96,4 @@ class HalideDense:
         out.parallel(m if config["parallel_rows"] and rows > 1 else jo)
 
         params = [a] + ([residual] if has_residual else []) + [w_param, b_param]
-        return compile_kernel(out, params, [weight, bias])
+        return Definition(out, params, [weight, bias])

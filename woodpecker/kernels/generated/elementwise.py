@@ -5,7 +5,7 @@ from __future__ import annotations
 import halide as hl
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import compile_kernel, vector_widths
+from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
@@ -27,9 +27,8 @@ UNARY = {
 }
 
 
-class HalideElementwise:
+class HalideElementwise(GeneratedImplementation):
     name = "halide.elementwise"
-    kind = "generated"
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
@@ -51,7 +50,7 @@ class HalideElementwise:
             lambda cfg: cfg["vec"] <= size and cfg["chunk"] <= max(size, 1024),
         )
 
-    def build(self, workload: Workload, config: Config):
+    def define(self, workload: Workload, config: Config) -> Definition:
         i = hl.Var("i")
         params = [hl.ImageParam(hl.Float(32), 1, f"in{k}") for k in range(len(workload.node.inputs))]
 
@@ -69,12 +68,4 @@ class HalideElementwise:
             out.split(i, io, ii, config["chunk"]).parallel(io).vectorize(ii, config["vec"])
         else:
             out.vectorize(i, config["vec"])
-        kernel = compile_kernel(out, params, [])
-        return _flat(kernel)
-
-
-def _flat(kernel):
-    def run(inputs, outputs):
-        kernel([a.reshape(-1) for a in inputs], [o.reshape(-1) for o in outputs])
-
-    return run
+        return Definition(out, params, flatten=True)

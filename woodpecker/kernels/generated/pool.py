@@ -6,16 +6,15 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import compile_kernel, vector_widths
+from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 
 
-class HalidePool:
+class HalidePool(GeneratedImplementation):
     name = "halide.pool"
-    kind = "generated"
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
@@ -35,7 +34,7 @@ class HalidePool:
             lambda cfg: cfg["vec"] <= w_out and not (cfg["parallel"] == "y" and workload.output_shape[2] == 1),
         )
 
-    def build(self, workload: Workload, config: Config):
+    def define(self, workload: Workload, config: Config) -> Definition:
         node = workload.node
         _, _, h, w = workload.input_shape(0)
         if node.op.startswith("Global"):
@@ -74,4 +73,4 @@ class HalidePool:
         if config["vec"] > 1:
             out.vectorize(x, config["vec"])
         out.parallel(c if config["parallel"] == "c" else y)
-        return compile_kernel(out, [inp], [])
+        return Definition(out, [inp], [])

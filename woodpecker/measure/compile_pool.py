@@ -1,0 +1,107 @@
+"""Compile candidates ahead of time in parallel processes; the measuring worker then only times.
+
+Compiling (LLVM, one core per candidate) and timing (every core) must not overlap, or the
+times are wrong: a batch is first compiled in parallel, and only when every compile has
+finished does the measuring worker time the candidates one by one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from woodpecker.kernels.workload import Workload
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """One candidate's compile: the kernel directory, or why there is none."""
+
+    directory: Path | None
+    error: str | None
+    compile_s: float
+
+
+def default_processes() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def _start_compile_process() -> None:
+    os.environ["HL_NUM_THREADS"] = "1"  # a compile process never runs a kernel
+
+
+def compile_candidate(workload: Workload, impl_name: str, config: dict, directory: str) -> Compiled:
+    from woodpecker.kernels import registry
+    from woodpecker.kernels.generated.aot import compile_library
+
+    start = time.perf_counter()
+    try:
+        compile_library(registry.get(impl_name).define(workload, config), directory)
+    except Exception as exc:
+        return Compiled(None, f"compile: {short_error(exc)}", time.perf_counter() - start)
+    return Compiled(Path(directory), None, time.perf_counter() - start)
+
+
+class CompilePool:
+    """`processes` compile workers and a scratch directory for their libraries."""
+
+    def __init__(self, processes: int | None = None, timeout_s: float = 120.0):
+        self.processes = processes or default_processes()
+        self.timeout_s = timeout_s
+        self._pool = None
+        self._scratch: Path | None = None
+        self._count = 0
+
+    def compile(self, workload: Workload, impl_name: str, configs: list[dict]) -> list[Compiled]:
+        """Compile every config in parallel and wait for all of them (at most `timeout_s` in all)."""
+        if self._pool is None:
+            self._pool = mp.get_context("spawn").Pool(self.processes, initializer=_start_compile_process)
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="wpk-compile-"))
+        pending = []
+        for config in configs:
+            self._count += 1
+            directory = self._scratch / f"k{self._count}"
+            pending.append(self._pool.apply_async(compile_candidate, (workload, impl_name, config, str(directory))))
+        deadline = time.monotonic() + self.timeout_s
+        results: list[Compiled] = []
+        for job in pending:
+            try:
+                results.append(job.get(timeout=max(0.0, deadline - time.monotonic())))
+            except mp.TimeoutError:
+                # A compile that hangs (or a worker that died, which mp.Pool never reports) costs the batch's
+                # remaining candidates one failed trial each; the pool is replaced.
+                results.append(Compiled(None, f"compile timeout after {self.timeout_s:.0f}s", self.timeout_s))
+                self._terminate()
+                deadline = time.monotonic()
+        return results
+
+    def release(self, compiled: Compiled) -> None:
+        """Delete a candidate's files once it has been loaded (a loaded library stays mapped)."""
+        if compiled.directory is not None:
+            shutil.rmtree(compiled.directory, ignore_errors=True)
+
+    def _terminate(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def close(self) -> None:
+        self._terminate()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+
+def short_error(exc: BaseException) -> str:
+    """The last line of an error message, which for Halide and LLVM is the one that says what failed."""
+    text = str(exc).strip().splitlines()
+    line = text[-1] if text else "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return line[:300]
