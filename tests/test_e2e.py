@@ -190,3 +190,89 @@ def test_a_new_workload_starts_from_the_best_config_of_a_similar_one(tmp_path):
     plan = woodpecker.optimize(conv_model_file(tmp_path, 22), budget=1, records=records, progress=False)
     first = next(c for c in plan.choices[0].candidates if c["impl"] == "halide.conv2d")
     assert first["config"] == best["result"]["config"]
+
+
+@pytest.fixture(scope="module")
+def generated_plan(tmp_path_factory):
+    """A verified plan with every node that has a generated kernel on one (conv, pool, dense)."""
+    from conftest import const, make_model, tensor
+    from onnx import helper
+
+    from woodpecker.graph.onnx_import import import_model
+    from woodpecker.graph.passes import optimize_graph
+    from woodpecker.kernels import registry
+    from woodpecker.kernels.workload import Workload
+    from woodpecker.plan.choice import Choice
+    from woodpecker.plan.verify import verify
+
+    rng = np.random.default_rng()
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    inits = [
+        const("w", rng.standard_normal((16, 3, 3, 3)).astype(np.float32)),
+        const("b", rng.standard_normal(16).astype(np.float32)),
+        const("fc", rng.standard_normal((10, 16 * 6 * 6)).astype(np.float32)),
+    ]
+    model = make_model(nodes, [tensor("x", [1, 3, 12, 12])], [tensor("y", [1, 10])], inits)
+    graph = optimize_graph(import_model(model))
+    choices = []
+    for node in graph.nodes:
+        workload = Workload.of(graph, node)
+        impl = next(
+            (i for i in registry.candidates(workload, ()) if i.kind == "generated"), registry.get("onnxruntime")
+        )
+        config = impl.space(workload).sample(1, seed=int(rng.integers(1000)))
+        choices.append(Choice(node.name, impl.name, config[0] if config else {}, impl.kind))
+    plan = Plan(graph, choices)
+    assert verify(plan, model, None).ok
+    directory = tmp_path_factory.mktemp("generated")
+    (directory / "model.onnx").write_bytes(model.SerializeToString())
+    plan.save(directory / "plan")
+    return directory
+
+
+def test_saved_plan_runs_compiled_kernels_in_a_fresh_process(generated_plan):
+    plan_dir = generated_plan / "plan"
+    kernels = json.loads((plan_dir / "plan.json").read_text())["kernels"]
+    assert len(kernels) == 3, kernels  # conv (+ relu), pool, dense, compiled ahead of time
+    x = np.random.default_rng().standard_normal((1, 3, 12, 12)).astype(np.float32)
+    np.save(generated_plan / "x.npy", x)
+    script = (
+        "import sys, time, numpy as np, woodpecker\n"
+        "from woodpecker.kernels.generated.aot import AotKernel\n"
+        "start = time.perf_counter()\n"
+        f"plan = woodpecker.load({str(plan_dir)!r})\n"
+        f"y = plan.run({{'x': np.load({str(generated_plan / 'x.npy')!r})}})['y']\n"
+        "print(time.perf_counter() - start)\n"
+        "print(sum(isinstance(s.kernel, AotKernel) for s in plan.executor().steps))\n"
+        f"np.save({str(generated_plan / 'y.npy')!r}, y)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    seconds, compiled_steps = result.stdout.split()
+    assert int(compiled_steps) == len(kernels)
+    reference = ort.InferenceSession(str(generated_plan / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert rel(np.load(generated_plan / "y.npy"), reference.run(None, {"x": x})[0]) <= 1e-4
+    print(f"load + first run in a fresh process: {float(seconds):.3f} s")
+
+
+def test_plan_compiled_for_another_cpu_is_refused(generated_plan, tmp_path):
+    import hashlib
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(generated_plan / "plan", copy)
+    index = copy / "kernels" / "kernels.json"
+    data = json.loads(index.read_text())
+    data["target"] += "-avx10_1-sve2"  # as if built on a CPU with more features than this one
+    index.write_text(json.dumps(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["kernels/kernels.json"] = hashlib.sha256(index.read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PlanError, match="this CPU lacks avx10_1, sve2"):
+        Plan.load(copy)

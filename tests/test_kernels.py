@@ -10,7 +10,7 @@ from onnx import helper
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import optimize_graph
 from woodpecker.kernels import registry
-from woodpecker.kernels.generated.aot import AotKernel, compile_library
+from woodpecker.kernels.generated.aot import KernelLibrary, compile_library
 from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.timing import check, random_inputs
@@ -35,8 +35,8 @@ def assert_kernel_family(workload, impl_name, n_configs=3):
         assert error <= 1e-4, (config, error)
     # The same definition compiled ahead of time into a shared library and loaded with ctypes.
     with tempfile.TemporaryDirectory() as tmp:
-        kernel = AotKernel(compile_library(impl.define(workload, configs[0]), tmp))
-        error = check(kernel, inputs, reference)
+        library = KernelLibrary(compile_library({"k": impl.define(workload, configs[0])}, tmp))
+        error = check(library.kernel("k"), inputs, reference)
         assert error <= 1e-4, ("aot", configs[0], error)
 
 

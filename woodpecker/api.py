@@ -59,6 +59,9 @@ def optimize(
         c.name: {"median_ms": c.median_s * 1e3 if c.median_s else None, "error": c.error} for c in timed
     }
     meta["selected"] = best.name
+    memory = best.executor.memory
+    weights = sum(a.nbytes for a in optimized.constants.values())
+    meta["memory"] = {"arena_bytes": memory.arena_bytes, "unplanned_bytes": memory.total_bytes, "weight_bytes": weights}
     plan = Plan(optimized, choices, meta, executor=best.executor)
     check = verify(plan, proto, batch, seed=seed + 1234)
     if not check.ok:

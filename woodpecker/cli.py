@@ -135,10 +135,10 @@ def _optimize(args) -> int:
     from woodpecker.api import optimize
 
     plan = optimize(args.model, **_search_kwargs(args))
-    plan.save(args.output)
+    plan.save(args.output, progress=sys.stderr.isatty())
     summary = plan.meta["summary"]
     if args.json:
-        extra = {k: plan.meta[k] for k in ("verification", "plan_candidates", "selected")}
+        extra = {k: plan.meta[k] for k in ("verification", "plan_candidates", "selected", "memory")}
         print(json.dumps({"plan": str(Path(args.output).resolve()), **summary, **extra}, indent=1))
         return 0
     print(f"plan written to {args.output}")
@@ -158,6 +158,11 @@ def _optimize(args) -> int:
         for name, c in plan.meta["plan_candidates"].items()
     )
     print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']}")
+    m = plan.meta["memory"]
+    print(
+        f"  memory: {m['arena_bytes'] / 2**20:.1f} MiB of activations in one arena "
+        f"({m['unplanned_bytes'] / 2**20:.1f} MiB without reuse), {m['weight_bytes'] / 2**20:.1f} MiB of weights"
+    )
     v = plan.meta["verification"]
     print(
         f"  verified against ONNX Runtime: max relative error {v['output_error']:.1e}, "

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from woodpecker.kernels.workload import Workload
 
+ENTRY = "wpk_candidate"
+
 
 @dataclass(frozen=True)
 class Compiled:
@@ -42,7 +44,7 @@ def compile_candidate(workload: Workload, impl_name: str, config: dict, director
 
     start = time.perf_counter()
     try:
-        compile_library(registry.get(impl_name).define(workload, config), directory)
+        compile_library({ENTRY: registry.get(impl_name).define(workload, config)}, directory)
     except Exception as exc:
         return Compiled(None, f"compile: {short_error(exc)}", time.perf_counter() - start)
     return Compiled(Path(directory), None, time.perf_counter() - start)
@@ -94,7 +96,10 @@ class CompilePool:
             self._pool = None
 
     def close(self) -> None:
-        self._terminate()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

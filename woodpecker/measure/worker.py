@@ -11,7 +11,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from woodpecker.kernels.base import Kernel
-from woodpecker.measure.compile_pool import Compiled, short_error
+from woodpecker.measure.compile_pool import ENTRY, Compiled, short_error
 from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.threads import configure_threads
 from woodpecker.measure.timing import (
@@ -56,9 +56,13 @@ def measure_prepared(
 
     if built is None:
         return _measure(entry, impl_name, config, settings, lambda: registry.get(impl_name).build(entry[0], config))
-    from woodpecker.kernels.generated.aot import AotKernel
+    from woodpecker.kernels.generated.aot import KernelLibrary
 
-    return _measure(entry, impl_name, config, settings, lambda: AotKernel(built.directory), built.compile_s)
+    library = KernelLibrary(built.directory)
+    try:
+        return _measure(entry, impl_name, config, settings, lambda: library.kernel(ENTRY), built.compile_s)
+    finally:
+        library.close()  # a worker loads thousands of candidate libraries
 
 
 def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:
@@ -107,6 +111,4 @@ def _measure(
             max_rel_error=error,
         )
     times = time_kernel(kernel, inputs, empty_outputs(workload), settings)
-    if hasattr(kernel, "close"):
-        kernel.close()  # a worker loads thousands of candidate libraries
     return MeasureResult(impl_name, config, compile_s=compile_s, times_s=times, max_rel_error=error)

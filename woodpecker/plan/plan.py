@@ -1,9 +1,12 @@
 """The inference plan: the optimized graph plus, per node, the chosen kernel and its measurements.
 
 On disk a plan is a directory: plan.json (graph, choices, metadata), constants.npz (weights,
-read with allow_pickle=False) and manifest.json (SHA-256 of each file). Loading checks the
-manifest and never executes anything from the plan's files. Saving writes a temporary
-directory first and renames it into place, so no half-written plan is ever left behind.
+read with allow_pickle=False), kernels/ (the generated kernels compiled ahead of time into one
+shared library, their weights pre-packed; see plan/compiled.py) and manifest.json (SHA-256 of
+each file). Loading checks the manifest and the CPU the kernels were compiled for; the only
+code it runs from the plan is that library, and only once its checksum matched. Saving
+writes a temporary directory first, checks that the compiled plan computes what the plan in
+memory computes, and renames it into place, so no half-written plan is ever left behind.
 """
 
 from __future__ import annotations
@@ -18,21 +21,33 @@ from typing import Any
 
 import numpy as np
 
-from woodpecker.errors import PlanError
+from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
+from woodpecker.kernels.generated.aot import KernelLibrary
 from woodpecker.plan.choice import Choice
+from woodpecker.plan.compiled import KERNELS_DIR, compile_plan_kernels
 from woodpecker.plan.serialize import graph_from_data, graph_to_data
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILES = ("plan.json", "constants.npz")
+SAVE_CHECK_TOLERANCE = 1e-5  # compiled ahead of time vs JIT: same code, so only rounding may differ
 
 
 class Plan:
-    def __init__(self, graph: Graph, choices: list[Choice], meta: dict[str, Any] | None = None, executor=None):
+    def __init__(
+        self,
+        graph: Graph,
+        choices: list[Choice],
+        meta: dict[str, Any] | None = None,
+        executor=None,
+        library: KernelLibrary | None = None,
+        kernels: dict[str, str] | None = None,
+    ):
         self.graph = graph
         self.choices = choices
         self.meta = meta or {}
         self._executor = executor  # built lazily: loading a plan only reads files
+        self.library, self.kernels = library, kernels or {}  # compiled kernels (node -> entry), once saved
 
     @property
     def input_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -42,13 +57,13 @@ class Plan:
         if self._executor is None:
             from woodpecker.runtime.executor import Executor
 
-            self._executor = Executor(self.graph, self.choices, progress)
+            self._executor = Executor(self.graph, self.choices, progress, self.library, self.kernels)
         return self._executor
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.executor().run(inputs)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, progress: bool = False) -> Path:
         target = Path(directory).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -57,21 +72,37 @@ class Plan:
             np.savez(
                 staging / "constants.npz", **{f"c{i}": np.asarray(self.graph.constants[n]) for i, n in enumerate(names)}
             )
+            kernels = compile_plan_kernels(self.graph, self.choices, staging / KERNELS_DIR, progress)
             data = {
                 "format": FORMAT_VERSION,
                 "graph": graph_to_data(self.graph),
                 "constant_keys": names,
                 "choices": [c.to_json() for c in self.choices],
+                "kernels": kernels,
                 "meta": self.meta,
             }
             (staging / "plan.json").write_text(json.dumps(data, indent=1, default=_json_default))
-            manifest = {name: _sha256(staging / name) for name in FILES}
+            files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+            manifest = {name: _sha256(staging / name) for name in files}
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            if kernels:
+                self._check_compiled(Plan.load(staging))
             _replace_dir(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
+
+    def _check_compiled(self, compiled: Plan) -> None:
+        """The saved plan must compute what this (verified) plan computes."""
+        from woodpecker.measure.timing import relative_error
+        from woodpecker.plan.verify import random_feeds
+
+        feeds = random_feeds(self.input_specs, seed=4321)
+        expected, actual = self.run(feeds), compiled.run(feeds)
+        error = max(relative_error(actual[n], expected[n]) for n in expected)
+        if not error <= SAVE_CHECK_TOLERANCE:
+            raise PlanError(f"the compiled kernels differ from the verified plan (max relative error {error:.2e})")
 
     @staticmethod
     def load(directory: str | Path) -> Plan:
@@ -82,18 +113,27 @@ class Plan:
             manifest = json.loads((path / "manifest.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PlanError(f"{path}/manifest.json: unreadable ({exc})") from None
-        for name in FILES:
+        for name in sorted(set(FILES) | set(manifest)):
             if not (path / name).is_file():
                 raise PlanError(f"{path}: missing {name}")
             if manifest.get(name) != _sha256(path / name):
                 raise PlanError(f"{path}/{name}: checksum does not match the manifest (modified or damaged)")
         data = json.loads((path / "plan.json").read_text())
         if data.get("format") != FORMAT_VERSION:
-            raise PlanError(f"{path}: plan format {data.get('format')} is not {FORMAT_VERSION}")
+            raise PlanError(
+                f"{path}: plan format {data.get('format')} is not {FORMAT_VERSION}; optimize the model again"
+            )
         with np.load(path / "constants.npz", allow_pickle=False) as npz:
             constants = {name: npz[f"c{i}"] for i, name in enumerate(data["constant_keys"])}
         graph = graph_from_data(data["graph"], constants)
-        return Plan(graph, [Choice.from_json(c) for c in data["choices"]], data["meta"])
+        library = None
+        if data["kernels"]:
+            try:
+                library = KernelLibrary(path / KERNELS_DIR)
+            except WoodpeckerError as exc:
+                raise PlanError(str(exc)) from None
+        choices = [Choice.from_json(c) for c in data["choices"]]
+        return Plan(graph, choices, data["meta"], library=library, kernels=data["kernels"])
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

@@ -1,4 +1,4 @@
-"""Runs a plan: every buffer allocated once, then a flat list of kernel calls.
+"""Runs a plan: buffers carved once from one arena (runtime/memory.py), then a flat list of kernel calls.
 
 The graph is walked once, at build time; `run` only validates inputs, copies them in and
 calls the steps in order.
@@ -17,9 +17,11 @@ from tqdm import tqdm
 from woodpecker.errors import InputError, PlanError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
+from woodpecker.kernels.generated.aot import KernelLibrary
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import Segment, segments
+from woodpecker.runtime.memory import Lifetime, MemoryPlan, plan_memory
 
 
 @dataclass(frozen=True)
@@ -28,34 +30,101 @@ class Step:
     kernel: Callable
     inputs: list[np.ndarray]
     outputs: list[np.ndarray]
+    input_names: list[str]
+    output_names: list[str]
+
+
+IN_PLACE = ("halide.elementwise",)  # kernels that read each element before writing the same one
 
 
 class Executor:
-    def __init__(self, graph: Graph, choices: list[Choice], progress: bool = False):
-        self.graph = graph
-        self.buffers = {
-            name: np.empty(v.shape, v.dtype) for name, v in graph.values.items() if name not in graph.constants
-        }
-        self.steps: list[Step] = []
-        for segment in tqdm(
-            segments(graph, choices), desc="build kernels", unit="step", leave=False, disable=not progress
-        ):
-            self.steps.append(self._build_step(segment))
+    """`library` and `kernels` (node -> entry point) supply kernels compiled ahead of time;
+    generated kernels missing from them are JIT-compiled."""
 
-    def _build_step(self, segment: Segment) -> Step:
+    def __init__(
+        self,
+        graph: Graph,
+        choices: list[Choice],
+        progress: bool = False,
+        library: KernelLibrary | None = None,
+        kernels: dict[str, str] | None = None,
+    ):
+        self.graph = graph
+        self.library, self.kernels = library, kernels or {}
+        parts = [(segment, *self._io(segment)) for segment in segments(graph, choices)]
+        self.memory, aliases = self._plan_memory(parts)
+        self.arena = np.empty(self.memory.arena_bytes, np.uint8)
+        self.buffers = {name: self._view(name, self.memory.offsets[aliases.get(name, name)]) for name in aliases}
+        self.steps: list[Step] = []
+        for segment, inputs, outputs in tqdm(
+            parts, desc="build kernels", unit="step", leave=False, disable=not progress
+        ):
+            self.steps.append(self._build_step(segment, inputs, outputs))
+
+    def _io(self, segment: Segment) -> tuple[list[str], list[str]]:
+        """The run-time values a segment reads and writes."""
+        if len(segment.nodes) == 1:
+            node = segment.nodes[0]
+            return Workload.of(self.graph, node).dynamic_inputs, [n for n in node.outputs if n]
+        subgraph = segment.subgraph(self.graph)
+        return subgraph.inputs, subgraph.outputs
+
+    def _plan_memory(self, parts: list) -> tuple[MemoryPlan, dict[str, str]]:
+        """Lifetimes of the values steps exchange, with in-place outputs merged into their input.
+
+        Returns the memory plan and, for every value, the value whose slot it uses (itself
+        unless it runs in place)."""
+        end = len(parts)
+        first = {name: -1 for name in self.graph.inputs}
+        last = {name: end for name in self.graph.outputs}
+        slot: dict[str, str] = {name: name for name in self.graph.inputs}
+        for i, (_, inputs, _) in enumerate(parts):
+            for name in inputs:
+                last[name] = max(last.get(name, i), i)
+        for i, (segment, inputs, outputs) in enumerate(parts):
+            for name in outputs:
+                slot[name], first[name] = name, i
+            if segment.impl in IN_PLACE and len(outputs) == 1:
+                out = outputs[0]
+                for name in inputs:
+                    root = slot[name]
+                    if (
+                        last[name] == i
+                        and name not in self.graph.inputs
+                        and self._nbytes(name) == self._nbytes(out)
+                        and self.graph.values[name].dtype == self.graph.values[out].dtype
+                    ):
+                        slot[out] = root
+                        break
+        roots = {root for root in slot.values()}
+        lifetimes = [
+            Lifetime(root, self._nbytes(root), first[root], max(last.get(n, first[n]) for n in slot if slot[n] == root))
+            for root in roots
+        ]
+        return plan_memory(lifetimes), slot
+
+    def _nbytes(self, name: str) -> int:
+        value = self.graph.values[name]
+        return int(np.prod(value.shape, dtype=np.int64)) * np.dtype(value.dtype).itemsize
+
+    def _view(self, name: str, offset: int) -> np.ndarray:
+        value = self.graph.values[name]
+        return self.arena[offset : offset + self._nbytes(name)].view(value.dtype).reshape(value.shape)
+
+    def _build_step(self, segment: Segment, inputs: list[str], outputs: list[str]) -> Step:
         first = segment.nodes[0]
         try:
             if len(segment.nodes) == 1:
-                workload = Workload.of(self.graph, first)
-                kernel = registry.get(segment.impl).build(workload, segment.config)
-                inputs, outputs = workload.dynamic_inputs, [n for n in first.outputs if n]
+                if self.library is not None and first.name in self.kernels:
+                    kernel = self.library.kernel(self.kernels[first.name])
+                else:
+                    kernel = registry.get(segment.impl).build(Workload.of(self.graph, first), segment.config)
             else:
-                subgraph = segment.subgraph(self.graph)
-                kernel = registry.get(segment.impl).build_graph(subgraph)
-                inputs, outputs = subgraph.inputs, subgraph.outputs
+                kernel = registry.get(segment.impl).build_graph(segment.subgraph(self.graph))
         except Exception as exc:
             raise PlanError(f"{segment.label} ({first.op}): building {segment.impl} failed: {exc}") from None
-        return Step(segment.label, kernel, [self.buffers[n] for n in inputs], [self.buffers[n] for n in outputs])
+        arrays = [self.buffers[n] for n in inputs], [self.buffers[n] for n in outputs]
+        return Step(segment.label, kernel, *arrays, inputs, outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._load_inputs(feeds)

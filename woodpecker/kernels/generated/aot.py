@@ -1,13 +1,13 @@
 """Ahead-of-time Halide kernels: compile a definition to a shared library, load it with ctypes.
 
-Why: a compiled candidate can then be built in one process and timed in another (the
-tuner compiles in parallel while timing stays serialized), and nothing needs a JIT at
-load time. Every kernel library is linked against one shared Halide runtime per target,
-loaded once per process with RTLD_GLOBAL, so all kernels share one thread pool (the
-runtime honours HL_NUM_THREADS) instead of each bringing its own.
+Why: a candidate can be compiled in one process and timed in another (the tuner compiles
+in parallel while timing stays serialized), and a saved plan loads without any JIT.
+Tuning candidates link against one shared Halide runtime per target, loaded once per
+process with RTLD_GLOBAL, so they share one thread pool (the runtime honours
+HL_NUM_THREADS); a plan's library carries its own copy of the runtime.
 
-A kernel directory holds `kernel.so`, `constants.npz` (packed weights, no pickle) and
-`kernel.json` (entry point, target, argument counts).
+A kernel library directory holds `kernels.so`, `kernels.npz` (packed weights, no pickle)
+and `kernels.json` (target, entry points, argument counts).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pathlib import Path
 
 import halide as hl
 import numpy as np
+from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
 from woodpecker.kernels.generated.common import Definition, jit_target
 
-ENTRY = "wpk_kernel"
+LIBRARY, CONSTANTS, INDEX = "kernels.so", "kernels.npz", "kernels.json"
 _loaded_runtimes: dict[str, ctypes.CDLL] = {}
 
 
@@ -37,51 +38,79 @@ def aot_target() -> hl.Target:
     return jit_target().without_feature(hl.TargetFeature.JIT)
 
 
+def missing_features(target: str) -> list[str]:
+    """What a library compiled for `target` needs that this CPU lacks (arch, OS or ISA features)."""
+
+    def parts(text: str) -> tuple[list[str], set[str]]:
+        fields = text.split("-")
+        return fields[:3], {f for f in fields[3:] if not f.startswith("tune_")}
+
+    (want_base, want), (have_base, have) = parts(target), parts(str(aot_target()))
+    base = [f"{'-'.join(want_base)} (this machine: {'-'.join(have_base)})"] if want_base != have_base else []
+    return base + sorted(want - have)
+
+
 def cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "woodpecker" / "halide-runtime" / f"halide-{importlib.metadata.version('halide')}"
+    version = importlib.metadata.version("halide")
+    return base / "woodpecker" / "halide-runtime" / f"halide-{version}" / str(aot_target())
 
 
-def runtime_library(target: hl.Target | None = None) -> Path:
-    """The shared Halide runtime for `target`, built once (about 1 s) and cached on disk."""
-    target = target or aot_target()
-    name = str(target).replace(",", "_")
-    path = cache_dir() / name / "libhalide_runtime.so"
+def _cached(name: str, make) -> Path:
+    """Build cache_dir()/name once with `make(path)`; several compile workers may ask at once."""
+    path = cache_dir() / name
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".lock", "w") as lock:  # several compile workers may ask at once
+    with open(path.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                obj = Path(tmp) / "runtime.o"
-                hl.compile_standalone_runtime(str(obj), target)
-                _link(Path(tmp) / path.name, [obj])
-                os.replace(Path(tmp) / path.name, path)
+                make(Path(tmp) / name)
+                os.replace(Path(tmp) / name, path)
     return path
 
 
-def load_runtime(target: hl.Target | None = None) -> None:
-    path = str(runtime_library(target))
+def runtime_object() -> Path:
+    """The Halide runtime (thread pool, error reporting) for this target, compiled once (about 1 s)."""
+    return _cached("runtime.o", lambda path: hl.compile_standalone_runtime(str(path), aot_target()))
+
+
+def load_runtime() -> None:
+    """Load the shared runtime that libraries built `with_runtime=False` link against."""
+    path = str(_cached("libhalide_runtime.so", lambda out: _link(out, [runtime_object()])))
     if path not in _loaded_runtimes:
         _loaded_runtimes[path] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
 
 
-def compile_library(definition: Definition, directory: str | Path) -> Path:
-    """Compile `definition` into `directory` (created), without a runtime of its own."""
+def compile_library(
+    definitions: dict[str, Definition], directory: str | Path, with_runtime: bool = False, progress: bool = False
+) -> Path:
+    """Compile each definition (entry point = its key) into one shared library in `directory`.
+
+    `with_runtime` puts the Halide runtime inside (a self-contained plan); without it the
+    library needs `load_runtime()` first (tuning candidates, which share one runtime).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = aot_target()
-    runtime_library(target)  # built before any kernel needs it
-    obj = directory / "kernel.o"
-    pipeline = hl.Pipeline(definition.output)
-    pipeline.compile_to_object(str(obj), definition.arguments(), ENTRY, target.with_feature(hl.TargetFeature.NoRuntime))
-    _link(directory / "kernel.so", [obj])
-    obj.unlink()
-    np.savez(directory / "constants.npz", *[np.ascontiguousarray(c) for c in definition.constants])
-    inputs = len(definition.params) - len(definition.constants)
-    meta = {"entry": ENTRY, "target": str(target), "inputs": inputs, "flatten": definition.flatten}
-    (directory / "kernel.json").write_text(json.dumps(meta))
+    objects, index, constants = [], {}, {}
+    bar = tqdm(definitions.items(), desc="compile kernels", unit="kernel", leave=False, disable=not progress)
+    for entry, definition in bar:
+        obj = directory / f"{entry}.o"
+        pipeline = hl.Pipeline(definition.output)
+        pipeline.compile_to_object(
+            str(obj), definition.arguments(), entry, target.with_feature(hl.TargetFeature.NoRuntime)
+        )
+        objects.append(obj)
+        index[entry] = {"constants": len(definition.constants), "flatten": definition.flatten}
+        constants.update({f"{entry}.{i}": np.ascontiguousarray(c) for i, c in enumerate(definition.constants)})
+    _link(directory / LIBRARY, objects + ([runtime_object()] if with_runtime else []))
+    for obj in objects:
+        obj.unlink()
+    np.savez(directory / CONSTANTS, **constants)
+    meta = {"target": str(target), "with_runtime": with_runtime, "kernels": index}
+    (directory / INDEX).write_text(json.dumps(meta, indent=1))
     return directory
 
 
@@ -142,22 +171,47 @@ def _buffer(array: np.ndarray) -> _Buffer:
     return buffer
 
 
-class AotKernel:
-    """A kernel library loaded from a directory written by `compile_library`."""
+class KernelLibrary:
+    """A library written by `compile_library`, loaded; refuses one built for another CPU."""
 
     def __init__(self, directory: str | Path):
         directory = Path(directory)
-        meta = json.loads((directory / "kernel.json").read_text())
-        if meta["target"] != str(aot_target()):
-            raise WoodpeckerError(f"{directory}: kernel compiled for {meta['target']}, this machine is {aot_target()}")
-        load_runtime()
-        self._library = ctypes.CDLL(str(directory / "kernel.so"))
-        self._entry = getattr(self._library, meta["entry"])
-        self._entry.restype = ctypes.c_int
-        self._flatten = meta["flatten"]
-        with np.load(directory / "constants.npz", allow_pickle=False) as data:
-            self._constants = [data[f"arr_{i}"] for i in range(len(data.files))]
-        self._constant_buffers = [_buffer(c) for c in self._constants]
+        meta = json.loads((directory / INDEX).read_text())
+        missing = missing_features(meta["target"])
+        if missing:
+            raise WoodpeckerError(
+                f"{directory}: kernels compiled for {meta['target']}; this CPU lacks {', '.join(missing)}. "
+                "Optimize the model again on this machine."
+            )
+        if not meta["with_runtime"]:
+            load_runtime()
+        self.handle: ctypes.CDLL | None = ctypes.CDLL(str(directory / LIBRARY))
+        self.entries: dict[str, dict] = meta["kernels"]
+        with np.load(directory / CONSTANTS, allow_pickle=False) as data:
+            self._constants = {name: data[name] for name in data.files}
+
+    def kernel(self, entry: str) -> AotKernel:
+        info = self.entries[entry]
+        constants = [self._constants[f"{entry}.{i}"] for i in range(info["constants"])]
+        return AotKernel(self, getattr(self.handle, entry), constants, info["flatten"])
+
+    def close(self) -> None:
+        """Unload the library; none of its kernels may be called afterwards."""
+        if self.handle is not None:
+            _ctypes.dlclose(self.handle._handle)
+            self.handle = None
+
+
+class AotKernel:
+    """One entry point of a loaded KernelLibrary, with its constant buffers bound."""
+
+    def __init__(self, library: KernelLibrary, function, constants: list[np.ndarray], flatten: bool):
+        self.library = library  # keeps the library loaded
+        self._function = function
+        self._function.restype = ctypes.c_int
+        self._flatten = flatten
+        self._constants = constants
+        self._constant_buffers = [_buffer(c) for c in constants]
         self._cache: dict[tuple, _Buffer] = {}
 
     def _view(self, array: np.ndarray) -> _Buffer:
@@ -170,16 +224,10 @@ class AotKernel:
             buffer = self._cache[key] = _buffer(array)
         return buffer
 
-    def close(self) -> None:
-        """Unload the library; the kernel must not be called afterwards."""
-        if self._library is not None:
-            _ctypes.dlclose(self._library._handle)
-            self._library = self._entry = None
-
     def __call__(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
         if self._flatten:
             inputs, outputs = [a.reshape(-1) for a in inputs], [o.reshape(-1) for o in outputs]
         buffers = [*map(self._view, inputs), *self._constant_buffers, *map(self._view, outputs)]
-        code = self._entry(*[ctypes.byref(b) for b in buffers])
+        code = self._function(*[ctypes.byref(b) for b in buffers])
         if code != 0:
             raise WoodpeckerError(f"Halide kernel returned error code {code}")
