@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
 
-PEERS = ("onnxruntime", "openvino", "openvino-bf16", "torch")
+PEERS = ("onnxruntime", "openvino", "openvino-bf16", "torch", "torch-compile")
 REDUCED_PRECISION = ("openvino-bf16",)
 
 
@@ -94,19 +94,20 @@ def _run_isolated(runtime: str, path: str, batch: int, settings: BenchSettings) 
 
 
 def format_table(report: dict) -> str:
-    header = f"{'runtime':<16}{'median ms':>11}{'p90 ms':>10}{'img/s':>10}{'ratio':>9}  note"
+    header = f"{'runtime':<16}{'median ms':>11}{'p90 ms':>10}{'img/s':>10}{'peak MiB':>10}{'ratio':>9}  note"
     lines = [f"model {report['model']}  batch {report['batch']}", header, "-" * len(header)]
     for r in report["results"]:
         if r.get("error"):
-            lines.append(f"{r['runtime']:<16}{'-':>11}{'-':>10}{'-':>10}{'-':>9}  {r['error']}")
+            lines.append(f"{r['runtime']:<16}{'-':>11}{'-':>10}{'-':>10}{'-':>10}{'-':>9}  {r['error']}")
             continue
         ratio = r.get("ratio_vs_woodpecker")
         note = "reduced precision (bf16), not comparable to fp32" if r["runtime"] in REDUCED_PRECISION else ""
         lines.append(
             f"{r['runtime']:<16}{r['median_ms']:>11.2f}{r['p90_ms']:>10.2f}{r['throughput']:>10.1f}"
-            f"{(f'{ratio:.2f}x' if ratio else '-'):>9}  {note}"
+            f"{r['peak_mib']:>10.0f}{(f'{ratio:.2f}x' if ratio else '-'):>9}  {note}"
         )
     lines.append("ratio = peer median / Woodpecker median (above 1: Woodpecker is faster)")
+    lines.append("peak MiB = peak resident memory after the runtime's libraries were imported (model, buffers, runs)")
     if report.get("speedup_vs_best_fp32_peer"):
         lines.append(f"vs best fp32 peer ({report['best_fp32_peer']}): {report['speedup_vs_best_fp32_peer']:.2f}x")
     return "\n".join(lines)

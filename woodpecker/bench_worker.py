@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import sys
 import time
@@ -15,6 +16,8 @@ from woodpecker.measure.threads import configure_threads
 def main() -> None:
     args = json.loads(sys.argv[1])
     threads = configure_threads(args["threads"])
+    _import_runtime(args["runtime"])
+    baseline = _rss_mib()  # the libraries are loaded; what follows is the model's own memory
     run, feeds = _prepare(args["runtime"], args["path"], args["batch"], threads)
     for _ in range(args["warmup"]):
         run(feeds)
@@ -37,9 +40,33 @@ def main() -> None:
                 "runs": len(times),
                 "throughput": args["batch"] / median,
                 "threads": threads,
+                "peak_mib": _peak_rss_mib() - baseline,
             }
         )
     )
+
+
+def _import_runtime(runtime: str) -> None:
+    """Import what the runtime needs before the memory baseline (a plan may use any library)."""
+    modules = {
+        "woodpecker": ["onnxruntime", "openvino", "halide", "woodpecker.plan.plan", "woodpecker.runtime.executor"],
+        "onnxruntime": ["onnxruntime"],
+        "openvino": ["openvino"],
+        "openvino-bf16": ["openvino"],
+        "torch": ["torch", "torchvision"],
+        "torch-compile": ["torch", "torchvision"],
+    }
+    for module in modules.get(runtime, []):
+        __import__(module)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _prepare(runtime: str, path: str, batch: int, threads: int):
@@ -76,7 +103,7 @@ def _prepare(runtime: str, path: str, batch: int, threads: int):
         )
         request = compiled.create_infer_request()
         return (lambda f: request.infer(f)), feeds
-    if runtime == "torch":
+    if runtime in ("torch", "torch-compile"):
         import torch
         import torchvision
 
@@ -87,6 +114,8 @@ def _prepare(runtime: str, path: str, batch: int, threads: int):
             raise SystemExit("torch peer needs a model exported by `wpk export` (torchvision name unknown)")
         torch.set_num_threads(threads)
         model = getattr(torchvision.models, name)(weights=None).eval()
+        if runtime == "torch-compile":
+            model = torch.compile(model)  # compiled by the warm-up runs, before timing
         tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
         def run(_):

@@ -81,6 +81,7 @@ class HalideConv2d(GeneratedImplementation):
 
     def space(self, workload: Workload) -> ConfigSpace:
         p = conv_params(workload)
+        padded = any(workload.node.attrs.get("pads", [0]))
 
         def valid(cfg: Config) -> bool:
             if cfg["tile_x"] * cfg["tile_c"] > MAX_ACCUMULATORS:
@@ -96,9 +97,10 @@ class HalideConv2d(GeneratedImplementation):
                 Knob("tile_x", (1, 2, 3, 4, 6, 8)),
                 Knob("tile_c", (1, 2, 3, 4, 6, 8)),
                 Knob("reduce_order", ("c_inner", "k_inner")),
-                Knob("unroll_kw", (False, True)),
+                # Knobs that cannot change the code of this layer get one value, so no search wastes trials on them.
+                Knob("unroll_kw", (False, True) if p["kw"] > 1 else (False,)),
                 Knob("parallel", ("y", "c")),
-                Knob("padding", ("select", "copy")),
+                Knob("padding", ("select", "copy") if padded else ("copy",)),
             ),
             valid,
             defaults=_starting_points(p, max(vector_widths())),

@@ -1,10 +1,12 @@
 """Export the five torchvision models, optimize each, time the plan against its peers.
 
-Usage: .venv/bin/python benchmarks/models.py [--models resnet18,...] [--batch 1] [--budget 6] [--out out/bench]
+Usage: .venv/bin/python benchmarks/e2e.py [--models resnet18,...] [--batch 1] [--budget 6] [--out out/bench]
 
-Every runtime is timed in its own process with the same thread count; the table shows
-medians and the ratio peer / Woodpecker (above 1: Woodpecker is faster). OpenVINO bf16 is
-reported beside, not compared with, the fp32 runtimes.
+Every runtime is timed in its own process with the same thread count: ONNX Runtime,
+OpenVINO fp32, PyTorch eager and torch.compile (fp32 peers), OpenVINO bf16 (reported
+beside, not compared). The table shows median latency, the ratio best fp32 peer /
+Woodpecker (above 1: Woodpecker is faster), throughput, peak memory of the plan and of
+ONNX Runtime (resident memory added after the libraries were imported) and tuning time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import woodpecker
 from woodpecker.bench import BenchSettings, bench
 from woodpecker.models import KNOWN_MODELS, export_torchvision
 
-PEERS = ["onnxruntime", "openvino", "torch", "openvino-bf16"]
+PEERS = ["onnxruntime", "openvino", "torch", "torch-compile", "openvino-bf16"]
 
 
 def main() -> None:
@@ -52,21 +54,26 @@ def main() -> None:
     print(format_table(rows, args.batch, args.budget))
 
 
-def _median(report: dict, runtime: str) -> float | None:
-    return next((r.get("median_ms") for r in report["results"] if r["runtime"] == runtime), None)
+def _result(report: dict, runtime: str) -> dict:
+    return next((r for r in report["results"] if r["runtime"] == runtime and r.get("median_ms")), {})
 
 
 def format_row(report: dict) -> str:
     cells = [f"{report['model_name']:<14}"]
     for runtime in ["woodpecker", *PEERS]:
-        value = _median(report, runtime)
+        value = _result(report, runtime).get("median_ms")
         cells.append(f"{value:>10.2f}" if value else f"{'n/a':>10}")
     speedup = report.get("speedup_vs_best_fp32_peer")
-    cells.append(f"{speedup:>9.2f}x  {report['best_fp32_peer'] or '-':<12}" if speedup else f"{'-':>10}")
+    cells.append(f"{speedup:>9.2f}x  {report['best_fp32_peer'] or '-':<14}" if speedup else f"{'-':>10}  {'':<14}")
+    throughput = _result(report, "woodpecker").get("throughput")
+    cells.append(f"{throughput:>8.1f}" if throughput else f"{'-':>8}")
+    for runtime in ("woodpecker", "onnxruntime"):
+        peak = _result(report, runtime).get("peak_mib")
+        cells.append(f"{peak:>9.0f}" if peak is not None else f"{'-':>9}")
     meta = json.loads((Path(report["target"]) / "plan.json").read_text())["meta"]
     per_node = meta["plan_candidates"]["per-node"]["median_ms"]
     cells.append(
-        f"{per_node:>10.2f}  {meta['selected']:<16}" if per_node else f"{'failed':>10}  {meta['selected']:<16}"
+        f"{per_node:>10.2f}  {meta['selected']:<14}" if per_node else f"{'failed':>10}  {meta['selected']:<14}"
     )
     cells.append(f"{report['tuning_s']:>7.0f}")
     return "".join(cells)
@@ -75,11 +82,13 @@ def format_row(report: dict) -> str:
 def format_table(rows: list[dict], batch: int, budget: int) -> str:
     header = (
         f"{'model':<14}"
-        + "".join(f"{h:>10}" for h in ["wpk ms", "ORT ms", "OV f32 ms", "torch ms", "OV bf16"])
-        + f"{'vs best':>10}  {'best fp32':<12}{'per-node':>10}  {'selected plan':<16}{'tune s':>7}"
+        + "".join(f"{h:>10}" for h in ["wpk ms", "ORT ms", "OV f32 ms", "torch ms", "compile ms", "OV bf16"])
+        + f"{'vs best':>10}  {'best fp32':<14}{'img/s':>8}{'wpk MiB':>9}{'ORT MiB':>9}"
+        + f"{'per-node':>10}  {'selected plan':<14}{'tune s':>7}"
     )
     lines = [
         f"batch {batch}, budget {budget}: medians in ms; 'vs best' = best fp32 peer median / Woodpecker median;",
+        "img/s = Woodpecker throughput; MiB = peak resident memory added by the model (after library imports);",
         "'per-node' = the plan of per-node kernel winners, timed in the optimizing process",
         header,
         "-" * len(header),
