@@ -135,7 +135,7 @@ def test_cli_run_wrong_shape_is_one_line(small_plan, tmp_path):
     assert not (tmp_path / "out.npz").exists()
 
 
-@pytest.mark.parametrize("strategy", ["ga", "rl"])
+@pytest.mark.parametrize("strategy", ["ga", "rl", "random"])
 def test_search_strategies_drive_real_measurements(strategy, small_plan, tmp_path):
     plan = woodpecker.optimize(
         small_plan / "model.onnx", budget=6, strategy=strategy, records=tmp_path / "r.sqlite", progress=False

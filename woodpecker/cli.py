@@ -102,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=8, help="configurations tried per generated kernel (default 8)")
-    p.add_argument("--strategy", default="random", help="random, ga (genetic), rl (PPO) or anneal (cost model)")
+    p.add_argument(
+        "--strategy", default="anneal", help="anneal (cost model, default), ga (genetic), rl (PPO) or random"
+    )
     p.add_argument("--records", help="tuning-records database (default: ~/.cache/woodpecker/records.sqlite)")
     p.add_argument("--batch", type=int, help="batch size to plan for (default: the model's, or 1 if dynamic)")
     p.add_argument(

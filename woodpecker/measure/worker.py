@@ -58,11 +58,17 @@ def measure_prepared(
         return _measure(entry, impl_name, config, settings, lambda: registry.get(impl_name).build(entry[0], config))
     from woodpecker.kernels.generated.aot import KernelLibrary
 
-    library = KernelLibrary(built.directory)
+    loaded: list[KernelLibrary] = []
+
+    def load():  # inside _measure, so a library that fails to load is a failed trial, not a dead worker
+        loaded.append(KernelLibrary(built.directory))
+        return loaded[0].kernel(ENTRY)
+
     try:
-        return _measure(entry, impl_name, config, settings, lambda: library.kernel(ENTRY), built.compile_s)
+        return _measure(entry, impl_name, config, settings, load, built.compile_s)
     finally:
-        library.close()  # a worker loads thousands of candidate libraries
+        for library in loaded:
+            library.close()  # a worker loads thousands of candidate libraries
 
 
 def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:

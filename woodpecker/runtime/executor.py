@@ -35,6 +35,7 @@ class Step:
 
 
 IN_PLACE = ("halide.elementwise",)  # kernels that read each element before writing the same one
+VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")  # with NumPy chosen: the same bytes, so no step at all
 
 
 class Executor:
@@ -52,14 +53,15 @@ class Executor:
         self.graph = graph
         self.library, self.kernels = library, kernels or {}
         parts = [(segment, *self._io(segment)) for segment in segments(graph, choices)]
-        self.memory, aliases = self._plan_memory(parts)
+        self.memory, slots = self._plan_memory(parts)
         self.arena = np.empty(self.memory.arena_bytes, np.uint8)
-        self.buffers = {name: self._view(name, self.memory.offsets[aliases.get(name, name)]) for name in aliases}
+        self.buffers = {name: self._view(name, self.memory.offsets[root]) for name, root in slots.items()}
         self.steps: list[Step] = []
         for segment, inputs, outputs in tqdm(
             parts, desc="build kernels", unit="step", leave=False, disable=not progress
         ):
-            self.steps.append(self._build_step(segment, inputs, outputs))
+            if not _is_view(segment):
+                self.steps.append(self._build_step(segment, inputs, outputs))
 
     def _io(self, segment: Segment) -> tuple[list[str], list[str]]:
         """The run-time values a segment reads and writes."""
@@ -70,37 +72,37 @@ class Executor:
         return subgraph.inputs, subgraph.outputs
 
     def _plan_memory(self, parts: list) -> tuple[MemoryPlan, dict[str, str]]:
-        """Lifetimes of the values steps exchange, with in-place outputs merged into their input.
+        """Lifetimes of the values steps exchange; views and in-place outputs share their input's slot.
 
-        Returns the memory plan and, for every value, the value whose slot it uses (itself
-        unless it runs in place)."""
-        end = len(parts)
+        Returns the memory plan and, for every value, the value whose slot it uses."""
         first = {name: -1 for name in self.graph.inputs}
-        last = {name: end for name in self.graph.outputs}
+        last = {name: len(parts) for name in self.graph.outputs}
         slot: dict[str, str] = {name: name for name in self.graph.inputs}
         for i, (_, inputs, _) in enumerate(parts):
             for name in inputs:
                 last[name] = max(last.get(name, i), i)
+
+        def group_last(root: str) -> int:
+            return max(last.get(n, first[n]) for n in slot if slot[n] == root)
+
         for i, (segment, inputs, outputs) in enumerate(parts):
             for name in outputs:
                 slot[name], first[name] = name, i
-            if segment.impl in IN_PLACE and len(outputs) == 1:
+            if _is_view(segment):
+                slot[outputs[0]] = slot[inputs[0]]
+            elif segment.impl in IN_PLACE and len(outputs) == 1:
                 out = outputs[0]
-                for name in inputs:
+                for name in inputs:  # overwrite an input that no step (nor any view of it) reads later
                     root = slot[name]
                     if (
-                        last[name] == i
-                        and name not in self.graph.inputs
-                        and self._nbytes(name) == self._nbytes(out)
-                        and self.graph.values[name].dtype == self.graph.values[out].dtype
+                        group_last(root) == i
+                        and root not in self.graph.inputs
+                        and self._nbytes(root) == self._nbytes(out)
+                        and self.graph.values[root].dtype == self.graph.values[out].dtype
                     ):
                         slot[out] = root
                         break
-        roots = {root for root in slot.values()}
-        lifetimes = [
-            Lifetime(root, self._nbytes(root), first[root], max(last.get(n, first[n]) for n in slot if slot[n] == root))
-            for root in roots
-        ]
+        lifetimes = [Lifetime(root, self._nbytes(root), first[root], group_last(root)) for root in set(slot.values())]
         return plan_memory(lifetimes), slot
 
     def _nbytes(self, name: str) -> int:
@@ -165,3 +167,7 @@ class Executor:
         return ", ".join(
             f"{n}: {self.graph.values[n].dtype}{list(self.graph.values[n].shape)}" for n in self.graph.inputs
         )
+
+
+def _is_view(segment: Segment) -> bool:
+    return segment.impl == "numpy" and len(segment.nodes) == 1 and segment.nodes[0].op in VIEWS

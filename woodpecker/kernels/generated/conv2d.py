@@ -58,11 +58,13 @@ def _starting_points(p: dict, native: int) -> tuple[Config, ...]:
         return tuple(
             {"layout": "vec_x", "vec": width, "tile_x": 1, "tile_c": tc, "parallel": "c", **common} for tc in (4, 2)
         )
+    # Register tiles that divide the width waste nothing on edges (7 for 7/14/28/56/112-wide layers).
+    tile_x = 7 if p["w_out"] % 7 == 0 and p["w_out"] % 8 != 0 else 8
     return (
-        {"layout": "vec_c", "vec": native, "tile_x": 8, "tile_c": 2, "parallel": rows_parallel, **common},
+        {"layout": "vec_c", "vec": native, "tile_x": tile_x, "tile_c": 2, "parallel": rows_parallel, **common},
         {"layout": "vec_c", "vec": native, "tile_x": 4, "tile_c": 4, "parallel": "c", **common},
-        {"layout": "vec_c", "vec": native, "tile_x": 8, "tile_c": 1, "parallel": rows_parallel, **common},
-        {"layout": "vec_c", "vec": native // 2, "tile_x": 8, "tile_c": 1, "parallel": rows_parallel, **common},
+        {"layout": "vec_c", "vec": native, "tile_x": tile_x, "tile_c": 1, "parallel": rows_parallel, **common},
+        {"layout": "vec_c", "vec": native // 2, "tile_x": tile_x, "tile_c": 1, "parallel": rows_parallel, **common},
     )
 
 
@@ -94,7 +96,7 @@ class HalideConv2d(GeneratedImplementation):
             (
                 Knob("layout", ("vec_x", "vec_c")),
                 Knob("vec", vector_widths()),
-                Knob("tile_x", (1, 2, 3, 4, 6, 8)),
+                Knob("tile_x", (1, 2, 3, 4, 6, 7, 8)),  # 7 divides the 7/14/28/56/112 widths of ImageNet CNNs
                 Knob("tile_c", (1, 2, 3, 4, 6, 8)),
                 Knob("reduce_order", ("c_inner", "k_inner")),
                 # Knobs that cannot change the code of this layer get one value, so no search wastes trials on them.
