@@ -84,9 +84,7 @@ def main() -> None:
                         space = replace(space, defaults=())
                     if transfer:
                         key, description = workload.key(), workload.description()
-                        space = replace(
-                            space, defaults=(*records.transfer(key, description, halide.name), *space.defaults)
-                        )
+                        space = space.starting_from(records.transfer(key, description, halide.name))
                     runs = [
                         _search(workload, halide.name, space, name, seed, args, runner, records)
                         for seed in range(args.seeds)

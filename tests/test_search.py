@@ -127,3 +127,11 @@ def test_tuner_time_budget():
     runner = ScriptedRunner(lambda config: time.sleep(0.05) or 1.0)
     results = tune_with(runner, budget=1000, batch=2, strategy="random", seconds=0.3)
     assert 2 <= len(results) <= 12
+
+
+def test_transferred_configs_are_repaired_into_the_space():
+    """A winner from a bigger workload (a + b too large here) still seeds the search, made valid."""
+    seeded = SPACE.starting_from([{"a": 11, "b": 11, "c": "y", "d": 4}, OPTIMUM], seed=3)
+    starts = seeded.valid_defaults()
+    assert len(starts) == 2 and all(SPACE.is_valid(c) for c in starts) and starts[1] == OPTIMUM
+    assert GeneticSearch(seeded, seed=0).propose(2) == starts

@@ -107,7 +107,7 @@ def _tune(
     if options.transfer and records is not None:
         description = workload.description()
         records.describe(key, description)
-        space = replace(space, defaults=(*records.transfer(key, description, impl), *space.defaults))
+        space = space.starting_from(records.transfer(key, description, impl), options.seed)
     strategy = STRATEGIES[options.strategy](space, options.seed)
     deadline = time.monotonic() + options.seconds if options.seconds else math.inf
     results: list[MeasureResult] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 Config = dict[str, Any]
@@ -30,6 +30,12 @@ class ConfigSpace:
     constraint: Callable[[Config], bool] = field(default=lambda config: True, compare=False)
     # Hand-picked starting points (like AutoTVM's fallback configs); searches try the valid ones first.
     defaults: tuple[Config, ...] = ()
+
+    def starting_from(self, configs: list[Config], seed: int = 0) -> ConfigSpace:
+        """This space, searched first from `configs` (e.g. winners on similar workloads), each
+        repaired into this space's valid set: a tile that fit a wider layer may not fit this one."""
+        rng = random.Random(seed)
+        return replace(self, defaults=(*[self.repair(dict(c), rng) for c in configs], *self.defaults))
 
     def valid_defaults(self) -> list[Config]:
         return [d for d in self.defaults if self.is_valid(d)]
