@@ -64,8 +64,11 @@ class HalideElementwise(GeneratedImplementation):
         # How to schedule it
         size = workload.values[workload.node.outputs[0]].size
         io, ii = hl.Var("io"), hl.Var("ii")
+        # Guarded tails: every element is computed exactly once, which running in place needs
+        # (a shifted-inwards last vector would re-read inputs the first one already overwrote).
+        guard = hl.TailStrategy.GuardWithIf
         if size > config["chunk"]:
-            out.split(i, io, ii, config["chunk"]).parallel(io).vectorize(ii, config["vec"])
+            out.split(i, io, ii, config["chunk"], guard).parallel(io).vectorize(ii, config["vec"], guard)
         else:
-            out.vectorize(i, config["vec"])
+            out.vectorize(i, config["vec"], guard)
         return Definition(out, params, flatten=True)
