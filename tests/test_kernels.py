@@ -133,3 +133,19 @@ def test_a_kernel_that_skips_writes_fails_the_check(rng):
     """The NaN sentinel: an output left unwritten can never pass for correct."""
     reference = [rng.standard_normal((4, 4)).astype(np.float32)]
     assert check(lambda inputs, outputs: None, [], reference) == float("inf")
+
+
+def test_conv2d_with_packed_input(rng):
+    """Input copied channels-innermost before the reduction (with padding and a stride)."""
+    weight = rng.standard_normal((40, 16, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])]
+    workload = single_workload(
+        nodes, [tensor("x", [1, 16, 11, 11])], [tensor("y", [1, 40, 6, 6])], [const("w", weight)]
+    )
+    impl = registry.get("halide.conv2d")
+    inputs = random_inputs(workload, seed=int(rng.integers(1 << 30)))
+    reference = [np.empty(workload.output_shape, np.float32)]
+    OnnxRuntimeKernel(workload.as_graph())(inputs, reference)
+    packed = [c for c in impl.space(workload).all_configs() if c["pack_input"]]
+    for index in rng.choice(len(packed), 3, replace=False):
+        assert check(impl.build(workload, packed[index]), inputs, reference) <= 1e-4, packed[index]

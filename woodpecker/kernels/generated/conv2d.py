@@ -52,7 +52,7 @@ def conv_params(workload: Workload) -> dict:
 def _starting_points(p: dict, native: int) -> tuple[Config, ...]:
     """Schedules that were fast here: channel vectors for dense convs, width vectors for depthwise."""
     rows_parallel = "y" if p["h_out"] >= 14 else "c"
-    common = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy"}
+    common = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "pack_input": False}
     if p["groups"] > 1 and p["c_in_group"] == 1:
         width = next((v for v in sorted(vector_widths(), reverse=True) if v <= p["w_out"]), 4)
         return tuple(
@@ -88,8 +88,12 @@ class HalideConv2d(GeneratedImplementation):
         def valid(cfg: Config) -> bool:
             if cfg["tile_x"] * cfg["tile_c"] > MAX_ACCUMULATORS:
                 return False
-            if cfg["layout"] == "vec_x":
-                return cfg["vec"] * cfg["tile_x"] <= p["w_out"] and cfg["tile_c"] <= p["c_out"]
+            if cfg["layout"] == "vec_x":  # reads input rows along x already: packing channels cannot help
+                return (
+                    cfg["vec"] * cfg["tile_x"] <= p["w_out"] and cfg["tile_c"] <= p["c_out"] and not cfg["pack_input"]
+                )
+            if cfg["pack_input"] and cfg["vec"] > p["c_in"]:
+                return False
             return cfg["vec"] * cfg["tile_c"] <= p["c_out"] and cfg["tile_x"] <= p["w_out"]
 
         return ConfigSpace(
@@ -103,6 +107,7 @@ class HalideConv2d(GeneratedImplementation):
                 Knob("unroll_kw", (False, True) if p["kw"] > 1 else (False,)),
                 Knob("parallel", ("y", "c")),
                 Knob("padding", ("select", "copy") if padded else ("copy",)),
+                Knob("pack_input", (False, True)),
             ),
             valid,
             defaults=_starting_points(p, max(vector_widths())),
@@ -138,8 +143,9 @@ class HalideConv2d(GeneratedImplementation):
         else:
             source = inp
         pad_copy = None
-        if padded and config.get("padding", "select") == "copy":  # bounds checks once, not per multiply-add
-            pad_copy = hl.Func("padded")
+        pack = config.get("pack_input", False)
+        if pack or (padded and config.get("padding", "select") == "copy"):  # bounds checks once, not per FMA
+            pad_copy = hl.Func("packed" if pack else "padded")
             pad_copy[x, y, c, n] = source[x, y, c, n]
             source = pad_copy
         r = hl.RDom([hl.Range(0, p["c_in_group"]), hl.Range(0, p["kw"]), hl.Range(0, p["kh"])], "r")
@@ -170,7 +176,11 @@ class HalideConv2d(GeneratedImplementation):
         if config["unroll_kw"] and p["kw"] <= 7:
             acc.update().unroll(r.y)
         out.parallel(y if config["parallel"] == "y" else co)
-        if pad_copy is not None:
+        if pack:
+            # Input channels innermost (NHWC): the reduction then reads each input line once for many
+            # channels instead of touching one cache line per channel plane.
+            pad_copy.compute_root().reorder_storage(c, x, y, n).reorder(c, x, y, n).parallel(y).vectorize(c, vec)
+        elif pad_copy is not None:
             pad_copy.compute_root().parallel(c).vectorize(x, vec)
 
         params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
