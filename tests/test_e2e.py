@@ -276,3 +276,13 @@ def test_plan_compiled_for_another_cpu_is_refused(generated_plan, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PlanError, match="this CPU lacks avx10_1, sve2"):
         Plan.load(copy)
+
+
+def test_without_a_c_compiler_the_plan_is_saved_for_jit(generated_plan, tmp_path, monkeypatch):
+    plan = woodpecker.load(generated_plan / "plan")
+    monkeypatch.setenv("CC", "no-such-compiler-wpk")
+    with pytest.warns(UserWarning, match="no C compiler"):
+        plan.save(tmp_path / "jit")
+    assert json.loads((tmp_path / "jit" / "plan.json").read_text())["kernels"] == {}
+    x = {"x": np.random.default_rng().standard_normal((1, 3, 12, 12)).astype(np.float32)}
+    np.testing.assert_allclose(woodpecker.load(tmp_path / "jit").run(x)["y"], plan.run(x)["y"], rtol=1e-5)

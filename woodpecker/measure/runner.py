@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from woodpecker.errors import WoodpeckerError
 from woodpecker.kernels import registry
+from woodpecker.kernels.generated.aot import compiler_available
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.compile_pool import Compiled, CompilePool
 from woodpecker.measure.result import MeasureResult
@@ -37,12 +38,13 @@ class LocalRunner:
         seed: int = 0,
         compile_processes: int | None = None,
     ):
-        """`compile_processes`: 0 JIT-compiles inside the measuring worker; otherwise batches of
-        generated candidates are compiled ahead of time by that many processes (default: one
-        per core, at most 4) before any of them is timed."""
+        """`compile_processes`: 0 JIT-compiles inside the measuring worker (also the case without a
+        C compiler to link with); otherwise batches of generated candidates are compiled ahead of
+        time by that many processes (default: one per core, at most 4) before any of them is timed."""
         self.threads, self.timeout_s, self.seed = threads, timeout_s, seed
         self.settings = settings or TimingSettings()
-        self._compiler = CompilePool(compile_processes, timeout_s) if compile_processes != 0 else None
+        parallel = compile_processes != 0 and compiler_available()
+        self._compiler = CompilePool(compile_processes, timeout_s) if parallel else None
         self._context = mp.get_context("spawn")  # no inherited thread pools or JIT state
         self._process = None
         self._conn = None

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
-from woodpecker.kernels.generated.aot import KernelLibrary
+from woodpecker.kernels.generated.aot import KernelLibrary, compiler, compiler_available
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.compiled import KERNELS_DIR, compile_plan_kernels
 from woodpecker.plan.serialize import graph_from_data, graph_to_data
@@ -72,7 +73,12 @@ class Plan:
             np.savez(
                 staging / "constants.npz", **{f"c{i}": np.asarray(self.graph.constants[n]) for i, n in enumerate(names)}
             )
-            kernels = compile_plan_kernels(self.graph, self.choices, staging / KERNELS_DIR, progress)
+            if compiler_available():
+                kernels = compile_plan_kernels(self.graph, self.choices, staging / KERNELS_DIR, progress)
+            else:
+                kernels = {}
+                message = f"no C compiler ({compiler()}): the plan's kernels will be JIT-compiled when it loads"
+                warnings.warn(message, stacklevel=2)
             data = {
                 "format": FORMAT_VERSION,
                 "graph": graph_to_data(self.graph),

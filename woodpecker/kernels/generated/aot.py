@@ -18,6 +18,7 @@ import fcntl
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -114,13 +115,22 @@ def compile_library(
     return directory
 
 
+def compiler() -> str:
+    return os.environ.get("CC", "cc")
+
+
+def compiler_available() -> bool:
+    """Linking needs a C compiler; without one, kernels are JIT-compiled where they run."""
+    return shutil.which(compiler()) is not None
+
+
 def _link(output: Path, objects: list[Path]) -> None:
-    compiler = os.environ.get("CC", "cc")
-    command = [compiler, "-shared", "-o", str(output), *map(str, objects), "-lpthread", "-ldl", "-lm"]
+    compiler_ = compiler()
+    command = [compiler_, "-shared", "-o", str(output), *map(str, objects), "-lpthread", "-ldl", "-lm"]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except FileNotFoundError:
-        raise WoodpeckerError(f"ahead-of-time kernels need a C compiler to link; {compiler!r} was not found") from None
+        raise WoodpeckerError(f"ahead-of-time kernels need a C compiler to link; {compiler_!r} was not found") from None
     except subprocess.CalledProcessError as exc:
         raise WoodpeckerError(f"linking {output.name} failed: {exc.stderr.strip()[-500:]}") from None
 
