@@ -82,7 +82,7 @@ def format_row(report: dict) -> str:
 def format_table(rows: list[dict], batch: int, budget: int) -> str:
     header = (
         f"{'model':<14}"
-        + "".join(f"{h:>10}" for h in ["wpk ms", "ORT ms", "OV f32 ms", "torch ms", "compile ms", "OV bf16"])
+        + "".join(f"{h:>10}" for h in ["wpk ms", "ORT ms", "OV f32 ms", "torch ms", "t.comp ms", "OV bf16"])
         + f"{'vs best':>10}  {'best fp32':<14}{'img/s':>8}{'wpk MiB':>9}{'ORT MiB':>9}"
         + f"{'per-node':>10}  {'selected plan':<14}{'tune s':>7}"
     )
