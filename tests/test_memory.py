@@ -7,9 +7,10 @@ import pytest
 from woodpecker.graph.onnx_import import import_model, load_onnx, with_static_inputs
 from woodpecker.graph.passes import optimize_graph
 from woodpecker.kernels import registry
+from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
-from woodpecker.runtime.executor import VIEWS, Executor
+from woodpecker.runtime.executor import Executor
 from woodpecker.runtime.memory import Lifetime, plan_memory
 
 
@@ -34,7 +35,7 @@ def per_node_choices(graph, elementwise_config=None):
     for node in graph.nodes:
         workload = Workload.of(graph, node)
         impl = next((i for i in registry.candidates(workload, ()) if i.kind == "generated"), None)
-        if node.op in VIEWS:
+        if node.op in RESHAPES:
             choices.append(Choice(node.name, "numpy", {}, "library"))
         elif impl is None:
             choices.append(Choice(node.name, "onnxruntime", {}, "library"))
@@ -54,8 +55,8 @@ def test_live_values_never_share_memory_on_real_models(name, exported, rng):
     executor = Executor(graph, per_node_choices(graph))
     steps, buffers = executor.steps, executor.buffers
     # Lifetimes recomputed here from the steps and the graph, independently of the executor's planner.
-    views = {n.outputs[0]: n.inputs[0] for n in graph.nodes if n.op in VIEWS}
-    assert views and not any(s.node in {n.name for n in graph.nodes if n.op in VIEWS} for s in steps)
+    views = {n.outputs[0]: n.inputs[0] for n in graph.nodes if n.op in RESHAPES}
+    assert views and not any(s.node in {n.name for n in graph.nodes if n.op in RESHAPES} for s in steps)
 
     def source(name):  # a view is its input's bytes
         return source(views[name]) if name in views else name

@@ -15,15 +15,13 @@ from tqdm import tqdm
 from woodpecker.errors import UnsupportedOpError
 from woodpecker.graph.ir import Graph, Node
 from woodpecker.kernels import registry
+from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.runner import Runner
 from woodpecker.plan.choice import Choice
 from woodpecker.records.database import Records
 from woodpecker.search.strategies import STRATEGIES
-
-# Ops whose only job is to move data: not worth measuring, NumPy does them.
-TRIVIAL_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ def _choose(
 ) -> Choice:
     impls = registry.candidates(workload, options.libraries)
     native = [i for i in impls if i.name != registry.FALLBACK]
-    if node.op in TRIVIAL_OPS and any(i.name == "numpy" for i in impls):
+    if node.op in RESHAPES and any(i.name == "numpy" for i in impls):  # no work to measure: NumPy does them
         return Choice(node.name, "numpy", {}, "library", workload=key)
     results: list[MeasureResult] = []
     spaces = {impl.name: impl.space(workload) for impl in impls}
@@ -68,7 +66,7 @@ def _choose(
         for impl in impls:
             space = spaces[impl.name]
             if not space.knobs:
-                results.append(_measure(workload, key, impl.name, {}, runner, records))
+                results += measure_with_records(workload, key, impl.name, [{}], runner, records)
                 bar.update()
                 continue
             results += _tune(workload, key, impl.name, space, options, runner, records, bar)
@@ -140,12 +138,6 @@ def measure_with_records(
         if records is not None:
             records.add(key, result)  # failures too: a config that crashed or hung is never tried again
     return [known[i] for i in range(len(configs))]
-
-
-def _measure(
-    workload: Workload, key: str, impl: str, config: dict, runner: Runner, records: Records | None
-) -> MeasureResult:
-    return measure_with_records(workload, key, impl, [config], runner, records)[0]
 
 
 def summarize(graph_before: Graph, graph: Graph, choices: list[Choice], seconds: float) -> dict:

@@ -115,31 +115,18 @@ class Records:
         return configs[:k]
 
     def add(self, workload: str, result: MeasureResult) -> None:
-        payload = json.dumps(
-            {
-                "impl": result.impl,
-                "config": result.config,
-                "error": result.error,
-                "compile_s": result.compile_s,
-                "times_s": list(result.times_s),
-                "max_rel_error": result.max_rel_error,
-            }
-        )
+        payload = {
+            "impl": result.impl,
+            "config": result.config,
+            "error": result.error,
+            "compile_s": result.compile_s,
+            "times_s": list(result.times_s),
+            "max_rel_error": result.max_rel_error,
+        }
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    self.hardware,
-                    workload,
-                    result.impl,
-                    _config_key(result.config),
-                    result.error,
-                    result.compile_s,
-                    result.median_s if result.ok else None,
-                    payload,
-                    time.time(),
-                ),
+                INSERT_MEASUREMENT, _row(self.hardware, workload, result.impl, result, payload, time.time())
             )
 
     def summary(self) -> list[dict]:
@@ -181,19 +168,8 @@ class Records:
             try:
                 item = json.loads(line)
                 result = _result_from_json(item["result"])
-                rows.append(
-                    (
-                        item["hardware"],
-                        item["workload"],
-                        item["impl"],
-                        _config_key(result.config),
-                        result.error,
-                        result.compile_s,
-                        result.median_s if result.ok else None,
-                        json.dumps(item["result"]),
-                        float(item["created"]),
-                    )
-                )
+                created = float(item["created"])
+                rows.append(_row(item["hardware"], item["workload"], item["impl"], result, item["result"], created))
                 hardware[item["hardware"]] = json.dumps(item["hardware_description"], sort_keys=True)
             except (ValueError, KeyError, TypeError) as exc:
                 raise RecordsError(
@@ -202,7 +178,7 @@ class Records:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR IGNORE INTO hardware VALUES (?, ?)", hardware.items())
-            self._db.executemany("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(INSERT_MEASUREMENT, rows)
         return len(rows)
 
     def count(self) -> int:
@@ -210,6 +186,24 @@ class Records:
 
     def close(self) -> None:
         self._db.close()
+
+
+INSERT_MEASUREMENT = "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _row(hardware: str, workload: str, impl: str, result: MeasureResult, payload: dict, created: float) -> tuple:
+    """A measurements row, columns in table order; `payload` is the result as stored (JSON)."""
+    return (
+        hardware,
+        workload,
+        impl,
+        _config_key(result.config),
+        result.error,
+        result.compile_s,
+        result.median_s if result.ok else None,
+        json.dumps(payload),
+        created,
+    )
 
 
 def _result_from_json(data: dict) -> MeasureResult:

@@ -18,6 +18,7 @@ from woodpecker.errors import InputError, PlanError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
 from woodpecker.kernels.generated.aot import KernelLibrary
+from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import Segment, segments
@@ -35,7 +36,6 @@ class Step:
 
 
 IN_PLACE = ("halide.elementwise",)  # kernels that read each element before writing the same one
-VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")  # with NumPy chosen: the same bytes, so no step at all
 
 
 class Executor:
@@ -170,4 +170,5 @@ class Executor:
 
 
 def _is_view(segment: Segment) -> bool:
-    return segment.impl == "numpy" and len(segment.nodes) == 1 and segment.nodes[0].op in VIEWS
+    """A reshape-like op given to NumPy: the same bytes under another shape, so no step at all."""
+    return segment.impl == "numpy" and len(segment.nodes) == 1 and segment.nodes[0].op in RESHAPES

@@ -8,7 +8,7 @@ from woodpecker.kernels.base import LibraryImplementation, is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
 
-DATA_MOVEMENT = ("Concat", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")  # same bytes, new shape
 
 
 class NumpyImplementation(LibraryImplementation):
@@ -16,7 +16,7 @@ class NumpyImplementation(LibraryImplementation):
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
-        if node.op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        if node.op in RESHAPES:
             return workload.has_input(0) and node.inputs[0] not in workload.constants
         if node.op == "Concat":
             return all(n not in workload.constants for n in node.inputs)
