@@ -7,6 +7,7 @@ from onnx import helper
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import segments
+from woodpecker.plan.select import select_plan
 from woodpecker.runtime.executor import Executor
 
 
@@ -56,3 +57,17 @@ def test_mixed_plan_computes_what_onnxruntime_computes(rng):
         ]
         y = Executor(graph, choices).run({"x": x})["y"]
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_candidate_plans_are_timed_apart_and_a_broken_one_is_reported(rng):
+    """Each whole-plan candidate is built and timed in its own process; one that cannot be built
+    is reported with its reason and the others still compete."""
+    graph = branchy_graph(rng)
+    best, timed = select_plan(graph, choose(graph, ["no-such-kernel"] * 4), ("onnxruntime",), threads=1)
+    by_name = {c.name: c for c in timed}
+    assert set(by_name) == {"per-node", "all-onnxruntime"}
+    assert by_name["per-node"].median_s is None and "no-such-kernel" in by_name["per-node"].error
+    assert best.name == "all-onnxruntime" and best.median_s > 0
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    a = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(best.executor.run({"x": x})["y"], (a + np.tanh(a)) * x, rtol=1e-5, atol=1e-6)

@@ -45,7 +45,7 @@ def optimize(
     graph = import_model(proto, batch)
     optimized = optimize_graph(graph)
     choices = _explore(optimized, options, records, threads, timeout_s, ray)
-    best, timed = select_plan(optimized, choices, options.libraries, seed, progress)
+    best, timed = select_plan(optimized, choices, options.libraries, seed, options.progress, threads)
     choices = best.choices
     meta = {
         "source_model": str(Path(model).resolve()) if isinstance(model, str | Path) else None,

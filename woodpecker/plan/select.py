@@ -2,7 +2,8 @@
 
 Per node, isolated timings miss what happens between nodes (layout conversions inside a
 library, cold caches, thread-pool wake-ups). The explorer therefore builds a few complete
-candidate plans, times each end to end on random input, and keeps the fastest:
+candidate plans, times each end to end on random input in a process of its own (like
+`wpk bench` times peers; see plan/candidate_worker.py), and keeps the fastest:
 - "per-node": every node's fastest measured kernel (library runs merged into one call);
 - "all-<library>": every node on one graph library, i.e. that library running the whole
   optimized graph. It is what the per-node plan must beat, and it wins while it is faster.
@@ -10,18 +11,27 @@ candidate plans, times each end to end on random input, and keeps the fastest:
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels.base import importable
+from woodpecker.measure.threads import configure_threads
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import MERGEABLE
-from woodpecker.plan.verify import random_feeds
+from woodpecker.plan.serialize import graph_to_data
+
+CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) and timing one whole plan
 
 
 @dataclass(frozen=True)
@@ -68,21 +78,43 @@ def time_executor(
 
 
 def select_plan(
-    graph: Graph, choices: list[Choice], libraries: tuple[str, ...], seed: int = 0, progress: bool = False
+    graph: Graph,
+    choices: list[Choice],
+    libraries: tuple[str, ...],
+    seed: int = 0,
+    progress: bool = False,
+    threads: int | None = None,
 ) -> tuple[PlanCandidate, list[PlanCandidate]]:
+    """Time every candidate plan in its own process; return the fastest (with its executor built
+    here) and all candidates with their times or errors."""
     from woodpecker.runtime.executor import Executor
 
-    specs = {n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}
-    feeds = random_feeds(specs, seed)
+    threads = configure_threads(threads)
+    candidates = candidate_choices(choices, libraries)
     timed = []
-    for name, candidate in candidate_choices(choices, libraries).items():
-        try:
-            executor = Executor(graph, candidate, progress)
-            timed.append(PlanCandidate(name, candidate, executor, time_executor(executor, feeds)))
-        except WoodpeckerError as exc:  # e.g. a library that cannot compile the whole graph
-            timed.append(PlanCandidate(name, candidate, error=str(exc)[:300]))
+    with tempfile.TemporaryDirectory(prefix="wpk-candidates-") as tmp:
+        directory = Path(tmp)
+        names = sorted(graph.constants)
+        (directory / "graph.json").write_text(json.dumps({**graph_to_data(graph), "constants": names}))
+        np.savez(directory / "constants.npz", **{f"c{i}": np.asarray(graph.constants[n]) for i, n in enumerate(names)})
+        for name, candidate in tqdm(candidates.items(), desc="time plans", unit="plan", disable=not progress):
+            (directory / f"{name}.json").write_text(json.dumps([c.to_json() for c in candidate]))
+            result = _time_in_process(directory, name, threads, seed)
+            timed.append(PlanCandidate(name, candidate, median_s=result.get("median_s"), error=result.get("error")))
     ok = [c for c in timed if c.median_s is not None]
     if not ok:
         raise WoodpeckerError("no candidate plan could be built: " + "; ".join(f"{c.name}: {c.error}" for c in timed))
     best = min(ok, key=lambda c: c.median_s)
-    return best, timed
+    return replace(best, executor=Executor(graph, best.choices, progress)), timed
+
+
+def _time_in_process(directory: Path, name: str, threads: int, seed: int) -> dict:
+    command = [sys.executable, "-m", "woodpecker.plan.candidate_worker", str(directory), name, str(threads), str(seed)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CANDIDATE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {CANDIDATE_TIMEOUT_S:.0f} s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
+    return json.loads(lines[-1])

@@ -1,0 +1,43 @@
+"""Times one candidate plan in a process of its own; prints one JSON line. Used by plan/select.py.
+
+Each candidate gets a fresh process so that no thread pool left by another library (or by
+an earlier candidate) slows it down: timed side by side in the optimizing process, the
+per-node plan and the all-ONNX-Runtime plan were picked over a faster all-OpenVINO plan.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from woodpecker.measure.threads import configure_threads
+
+
+def main() -> None:
+    directory, name, threads = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    configure_threads(threads)
+    from woodpecker.errors import WoodpeckerError
+    from woodpecker.plan.choice import Choice
+    from woodpecker.plan.select import time_executor
+    from woodpecker.plan.serialize import graph_from_data
+    from woodpecker.plan.verify import random_feeds
+    from woodpecker.runtime.executor import Executor
+
+    data = json.loads((directory / "graph.json").read_text())
+    with np.load(directory / "constants.npz", allow_pickle=False) as npz:
+        constants = {key: npz[f"c{i}"] for i, key in enumerate(data["constants"])}
+    graph = graph_from_data(data, constants)
+    choices = [Choice.from_json(c) for c in json.loads((directory / f"{name}.json").read_text())]
+    feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, int(sys.argv[4]))
+    try:
+        result = {"median_s": time_executor(Executor(graph, choices), feeds)}
+    except WoodpeckerError as exc:  # e.g. a library that cannot compile the whole graph
+        result = {"error": str(exc)[:300]}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
