@@ -13,7 +13,7 @@ from woodpecker.kernels import registry
 from woodpecker.kernels.generated.aot import KernelLibrary, compile_library
 from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
 from woodpecker.kernels.workload import Workload
-from woodpecker.measure.timing import check, random_inputs
+from woodpecker.measure.timing import check, empty_outputs, random_inputs
 
 
 def single_workload(nodes, inputs, outputs, inits):
@@ -26,7 +26,7 @@ def assert_kernel_family(workload, impl_name, n_configs=3):
     impl = registry.get(impl_name)
     assert impl.matches(workload)
     inputs = random_inputs(workload, seed=np.random.default_rng().integers(1 << 30))
-    reference = [np.empty(workload.output_shape, np.float32)]
+    reference = empty_outputs(workload)
     OnnxRuntimeKernel(workload.as_graph())(inputs, reference)
     configs = impl.space(workload).sample(n_configs, seed=int(np.random.default_rng().integers(1 << 30)))
     assert configs, "empty configuration space"

@@ -9,9 +9,12 @@ from pathlib import Path
 import onnx
 
 from woodpecker.errors import PlanError, WoodpeckerError
+from woodpecker.graph.ir import Graph
 from woodpecker.graph.onnx_import import import_model, load_onnx
 from woodpecker.graph.passes import optimize_graph
+from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
+from woodpecker.kernels.generated.common import native_vector_width
 from woodpecker.measure.runner import LocalRunner
 from woodpecker.plan.explore import ExploreOptions, explore, summarize
 from woodpecker.plan.plan import Plan
@@ -20,6 +23,8 @@ from woodpecker.plan.verify import verify
 from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
 from woodpecker.search.strategies import STRATEGIES
+
+LAYOUTS = ("blocked", "plain")
 
 
 def optimize(
@@ -37,13 +42,14 @@ def optimize(
     threads: int | None = None,
     timeout_s: float = 120.0,
     ray: str | None = None,
+    layout: str = "blocked",
 ) -> Plan:
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
     proto = load_onnx(model)
     graph = import_model(proto, batch)
-    optimized = optimize_graph(graph)
+    optimized = with_layout(optimize_graph(graph), layout)
     choices = _explore(optimized, options, records, threads, timeout_s, ray)
     best, timed = select_plan(optimized, choices, options.libraries, seed, options.progress, threads)
     choices = best.choices
@@ -52,6 +58,7 @@ def optimize(
         "batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
         "strategy": strategy,
         "budget": budget,
+        "layout": layout,
         "hardware": fingerprint(),
         "summary": summarize(graph, optimized, choices, time.perf_counter() - start),
     }
@@ -86,11 +93,12 @@ def tune(
     threads: int | None = None,
     timeout_s: float = 120.0,
     ray: str | None = None,
+    layout: str = "blocked",
 ) -> dict:
     """Measure every distinct workload of a model into the records; no plan is written."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
-    optimized = optimize_graph(import_model(model, batch))
+    optimized = with_layout(optimize_graph(import_model(model, batch)), layout)
     choices = _explore(optimized, options, records, threads, timeout_s, ray)
     best = {c.workload: c for c in choices}
     return {
@@ -101,6 +109,15 @@ def tune(
         ],
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def with_layout(graph: Graph, layout: str) -> Graph:
+    """`blocked`: NCHW[b]c through the graph, b the host's float vector width; `plain`: NCHW."""
+    if layout == "plain":
+        return graph
+    if layout != "blocked":
+        raise WoodpeckerError(f"unknown layout '{layout}'; choose from {', '.join(LAYOUTS)}")
+    return block_layout(graph, native_vector_width())
 
 
 def _options(

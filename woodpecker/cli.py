@@ -114,6 +114,12 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=0.0, help="time budget per workload and generated kernel")
     p.add_argument("--ray", metavar="ADDRESS", help="measure on a Ray cluster ('local' starts a one-node one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--layout",
+        choices=("blocked", "plain"),
+        default="blocked",
+        help="blocked: channels in blocks of one vector through the graph (default); plain: NCHW",
+    )
 
 
 def _search_kwargs(args) -> dict:
@@ -124,6 +130,7 @@ def _search_kwargs(args) -> dict:
         batch=args.batch,
         libraries=tuple(x for x in args.libraries.split(",") if x),
         seed=args.seed,
+        layout=args.layout,
     )
 
 

@@ -15,13 +15,25 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Value:
+    """A tensor. `shape` is always the ONNX (logical) shape; `block` > 0 means the bytes are laid
+    out NCHW[block]c (channels split into blocks, the block innermost), see graph/passes/layout.py."""
+
     name: str
     shape: tuple[int, ...]
     dtype: str  # a NumPy dtype name, e.g. "float32"
+    block: int = 0
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape of the array that holds the value: (N, C/b, H, W, b) when blocked."""
+        if not self.block:
+            return self.shape
+        n, c, h, w = self.shape
+        return (n, c // self.block, h, w, self.block)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """IR -> ONNX: whole graphs (for reference runs) and one-node models (for library kernels).
 
 Fused epilogues are expanded back into standard ONNX ops, so ONNX Runtime and OpenVINO can
-run any node of an optimized graph.
+run any node of an optimized graph. Layouts: inside the model every value is plain NCHW (a
+Relayout node is an Identity); a blocked input or output of the model keeps its stored
+(N, C/b, H, W, b) shape and is converted at the boundary, so a library kernel reads and writes
+the executor's blocked buffers and pays for the conversion in its own measured time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ FUSABLE_OPS = ("Conv", "Gemm")
 def expand_node(node: Node) -> list[onnx.NodeProto]:
     """ONNX nodes computing `node`, with its fused residual add and activation unfused."""
     attrs = {k: v for k, v in node.attrs.items() if k not in _WPK_ATTRS}
+    if node.op == "Relayout":  # changes the bytes' order only; values are logical NCHW in ONNX
+        return [helper.make_node("Identity", list(node.inputs), list(node.outputs), name=node.name)]
     if node.op not in FUSABLE_OPS or not node.fused:
         return [helper.make_node(node.op, list(node.inputs), list(node.outputs), name=node.name, **attrs)]
     out = node.outputs[0]
@@ -66,6 +71,9 @@ def graph_to_onnx(
         if n in graph.constants and n not in inputs
     ]
     protos = [p for node in nodes for p in expand_node(node)]
+    blocked = [n for n in dict.fromkeys(inputs + outputs) if graph.values[n].block]
+    if blocked:
+        protos = _convert_at_boundary(graph, protos, inputs, blocked, initializers)
     proto_graph = helper.make_graph(
         protos, graph.name, [_info(graph, n) for n in inputs], [_info(graph, n) for n in outputs], initializers
     )
@@ -82,6 +90,31 @@ def node_model(graph: Graph, node: Node) -> onnx.ModelProto:
     return graph_to_onnx(graph, [node], inputs, list(node.outputs))
 
 
+def _convert_at_boundary(
+    graph: Graph, protos: list[onnx.NodeProto], inputs: list[str], blocked: list[str], initializers: list
+) -> list[onnx.NodeProto]:
+    """Inside the model, blocked boundary values go by `<name>__wpk_plain`; Transpose + Reshape nodes
+    convert them from the stored blocked array (inputs) or into it (outputs)."""
+    plain = {n: f"{n}__wpk_plain" for n in blocked}
+    for proto in protos:
+        proto.input[:] = [plain.get(n, n) for n in proto.input]
+        proto.output[:] = [plain.get(n, n) for n in proto.output]
+    before, after = [], []
+    for n in blocked:
+        n_, c, h, w = graph.values[n].shape
+        b = graph.values[n].block
+        shape = [n_, c, h, w] if n in inputs else [n_, c // b, b, h, w]
+        initializers.append(numpy_helper.from_array(np.array(shape, np.int64), f"{n}__wpk_shape"))
+        if n in inputs:  # (N, C/b, H, W, b) -> (N, C/b, b, H, W) -> (N, C, H, W)
+            before.append(helper.make_node("Transpose", [n], [f"{n}__wpk_t"], perm=[0, 1, 4, 2, 3]))
+            before.append(helper.make_node("Reshape", [f"{n}__wpk_t", f"{n}__wpk_shape"], [plain[n]]))
+        else:  # (N, C, H, W) -> (N, C/b, b, H, W) -> (N, C/b, H, W, b)
+            after.append(helper.make_node("Reshape", [plain[n], f"{n}__wpk_shape"], [f"{n}__wpk_split"]))
+            after.append(helper.make_node("Transpose", [f"{n}__wpk_split"], [n], perm=[0, 1, 3, 4, 2]))
+    return before + protos + after
+
+
 def _info(graph: Graph, name: str) -> onnx.ValueInfoProto:
     value = graph.values[name]
-    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(value.dtype)), value.shape)
+    dtype = helper.np_dtype_to_tensor_dtype(np.dtype(value.dtype))
+    return helper.make_tensor_value_info(name, dtype, value.stored_shape)

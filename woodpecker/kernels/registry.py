@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from woodpecker.kernels.base import Implementation
 from woodpecker.kernels.generated.conv2d import HalideConv2d
+from woodpecker.kernels.generated.conv2d_blocked import HalideConv2dBlocked
 from woodpecker.kernels.generated.dense import HalideDense
 from woodpecker.kernels.generated.elementwise import HalideElementwise
 from woodpecker.kernels.generated.pool import HalidePool
@@ -19,6 +20,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.name: impl
     for impl in (
         HalideConv2d(),
+        HalideConv2dBlocked(),
         HalideDense(),
         HalidePool(),
         HalideElementwise(),

@@ -52,6 +52,14 @@ class Workload:
         """Inputs that arrive at run time (everything that is not a constant)."""
         return [n for n in self.node.inputs if n and n not in self.constants]
 
+    @property
+    def blocked(self) -> bool:
+        """Whether any input or output is stored in a blocked channel layout."""
+        return any(v.block for v in self.values.values())
+
+    def block(self, name: str) -> int:
+        return self.values[name].block
+
     def has_input(self, index: int) -> bool:
         return len(self.node.inputs) > index and bool(self.node.inputs[index])
 
@@ -73,10 +81,16 @@ class Workload:
             "op": self.op,
             "attrs": {k: _jsonable(v) for k, v in sorted(self.node.attrs.items())},
             "inputs": [
-                [list(self.values[n].shape), self.values[n].dtype, n in self.constants] if n else None
+                [list(self.values[n].shape), self.values[n].dtype, n in self.constants, *_block(self.values[n])]
+                if n
+                else None
                 for n in self.node.inputs
             ],
-            "outputs": [[list(self.values[n].shape), self.values[n].dtype] for n in self.node.outputs if n],
+            "outputs": [
+                [list(self.values[n].shape), self.values[n].dtype, *_block(self.values[n])]
+                for n in self.node.outputs
+                if n
+            ],
         }
 
     def key(self) -> str:
@@ -112,6 +126,11 @@ def shape_features(description: dict) -> list[float]:
 
     walk({"attrs": description["attrs"], "inputs": description["inputs"], "outputs": description["outputs"]})
     return numbers
+
+
+def _block(value: Value) -> list[int]:
+    """Blocked values add their block to the description; plain ones keep the keys they always had."""
+    return [value.block] if value.block else []
 
 
 def _jsonable(value):

@@ -32,9 +32,9 @@ def random_inputs(workload: Workload, seed: int) -> list[np.ndarray]:
     for name in workload.dynamic_inputs:
         value = workload.values[name]
         if np.issubdtype(np.dtype(value.dtype), np.floating):
-            arrays.append(rng.standard_normal(value.shape).astype(value.dtype))
+            arrays.append(rng.standard_normal(value.stored_shape).astype(value.dtype))
         else:
-            arrays.append(rng.integers(0, 4, value.shape).astype(value.dtype))
+            arrays.append(rng.integers(0, 4, value.stored_shape).astype(value.dtype))
     return arrays
 
 
@@ -45,7 +45,7 @@ def empty_outputs(workload: Workload) -> list[np.ndarray]:
         if name:
             value = workload.values[name]
             fill = np.nan if np.issubdtype(np.dtype(value.dtype), np.floating) else -7
-            outputs.append(np.full(value.shape, fill, value.dtype))
+            outputs.append(np.full(value.stored_shape, fill, value.dtype))
     return outputs
 
 

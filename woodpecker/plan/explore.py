@@ -146,6 +146,7 @@ def summarize(graph_before: Graph, graph: Graph, choices: list[Choice], seconds:
         "nodes_before": len(graph_before.nodes),
         "nodes": len(graph.nodes),
         "fused": sum(len(n.fused) for n in graph.nodes),
+        "relayouts": sum(n.op == "Relayout" for n in graph.nodes),
         **by_status,
         "by_impl": {impl: sum(c.impl == impl for c in choices) for impl in sorted({c.impl for c in choices})},
         "fallback_nodes": [c.node for c in choices if c.status == "fallback"],

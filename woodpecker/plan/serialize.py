@@ -15,7 +15,10 @@ def graph_to_data(graph: Graph) -> dict[str, Any]:
         "opset": graph.opset,
         "inputs": graph.inputs,
         "outputs": graph.outputs,
-        "values": {n: {"shape": list(v.shape), "dtype": v.dtype} for n, v in graph.values.items()},
+        "values": {
+            n: {"shape": list(v.shape), "dtype": v.dtype, **({"block": v.block} if v.block else {})}
+            for n, v in graph.values.items()
+        },
         "nodes": [
             {
                 "name": n.name,
@@ -31,7 +34,7 @@ def graph_to_data(graph: Graph) -> dict[str, Any]:
 
 
 def graph_from_data(data: dict[str, Any], constants: dict[str, np.ndarray]) -> Graph:
-    values = {n: Value(n, tuple(v["shape"]), v["dtype"]) for n, v in data["values"].items()}
+    values = {n: Value(n, tuple(v["shape"]), v["dtype"], v.get("block", 0)) for n, v in data["values"].items()}
     nodes = [
         Node(
             n["name"], n["op"], tuple(n["inputs"]), tuple(n["outputs"]), {k: _decode(v) for k, v in n["attrs"].items()}

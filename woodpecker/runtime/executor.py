@@ -111,7 +111,7 @@ class Executor:
 
     def _view(self, name: str, offset: int) -> np.ndarray:
         value = self.graph.values[name]
-        return self.arena[offset : offset + self._nbytes(name)].view(value.dtype).reshape(value.shape)
+        return self.arena[offset : offset + self._nbytes(name)].view(value.dtype).reshape(value.stored_shape)
 
     def _build_step(self, segment: Segment, inputs: list[str], outputs: list[str]) -> Step:
         first = segment.nodes[0]

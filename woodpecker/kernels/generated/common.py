@@ -17,9 +17,14 @@ def jit_target() -> hl.Target:
     return hl.get_jit_target_from_environment()
 
 
+def native_vector_width() -> int:
+    """Float lanes of one vector register of the target (16 with AVX-512, 8 with AVX2, 4 with NEON)."""
+    return jit_target().natural_vector_size(hl.Float(32))
+
+
 def vector_widths() -> tuple[int, ...]:
     """Float lanes worth trying: the native width, half of it, and 4 for narrow layers."""
-    native = jit_target().natural_vector_size(hl.Float(32))
+    native = native_vector_width()
     return tuple(sorted({4, max(4, native // 2), native}))
 
 

@@ -74,6 +74,7 @@ class HalideConv2d(GeneratedImplementation):
     def matches(self, workload: Workload) -> bool:
         return (
             workload.op == "Conv"
+            and not workload.blocked
             and len(workload.input_shape(0)) == 4
             and is_float32(workload)
             and workload.node.inputs[1] in workload.constants

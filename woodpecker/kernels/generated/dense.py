@@ -28,6 +28,8 @@ class HalideDense(GeneratedImplementation):
         node = workload.node
         if node.op not in ("Gemm", "MatMul") or not is_float32(workload) or node.inputs[1] not in workload.constants:
             return False
+        if workload.blocked:
+            return False
         if len(workload.input_shape(0)) != 2 or len(workload.input_shape(1)) != 2:
             return False
         if node.op == "Gemm" and node.attrs.get("transA", 0):

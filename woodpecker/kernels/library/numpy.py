@@ -1,9 +1,10 @@
-"""NumPy kernels: BLAS for dense layers, and the data-movement ops (Concat, Reshape, Flatten)."""
+"""NumPy kernels: BLAS for dense layers, and the data-movement ops (Concat, Reshape, Flatten, Relayout)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from woodpecker.graph.ir import Value
 from woodpecker.kernels.base import LibraryImplementation, is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
@@ -17,9 +18,16 @@ class NumpyImplementation(LibraryImplementation):
     def matches(self, workload: Workload) -> bool:
         node = workload.node
         if node.op in RESHAPES:
-            return workload.has_input(0) and node.inputs[0] not in workload.constants
-        if node.op == "Concat":
-            return all(n not in workload.constants for n in node.inputs)
+            return workload.has_input(0) and node.inputs[0] not in workload.constants and not workload.blocked
+        if node.op == "Relayout":
+            return True
+        if node.op == "Concat":  # blocked: the stored arrays concatenate along their block axis
+            blocks = {workload.block(n) for n in (*node.inputs, node.outputs[0])}
+            return (
+                all(n not in workload.constants for n in node.inputs)
+                and len(blocks) == 1
+                and (blocks == {0} or node.attrs["axis"] in (1, -3))
+            )
         if node.op == "Gemm":
             return (
                 is_float32(workload)
@@ -32,6 +40,8 @@ class NumpyImplementation(LibraryImplementation):
 
     def build(self, workload: Workload, config: Config):
         node = workload.node
+        if node.op == "Relayout":
+            return _relayout(workload.values[node.inputs[0]], workload.values[node.outputs[0]])
         if node.op == "Concat":
             axis = node.attrs["axis"] % len(workload.output_shape)
 
@@ -65,3 +75,17 @@ class NumpyImplementation(LibraryImplementation):
                 np.clip(out, node.attrs["clip_min"], node.attrs["clip_max"], out=out)
 
         return gemm
+
+
+def _relayout(source: Value, target: Value):
+    """Copy between plain NCHW and NCHW[b]c, both seen as (N, C/b, b, H, W) views (no temporary)."""
+    n, c, h, w = source.shape
+    b = source.block or target.block
+
+    def split(array: np.ndarray, block: int) -> np.ndarray:
+        return array.transpose(0, 1, 4, 2, 3) if block else array.reshape(n, c // b, b, h, w)
+
+    def relayout(inputs, outputs):
+        np.copyto(split(outputs[0], target.block), split(inputs[0], source.block))
+
+    return relayout

@@ -15,7 +15,7 @@ class TorchImplementation(LibraryImplementation):
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
-        if not is_float32(workload) or not importable("torch"):
+        if not is_float32(workload) or workload.blocked or not importable("torch"):
             return False
         if node.op == "Conv":
             return (

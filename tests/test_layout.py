@@ -1,0 +1,186 @@
+"""The blocked channel layout: the pass (conversions only where needed) and the kernels that read
+and write NCHW[b]c, each against ONNX Runtime (which sees the blocked arrays through the export's
+boundary conversions)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import const, make_model, tensor
+from onnx import helper
+from test_kernels import assert_kernel_family
+
+from woodpecker import api
+from woodpecker.graph.ir import Value
+from woodpecker.graph.onnx_import import import_model
+from woodpecker.graph.passes import optimize_graph
+from woodpecker.graph.passes.layout import block_layout
+from woodpecker.kernels import registry
+from woodpecker.kernels.workload import Workload
+from woodpecker.measure.timing import check, empty_outputs, random_inputs
+from woodpecker.plan.verify import random_feeds
+from woodpecker.runtime.executor import Executor
+
+
+def with_blocks(workload: Workload, blocks: dict[str, int]) -> Workload:
+    values = {n: dataclasses.replace(v, block=blocks.get(n, v.block)) for n, v in workload.values.items()}
+    return dataclasses.replace(workload, values=values)
+
+
+def conv_workload(rng, c_in, c_out, size, k, stride, pad, groups=1, epilogue=""):
+    weight = rng.standard_normal((c_out, c_in // groups, k, k)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    out = (size + 2 * pad - k) // stride + 1
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2, group=groups)]
+    inputs, last = [tensor("x", [1, c_in, size, size])], "c"
+    if "add" in epilogue:
+        inputs.append(tensor("r", [1, c_out, out, out]))
+        nodes.append(helper.make_node("Add", [last, "r"], ["a"]))
+        last = "a"
+    nodes.append(helper.make_node("Relu" if "relu" in epilogue else "Identity", [last], ["y"]))
+    model = make_model(nodes, inputs, [tensor("y", [1, c_out, out, out])], [const("w", weight), const("b", bias)])
+    graph = optimize_graph(import_model(model))
+    return Workload.of(graph, graph.nodes[0])
+
+
+BLOCKED_CONV_CASES = [
+    # (c_in, c_out, size, k, stride, pad, groups, epilogue, input blocked, block)
+    (3, 16, 17, 3, 2, 1, 1, "relu", False, 16),  # the stem: plain input
+    (16, 32, 9, 3, 1, 1, 1, "add_relu", True, 16),  # residual block
+    (32, 16, 14, 1, 1, 0, 1, "", True, 8),  # 1x1, block 8
+    (16, 32, 11, 3, 2, 1, 1, "relu", True, 8),  # strided, width not a multiple of the tile
+    (32, 32, 10, 3, 1, 1, 32, "relu", True, 16),  # depthwise
+    (16, 16, 9, 3, 2, 1, 16, "", True, 8),  # strided depthwise
+]
+
+
+@pytest.mark.parametrize("case", BLOCKED_CONV_CASES)
+def test_blocked_conv2d(case, rng):
+    *shape, epilogue, input_blocked, block = case
+    workload = conv_workload(rng, *shape, epilogue=epilogue)
+    blocks = {"x": block if input_blocked else 0, workload.node.outputs[0]: block}
+    if "add" in epilogue:
+        blocks[workload.node.inputs[3]] = block
+    blocked = with_blocks(workload, blocks)
+    assert not registry.get("halide.conv2d").matches(blocked)  # the NCHW kernel never sees blocked values
+    assert_kernel_family(blocked, "halide.conv2d_blocked")
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "out_block"),
+    [
+        ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), 16),
+        ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2]), 16),
+        ("GlobalAveragePool", {}, 0),
+    ],
+)
+def test_blocked_pool(op, attrs, out_block):
+    model = make_model(
+        [helper.make_node(op, ["x"], ["y"], **attrs)], [tensor("x", [2, 32, 9, 9])], [tensor("y", ["n", "c", "h", "w"])]
+    )
+    graph = import_model(model)
+    workload = with_blocks(Workload.of(graph, graph.nodes[0]), {"x": 16, "y": out_block})
+    assert_kernel_family(workload, "halide.pool", n_configs=2)
+
+
+def test_relayout_concat_and_elementwise_on_blocked_values(rng):
+    shape = (2, 32, 5, 7)
+    for source, target in ((0, 16), (16, 0)):
+        values = {"a": Value("a", shape, "float32", source), "b": Value("b", shape, "float32", target)}
+        node = dataclasses.replace(
+            import_model(_identity_model(shape)).nodes[0], op="Relayout", inputs=("a",), outputs=("b",)
+        )
+        workload = Workload(node, values, {}, 17)
+        _assert_library_kernel(workload, "numpy")
+    graph = import_model(
+        make_model(
+            [helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Add", ["c", "d"], ["y"])],
+            [tensor("a", [1, 16, 4, 4]), tensor("b", [1, 32, 4, 4]), tensor("d", [1, 48, 4, 4])],
+            [tensor("y", [1, 48, 4, 4])],
+        )
+    )
+    blocks = {"a": 16, "b": 16, "c": 16, "d": 16, "y": 16}
+    concat, add = (with_blocks(Workload.of(graph, n), blocks) for n in graph.nodes)
+    _assert_library_kernel(concat, "numpy")
+    assert_kernel_family(add, "halide.elementwise", n_configs=1)
+
+
+def _identity_model(shape):
+    return make_model(
+        [helper.make_node("Identity", ["a"], ["b"])], [tensor("a", list(shape))], [tensor("b", list(shape))]
+    )
+
+
+def _assert_library_kernel(workload, impl_name):
+    impl = registry.get(impl_name)
+    assert impl.matches(workload)
+    inputs = random_inputs(workload, seed=1)
+    reference = empty_outputs(workload)
+    registry.get("onnxruntime").build(workload, {})(inputs, reference)
+    assert check(impl.build(workload, {}), inputs, reference) <= 1e-6
+
+
+def branchy_model(rng):
+    """x -> A (conv 16) -> {B, C} (conv 16 each) -> Concat -> MaxPool -> {D (conv, 5 channels), Softmax};
+    A -> GlobalAveragePool -> Flatten. Only MaxPool's output needs converting (once, for D and Softmax)."""
+
+    def conv(name, src, c_in, c_out):
+        w = const(f"{name}_w", rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32) * 0.3)
+        return helper.make_node("Conv", [src, f"{name}_w"], [name], pads=[1] * 4), w
+
+    parts = [conv("A", "x", 3, 16), conv("B", "A", 16, 16), conv("C", "A", 16, 16)]
+    nodes = [p[0] for p in parts]
+    nodes += [
+        helper.make_node("Concat", ["B", "C"], ["cat"], axis=1),
+        helper.make_node("MaxPool", ["cat"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    d, d_w = conv("D", "m", 32, 5)
+    nodes += [
+        d,
+        helper.make_node("Softmax", ["m"], ["s"], axis=1),
+        helper.make_node("GlobalAveragePool", ["A"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+    ]
+    inits = [p[1] for p in parts] + [d_w]
+    outputs = [tensor("D", [1, 5, 4, 4]), tensor("s", [1, 32, 4, 4]), tensor("f", [1, 16])]
+    return make_model(nodes, [tensor("x", [1, 3, 8, 8])], outputs, inits)
+
+
+def test_layout_pass_converts_only_where_an_op_has_no_blocked_kernel(rng):
+    graph = block_layout(optimize_graph(import_model(branchy_model(rng))), 16)
+    relayouts = [n for n in graph.nodes if n.op == "Relayout"]
+    assert [n.inputs for n in relayouts] == [("m",)]
+    blocks = {name: graph.values[name].block for name in ("A", "B", "C", "cat", "m", "D", "s", "g", "f")}
+    assert blocks == {"A": 16, "B": 16, "C": 16, "cat": 16, "m": 16, "D": 0, "s": 0, "g": 0, "f": 0}
+    assert all(not graph.values[n].block for n in graph.inputs + graph.outputs)
+
+
+def test_blocked_layout_ends_at_a_graph_output(rng):
+    """A blocked value that is a graph output is converted back under its own name."""
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)],
+        [tensor("x", [1, 3, 6, 6])],
+        [tensor("y", [1, 16, 6, 6])],
+        [const("w", rng.standard_normal((16, 3, 3, 3)).astype(np.float32))],
+    )
+    graph = block_layout(import_model(model), 16)
+    assert [n.op for n in graph.nodes] == ["Conv", "Relayout"]
+    assert graph.values[graph.nodes[0].outputs[0]].block == 16 and graph.values["y"].block == 0
+
+
+def test_blocked_plan_matches_onnxruntime_and_survives_save_load(rng, tmp_path, records_path):
+    plan = api.optimize(branchy_model(rng), budget=2, records=records_path, libraries=("numpy",), progress=False)
+    assert plan.meta["summary"]["relayouts"] == 1
+    # Whatever was selected, the plan with every generated kernel that passed its check computes the same.
+    generated = []
+    for choice in plan.choices:
+        ok = [c for c in choice.candidates if c["impl"].startswith("halide") and c["error"] is None]
+        best = min(ok, key=lambda c: c["median_s"], default=None)
+        generated.append(dataclasses.replace(choice, impl=best["impl"], config=best["config"]) if best else choice)
+    assert sum(c.impl == "halide.conv2d_blocked" for c in generated) == 3
+    loaded = api.load(plan.save(tmp_path / "plan"))
+    feeds = random_feeds(plan.input_specs, seed=5)
+    expected = plan.run(feeds)
+    for actual in (loaded.run(feeds), Executor(plan.graph, generated).run(feeds)):
+        for name in expected:
+            np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,108 @@
+"""One blocked channel layout for the whole graph: NCHW[b]c, with b the target's float vector width.
+
+In NCHW a convolution's reduction touches one cache line per input channel and its output
+channels are a plane apart; blocked, a vector of b output channels is one contiguous store
+and b input channels one cache line. Libraries do the same internally (oneDNN, MLAS, TVM) but
+convert at every call; here the layout is decided once for the graph, so values stay blocked
+from one kernel to the next and are converted (by a Relayout node) only where an op has no
+blocked kernel, or where the graph enters and leaves.
+
+Which ops keep a value blocked, and what they need:
+- Conv with groups 1: reads its input plain or blocked, writes blocked when b divides its
+  output channels; a fused residual input must be blocked like the output;
+- depthwise Conv, MaxPool, AveragePool: blocked in, blocked out (they follow their input);
+- GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
+- element-wise ops on same-shape inputs and Concat over channels: blocked when an input is.
+Everything else reads plain values. Values that are not 4-D float32, or whose channel count b
+does not divide, stay plain.
+"""
+
+from __future__ import annotations
+
+from woodpecker.graph.ir import Graph, Node, Value
+
+ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Relu", "Sigmoid", "Tanh", "Exp", "Neg", "Abs")
+FOLLOW_INPUT_OPS = ("MaxPool", "AveragePool")
+GLOBAL_POOL_OPS = ("GlobalAveragePool", "GlobalMaxPool")
+
+
+def block_layout(graph: Graph, block: int) -> Graph:
+    """The graph with blocked values and the fewest Relayout nodes the rules above allow."""
+    out = graph.copy()
+    out.nodes = []
+    converted: dict[tuple[str, int], str] = {}  # (value, block) -> a converted copy, made once
+
+    def as_block(name: str, wanted: int) -> str:
+        value = out.values[name]
+        if value.block == wanted or name in out.constants:
+            return name
+        if (name, wanted) not in converted:
+            copy = f"{name}__nchw{wanted}c" if wanted else f"{name}__nchw"
+            out.values[copy] = Value(copy, value.shape, value.dtype, wanted)
+            out.nodes.append(Node(f"{copy}/relayout", "Relayout", (name,), (copy,)))
+            converted[(name, wanted)] = copy
+        return converted[(name, wanted)]
+
+    for node in graph.nodes:
+        wanted_inputs, output_block = _decide(out, node, block)
+        inputs = tuple(as_block(n, b) if n else n for n, b in zip(node.inputs, wanted_inputs))
+        for name in node.outputs:
+            if name and _blockable(out.values[name], block):
+                out.values[name] = Value(name, out.values[name].shape, out.values[name].dtype, output_block)
+        out.nodes.append(node.replace(inputs=inputs) if inputs != node.inputs else node)
+    return _plain_outputs(out)
+
+
+def _blockable(value: Value, block: int) -> bool:
+    return len(value.shape) == 4 and value.dtype == "float32" and value.shape[1] % block == 0
+
+
+def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
+    """The block each input must have and the block the outputs get (0: plain)."""
+    values = [graph.values[n] if n else None for n in node.inputs]
+    current = [v.block if v is not None else 0 for v in values]
+    plain = [0] * len(values)
+    outputs = [graph.values[n] for n in node.outputs if n]
+    if node.op in GLOBAL_POOL_OPS:
+        return current, 0
+    if not outputs or not all(_blockable(v, block) for v in outputs):
+        return plain, 0
+    if node.op == "Conv":
+        group = node.attrs.get("group", 1)
+        if group == 1:  # input as it comes; a residual input like the output
+            return [current[0], 0, 0, *[block] * (len(values) - 3)], block
+        if group == values[0].shape[1] == outputs[0].shape[1] and current[0]:  # depthwise, blocked input
+            return [block, 0, 0, *[block] * (len(values) - 3)], block
+        return plain, 0
+    if node.op in FOLLOW_INPUT_OPS:
+        return current, current[0]
+    shapes = {v.shape for v in values if v is not None}
+    same_shape = shapes == {outputs[0].shape} and all(n not in graph.constants for n in node.inputs if n)
+    channel_concat = node.op == "Concat" and node.attrs.get("axis") in (1, -3)
+    if (
+        ((node.op in ELEMENTWISE_OPS and same_shape) or channel_concat)
+        and any(current)
+        and all(_blockable(v, block) for v in values if v is not None)
+    ):
+        return [block] * len(values), block
+    return plain, 0
+
+
+def _plain_outputs(graph: Graph) -> Graph:
+    """The graph's outputs stay plain: a blocked one is renamed and converted back under its name."""
+    for name in graph.outputs:
+        value = graph.values[name]
+        if not value.block:
+            continue
+        inner = f"{name}__nchw{value.block}c"
+        graph.values[inner] = Value(inner, value.shape, value.dtype, value.block)
+        graph.values[name] = Value(name, value.shape, value.dtype)
+        graph.nodes = [
+            n.replace(
+                inputs=tuple(inner if i == name else i for i in n.inputs),
+                outputs=tuple(inner if o == name else o for o in n.outputs),
+            )
+            for n in graph.nodes
+        ]
+        graph.nodes.append(Node(f"{name}/relayout", "Relayout", (inner,), (name,)))
+    return graph

@@ -1,0 +1,165 @@
+"""2-D convolution writing the blocked NCHW[b]c layout (graph/passes/layout.py), fused epilogue.
+
+The register tile is `tile_x` output pixels times `tile_k` blocks of b output channels, each a
+full vector; every reduction step broadcasts one input value (b consecutive input channels
+sit in one cache line) and multiplies it with a contiguous vector of packed weights. Reads a
+plain NCHW input too (the stem, whose 3 channels no block divides), and covers depthwise
+convolutions (one input channel per output channel, both blocked).
+"""
+
+from __future__ import annotations
+
+import halide as hl
+import numpy as np
+
+from woodpecker.kernels.base import is_float32
+from woodpecker.kernels.generated.common import (
+    MAX_ACCUMULATORS,
+    Definition,
+    GeneratedImplementation,
+    apply_activation,
+    divisors,
+)
+from woodpecker.kernels.generated.conv2d import conv_params
+from woodpecker.kernels.workload import Workload
+from woodpecker.search.space import Config, ConfigSpace, Knob
+
+
+def _depthwise(p: dict) -> bool:
+    return p["groups"] > 1 and p["groups"] == p["c_in"] == p["c_out"]
+
+
+class HalideConv2dBlocked(GeneratedImplementation):
+    name = "halide.conv2d_blocked"
+
+    def matches(self, workload: Workload) -> bool:
+        node = workload.node
+        if not (
+            node.op == "Conv"
+            and len(workload.input_shape(0)) == 4
+            and is_float32(workload)
+            and node.inputs[1] in workload.constants
+            and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
+            and (not workload.has_input(2) or node.inputs[2] in workload.constants)
+        ):
+            return False
+        block, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
+        residual_ok = not node.attrs.get("residual") or workload.block(node.inputs[3]) == block
+        p = conv_params(workload)
+        if _depthwise(p):
+            return block > 0 and in_block == block and residual_ok
+        return block > 0 and p["groups"] == 1 and in_block in (0, block) and residual_ok
+
+    def space(self, workload: Workload) -> ConfigSpace:
+        p = conv_params(workload)
+        blocks = p["c_out"] // workload.block(workload.node.outputs[0])
+        padded = any(workload.node.attrs.get("pads", [0]))
+        depthwise = _depthwise(p)
+
+        def valid(cfg: Config) -> bool:
+            return cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS and cfg["tile_x"] <= p["w_out"]
+
+        tile_x = 7 if p["w_out"] % 7 == 0 and p["w_out"] % 8 != 0 else 8
+        start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy"}
+        return ConfigSpace(
+            (
+                Knob("tile_x", (1, 2, 3, 4, 5, 6, 7, 8, 12, 14)),
+                Knob("tile_k", divisors(blocks, 6)),
+                Knob("reduce_order", ("c_inner",) if depthwise else ("c_inner", "k_inner")),
+                Knob("unroll_kw", (False, True) if p["kw"] > 1 else (False,)),
+                Knob("parallel", ("y", "yk")),
+                Knob("padding", ("select", "copy") if padded else ("copy",)),
+            ),
+            valid,
+            defaults=tuple(
+                {**start, "tile_x": min(tx, p["w_out"]), "tile_k": tk, "parallel": par}
+                for tx, tk, par in ((tile_x, 2, "yk"), (tile_x, 2, "y"), (4, 4, "yk"), (tile_x, 1, "yk"))
+                if blocks % tk == 0
+            ),
+        )
+
+    def define(self, workload: Workload, config: Config) -> Definition:
+        node = workload.node
+        p = conv_params(workload)
+        b, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
+        depthwise = _depthwise(p)
+        has_residual = bool(node.attrs.get("residual"))
+
+        # Constants packed once, at plan time: (O/b, I, KH, KW, b), or (C/b, KH, KW, b) depthwise.
+        weight = workload.constants[node.inputs[1]].astype(np.float32)
+        blocked_weight = weight.reshape(p["c_out"] // b, b, *weight.shape[1:]).transpose(0, 2, 3, 4, 1)
+        if depthwise:
+            blocked_weight = blocked_weight[:, 0]
+        bias = (
+            workload.constants[node.inputs[2]].astype(np.float32)
+            if workload.has_input(2)
+            else np.zeros(p["c_out"], np.float32)
+        )
+
+        c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
+        inp = hl.ImageParam(hl.Float(32), 5 if in_block else 4, "input")
+        residual = hl.ImageParam(hl.Float(32), 5, "residual")
+        w_param = hl.ImageParam(hl.Float(32), blocked_weight.ndim, "weight")
+        b_param = hl.ImageParam(hl.Float(32), 1, "bias")
+
+        # The algorithm (Halide sees the stored (N, C/b, H, W, b) array as c, x, y, k, n)
+        padded = any(node.attrs.get("pads", [0]))
+        spatial = [hl.Range(0, p["w"]), hl.Range(0, p["h"])]
+        source = inp
+        dims = [c, x, y, k, n] if in_block else [x, y, c, n]
+        if padded:
+            bounds = [hl.Range(0, in_block), *spatial] if in_block else spatial
+            source = hl.BoundaryConditions.constant_exterior(inp, 0.0, bounds)
+            if config["padding"] == "copy":  # bounds checks once, not per multiply-add
+                copy = hl.Func("padded")
+                copy[dims] = source[dims]
+                source = copy
+        # Input channels: inner (within a block, or all of a plain input) and outer (blocks).
+        inner = in_block or p["c_in"]
+        if depthwise:
+            r = hl.RDom([hl.Range(0, p["kw"]), hl.Range(0, p["kh"])], "r")
+            rx, ry = r.x, r.y
+        else:
+            r = hl.RDom(
+                [hl.Range(0, inner), hl.Range(0, p["kw"]), hl.Range(0, p["kh"]), hl.Range(0, p["c_in"] // inner)], "r"
+            )
+            rx, ry = r.y, r.z
+        in_x = x * p["strides"][1] + rx * p["dilations"][1] - p["pad_left"]
+        in_y = y * p["strides"][0] + ry * p["dilations"][0] - p["pad_top"]
+        acc = hl.Func("acc")
+        acc[c, x, y, k, n] = b_param[k * b + c]
+        if depthwise:
+            acc[c, x, y, k, n] += w_param[c, rx, ry, k] * source[c, in_x, in_y, k, n]
+        else:
+            value = source[r.x, in_x, in_y, r.w, n] if in_block else source[in_x, in_y, r.x, n]
+            acc[c, x, y, k, n] += w_param[c, rx, ry, r.w * inner + r.x, k] * value
+        total = acc[c, x, y, k, n] + residual[c, x, y, k, n] if has_residual else acc[c, x, y, k, n]
+        out = hl.Func("conv")
+        out[c, x, y, k, n] = apply_activation(workload, total)
+
+        # How to schedule it: vectors of b output channels, a tile_x x tile_k register tile
+        out.bound(c, 0, b)
+        xo, xi, ko, ki, yk = hl.Var("xo"), hl.Var("xi"), hl.Var("ko"), hl.Var("ki"), hl.Var("yk")
+        out.split(x, xo, xi, config["tile_x"]).split(k, ko, ki, config["tile_k"])
+        out.reorder(c, xi, ki, xo, y, ko, n).vectorize(c).unroll(xi).unroll(ki)
+        acc.compute_at(out, xo).vectorize(c).unroll(x).unroll(k)
+        if depthwise:
+            reduction = [r.x, r.y]
+        elif config["reduce_order"] == "c_inner":  # a block of input channels, then the window
+            reduction = [r.x, r.y, r.z, r.w]
+        else:
+            reduction = [r.x, r.w, r.y, r.z]
+        acc.update().reorder(c, x, k, *reduction, y, n).vectorize(c).unroll(x).unroll(k)
+        if config["unroll_kw"]:
+            acc.update().unroll(rx)
+        if config["parallel"] == "yk":
+            out.fuse(y, ko, yk).parallel(yk)
+        else:
+            out.parallel(y)
+        if padded and config["padding"] == "copy":
+            copy.compute_root().parallel(y)
+            if in_block:
+                copy.bound(c, 0, in_block).vectorize(c)
+
+        params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
+        return Definition(out, params, [np.ascontiguousarray(blocked_weight), bias])
