@@ -7,7 +7,7 @@ from onnx import helper
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import segments
-from woodpecker.plan.select import select_plan
+from woodpecker.plan.select import candidate_choices, select_plan
 from woodpecker.runtime.executor import Executor
 
 
@@ -71,3 +71,43 @@ def test_candidate_plans_are_timed_apart_and_a_broken_one_is_reported(rng):
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
     a = 1 / (1 + np.exp(-x))
     np.testing.assert_allclose(best.executor.run({"x": x})["y"], (a + np.tanh(a)) * x, rtol=1e-5, atol=1e-6)
+
+
+def test_generated_candidate_puts_every_node_with_a_correct_generated_kernel_on_it(rng):
+    graph = branchy_graph(rng)
+
+    def measured(impl, seconds, error=None):
+        config = {"vec": 4, "chunk": 1024} if impl.startswith("halide") else {}
+        return {"impl": impl, "config": config, "median_s": seconds, "compile_s": 0.1, "error": error}
+
+    choices = [
+        Choice(
+            "n0",
+            "onnxruntime",
+            {},
+            "library",
+            candidates=[measured("onnxruntime", 1e-5), measured("halide.elementwise", 2e-5)],
+        ),
+        Choice(
+            "n1",
+            "onnxruntime",
+            {},
+            "library",
+            candidates=[measured("onnxruntime", 1e-5), measured("halide.elementwise", None, "wrong result")],
+        ),
+        Choice(
+            "n2",
+            "halide.elementwise",
+            {"vec": 4, "chunk": 1024},
+            "generated",
+            candidates=[measured("halide.elementwise", 1e-5)],
+        ),
+        Choice("n3", "onnxruntime", {}, "library", candidates=[measured("onnxruntime", 1e-5)]),
+    ]
+    generated = candidate_choices(choices, ("onnxruntime",))["generated"]
+    assert [c.impl for c in generated] == ["halide.elementwise", "onnxruntime", "halide.elementwise", "onnxruntime"]
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    a = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(
+        Executor(graph, generated).run({"x": x})["y"], (a + np.tanh(a)) * x, rtol=1e-5, atol=1e-6
+    )

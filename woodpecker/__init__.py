@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# NumPy's OpenBLAS keeps its threads spinning ~0.1 s after each call, which made every Halide
+# kernel after a NumPy Gemm in a ResNet-18 plan 2x slower. Read when NumPy loads, so set here,
+# before any Woodpecker module imports it (see measure/threads.py for the other libraries).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 if TYPE_CHECKING:
     from woodpecker.api import load, optimize

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import cache
 from multiprocessing.connection import Connection
 
 from woodpecker.kernels.base import Kernel
@@ -16,6 +17,7 @@ from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.threads import configure_threads
 from woodpecker.measure.timing import (
     REL_TOLERANCE,
+    ColdCaches,
     TimingSettings,
     check,
     empty_outputs,
@@ -71,6 +73,11 @@ def measure_prepared(
             library.close()  # a worker loads thousands of candidate libraries
 
 
+@cache
+def _cold_caches() -> ColdCaches:
+    return ColdCaches()  # one scratch buffer per process
+
+
 def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:
     start_measuring_process(threads)
     workloads: dict = {}
@@ -116,5 +123,7 @@ def _measure(
             compile_s=compile_s,
             max_rel_error=error,
         )
-    times = time_kernel(kernel, inputs, empty_outputs(workload), settings)
+    weights = sum(a.nbytes for a in workload.constants.values())
+    cold = _cold_caches() if weights > settings.flush_above_bytes else None
+    times = time_kernel(kernel, inputs, empty_outputs(workload), settings, cold)
     return MeasureResult(impl_name, config, compile_s=compile_s, times_s=times, max_rel_error=error)

@@ -67,7 +67,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 Knob("tile_k", divisors(blocks, 6)),
                 Knob("reduce_order", ("c_inner",) if depthwise else ("c_inner", "k_inner")),
                 Knob("unroll_kw", (False, True) if p["kw"] > 1 else (False,)),
-                Knob("parallel", ("y", "yk")),
+                Knob("parallel", ("y", "yk", "k")),
                 Knob("padding", ("select", "copy") if padded else ("copy",)),
             ),
             valid,
@@ -85,11 +85,15 @@ class HalideConv2dBlocked(GeneratedImplementation):
         depthwise = _depthwise(p)
         has_residual = bool(node.attrs.get("residual"))
 
-        # Constants packed once, at plan time: (O/b, I, KH, KW, b), or (C/b, KH, KW, b) depthwise.
+        # Constants packed once, at plan time, in the order the reduction reads them (one sequential
+        # stream per output block): (O/b, I/inner, KH, KW, inner, b), or (C/b, KH, KW, b) depthwise.
         weight = workload.constants[node.inputs[1]].astype(np.float32)
-        blocked_weight = weight.reshape(p["c_out"] // b, b, *weight.shape[1:]).transpose(0, 2, 3, 4, 1)
+        inner = in_block or p["c_in"]  # input channels per step: a block, or all of a plain input
         if depthwise:
-            blocked_weight = blocked_weight[:, 0]
+            blocked_weight = weight.reshape(p["c_out"] // b, b, p["kh"], p["kw"]).transpose(0, 2, 3, 1)
+        else:
+            blocked_weight = weight.reshape(p["c_out"] // b, b, p["c_in"] // inner, inner, p["kh"], p["kw"])
+            blocked_weight = blocked_weight.transpose(0, 2, 4, 5, 3, 1)
         bias = (
             workload.constants[node.inputs[2]].astype(np.float32)
             if workload.has_input(2)
@@ -115,7 +119,6 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 copy[dims] = source[dims]
                 source = copy
         # Input channels: inner (within a block, or all of a plain input) and outer (blocks).
-        inner = in_block or p["c_in"]
         if depthwise:
             r = hl.RDom([hl.Range(0, p["kw"]), hl.Range(0, p["kh"])], "r")
             rx, ry = r.x, r.y
@@ -132,7 +135,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             acc[c, x, y, k, n] += w_param[c, rx, ry, k] * source[c, in_x, in_y, k, n]
         else:
             value = source[r.x, in_x, in_y, r.w, n] if in_block else source[in_x, in_y, r.x, n]
-            acc[c, x, y, k, n] += w_param[c, rx, ry, r.w * inner + r.x, k] * value
+            acc[c, x, y, k, n] += w_param[c, r.x, rx, ry, r.w, k] * value
         total = acc[c, x, y, k, n] + residual[c, x, y, k, n] if has_residual else acc[c, x, y, k, n]
         out = hl.Func("conv")
         out[c, x, y, k, n] = apply_activation(workload, total)
@@ -154,6 +157,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
             acc.update().unroll(rx)
         if config["parallel"] == "yk":
             out.fuse(y, ko, yk).parallel(yk)
+        elif config["parallel"] == "k":  # each core streams its own weights once, rows reuse them from L2
+            out.parallel(ko)
         else:
             out.parallel(y)
         if padded and config["padding"] == "copy":
