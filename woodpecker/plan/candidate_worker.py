@@ -1,8 +1,12 @@
-"""Times one candidate plan in a process of its own; prints one JSON line. Used by plan/select.py.
+"""Builds one candidate plan in a process of its own and times it on request. Used by plan/select.py.
 
 Each candidate gets a fresh process so that no thread pool left by another library (or by
 an earlier candidate) slows it down: timed side by side in the optimizing process, the
 per-node plan and the all-ONNX-Runtime plan were picked over a faster all-OpenVINO plan.
+Protocol (one JSON object per line after PREFIX, since libraries may print to stdout too): the
+worker prints {"ready": true} or {"error": ...} once built, then answers every "time" line on
+stdin with {"median_s": ...}, until stdin closes.
+The optimizer interleaves the candidates' rounds, so a slow spell of the machine hits all.
 """
 
 from __future__ import annotations
@@ -15,9 +19,15 @@ import numpy as np
 
 from woodpecker.measure.threads import configure_threads
 
+PREFIX = "wpk-candidate: "
+
+
+def answer(message: dict) -> None:
+    print(PREFIX + json.dumps(message), flush=True)
+
 
 def main() -> None:
-    directory, name, threads = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    directory, name, threads, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     configure_threads(threads)
     from woodpecker.errors import WoodpeckerError
     from woodpecker.plan.choice import Choice
@@ -31,12 +41,17 @@ def main() -> None:
         constants = {key: npz[f"c{i}"] for i, key in enumerate(data["constants"])}
     graph = graph_from_data(data, constants)
     choices = [Choice.from_json(c) for c in json.loads((directory / f"{name}.json").read_text())]
-    feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, int(sys.argv[4]))
+    feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, seed)
     try:
-        result = {"median_s": time_executor(Executor(graph, choices), feeds)}
+        executor = Executor(graph, choices)
+        executor.run(feeds)
     except WoodpeckerError as exc:  # e.g. a library that cannot compile the whole graph
-        result = {"error": str(exc)[:300]}
-    print(json.dumps(result))
+        answer({"error": str(exc)[:300]})
+        return
+    answer({"ready": True})
+    for line in sys.stdin:
+        if line.strip() == "time":
+            answer({"median_s": time_executor(executor, feeds, runs=10, max_seconds=5.0)})
 
 
 if __name__ == "__main__":

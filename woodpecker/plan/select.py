@@ -15,10 +15,12 @@ candidate plans, times each end to end on random input in a process of its own (
 from __future__ import annotations
 
 import json
+import queue
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,11 +33,13 @@ from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
 from woodpecker.kernels.base import importable
 from woodpecker.measure.threads import configure_threads
+from woodpecker.plan.candidate_worker import PREFIX
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import MERGEABLE
 from woodpecker.plan.serialize import graph_to_data
 
-CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) and timing one whole plan
+CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) or timing one whole plan
+ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
 
 
 @dataclass(frozen=True)
@@ -106,23 +110,51 @@ def select_plan(
     seed: int = 0,
     progress: bool = False,
     threads: int | None = None,
+    rounds: int = ROUNDS,
 ) -> tuple[PlanCandidate, list[PlanCandidate]]:
-    """Time every candidate plan in its own process; return the fastest (with its executor built
-    here) and all candidates with their times or errors."""
+    """Time every candidate plan in its own process, the candidates' rounds interleaved; return the
+    fastest (best round; with its executor built here) and all candidates with their times or errors."""
     from woodpecker.runtime.executor import Executor
 
     threads = configure_threads(threads)
     candidates = candidate_choices(choices, libraries)
-    timed = []
     with tempfile.TemporaryDirectory(prefix="wpk-candidates-") as tmp:
         directory = Path(tmp)
         names = sorted(graph.constants)
         (directory / "graph.json").write_text(json.dumps({**graph_to_data(graph), "constants": names}))
         np.savez(directory / "constants.npz", **{f"c{i}": np.asarray(graph.constants[n]) for i, n in enumerate(names)})
-        for name, candidate in tqdm(candidates.items(), desc="time plans", unit="plan", disable=not progress):
-            (directory / f"{name}.json").write_text(json.dumps([c.to_json() for c in candidate]))
-            result = _time_in_process(directory, name, threads, seed)
-            timed.append(PlanCandidate(name, candidate, median_s=result.get("median_s"), error=result.get("error")))
+        workers: dict[str, _Worker] = {}
+        errors: dict[str, str] = {}
+        try:
+            for name, candidate in tqdm(candidates.items(), desc="build plans", unit="plan", disable=not progress):
+                (directory / f"{name}.json").write_text(json.dumps([c.to_json() for c in candidate]))
+                worker = _Worker(directory, name, threads, seed)
+                workers[name] = worker
+                error = worker.wait_ready()
+                if error:
+                    errors[name] = error
+                    worker.close()
+                    del workers[name]
+            times: dict[str, list[float]] = {name: [] for name in workers}
+            for _ in tqdm(range(rounds), desc="time plans", unit="round", disable=not progress):
+                for name, worker in workers.items():
+                    result = worker.time()
+                    if "error" in result:
+                        errors[name] = result["error"]
+                    else:
+                        times[name].append(result["median_s"])
+        finally:
+            for worker in workers.values():
+                worker.close()
+    timed = [
+        PlanCandidate(
+            name,
+            candidate,
+            median_s=min(times[name]) if times.get(name) and name not in errors else None,
+            error=errors.get(name),
+        )
+        for name, candidate in candidates.items()
+    ]
     ok = [c for c in timed if c.median_s is not None]
     if not ok:
         raise WoodpeckerError("no candidate plan could be built: " + "; ".join(f"{c.name}: {c.error}" for c in timed))
@@ -130,13 +162,63 @@ def select_plan(
     return replace(best, executor=Executor(graph, best.choices, progress)), timed
 
 
-def _time_in_process(directory: Path, name: str, threads: int, seed: int) -> dict:
-    command = [sys.executable, "-m", "woodpecker.plan.candidate_worker", str(directory), name, str(threads), str(seed)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=CANDIDATE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {CANDIDATE_TIMEOUT_S:.0f} s"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        return {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
-    return json.loads(lines[-1])
+class _Worker:
+    """A candidate plan built in its own process (plan/candidate_worker.py), timed on request."""
+
+    def __init__(self, directory: Path, name: str, threads: int, seed: int):
+        command = [
+            sys.executable,
+            "-m",
+            "woodpecker.plan.candidate_worker",
+            str(directory),
+            name,
+            str(threads),
+            str(seed),
+        ]
+        self.log = directory / f"{name}.stderr"  # a file, not a pipe: a chatty library cannot block the worker
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        self.answers: queue.Queue[str] = queue.Queue()  # a thread reads stdout; EOF arrives as ""
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            if line.startswith(PREFIX):
+                self.answers.put(line[len(PREFIX) :])
+        self.answers.put("")
+
+    def wait_ready(self) -> str | None:
+        result = self._read()
+        return result.get("error")
+
+    def time(self) -> dict:
+        try:
+            self.process.stdin.write("time\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            return self._failure()
+        return self._read()
+
+    def _read(self) -> dict:
+        """The worker's next answer (lines a library printed are skipped by the reader thread)."""
+        try:
+            line = self.answers.get(timeout=CANDIDATE_TIMEOUT_S)
+        except queue.Empty:
+            self.process.kill()
+            return {"error": f"no answer within {CANDIDATE_TIMEOUT_S:.0f} s"}
+        return json.loads(line) if line else self._failure()
+
+    def _failure(self) -> dict:
+        self.process.kill()
+        code = self.process.wait()
+        return {"error": f"exit {code}: {self.log.read_text(errors='replace').strip()[-300:]}"}
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

@@ -73,7 +73,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             valid,
             defaults=tuple(
                 {**start, "tile_x": min(tx, p["w_out"]), "tile_k": tk, "parallel": par}
-                for tx, tk, par in ((tile_x, 2, "yk"), (tile_x, 2, "y"), (4, 4, "yk"), (tile_x, 1, "yk"))
+                for tx, tk, par in ((tile_x, 2, "yk"), (tile_x, 2, "k"), (4, 4, "yk"), (tile_x, 1, "yk"))
                 if blocks % tk == 0
             ),
         )
