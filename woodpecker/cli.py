@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show the optimized graph and which nodes get which kernels")
     p.add_argument("model")
     p.add_argument("--batch", type=int)
+    _layout_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_inspect)
 
@@ -114,6 +115,10 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=0.0, help="time budget per workload and generated kernel")
     p.add_argument("--ray", metavar="ADDRESS", help="measure on a Ray cluster ('local' starts a one-node one)")
     p.add_argument("--seed", type=int, default=0)
+    _layout_option(p)
+
+
+def _layout_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--layout",
         choices=("blocked", "plain"),
@@ -273,7 +278,7 @@ def _bench(args) -> int:
 def _inspect(args) -> int:
     from woodpecker.inspect_graph import format_inspection, inspect_model
 
-    report = inspect_model(args.model, args.batch)
+    report = inspect_model(args.model, args.batch, args.layout)
     print(json.dumps(report, indent=1) if args.json else format_inspection(report))
     return 0
 

@@ -10,9 +10,11 @@ from woodpecker.kernels import registry
 from woodpecker.kernels.workload import Workload
 
 
-def inspect_model(model: str | Path, batch: int | None = None) -> dict:
+def inspect_model(model: str | Path, batch: int | None = None, layout: str = "blocked") -> dict:
+    from woodpecker.api import with_layout
+
     graph = import_model(model, batch)
-    optimized = optimize_graph(graph)
+    optimized = with_layout(optimize_graph(graph), layout)
     rows = []
     for node in optimized.nodes:
         workload = Workload.of(optimized, node)
@@ -25,6 +27,7 @@ def inspect_model(model: str | Path, batch: int | None = None) -> dict:
                 "op": node.op,
                 "fused": node.fused,
                 "output_shape": list(workload.output_shape),
+                "layout": _layout(optimized.values[node.outputs[0]].block),
                 "coverage": "generated" if generated else "library" if native else "fallback",
                 "implementations": impls,
             }
@@ -34,6 +37,7 @@ def inspect_model(model: str | Path, batch: int | None = None) -> dict:
         "nodes_before": len(graph.nodes),
         "nodes": rows,
         "fusions": sum(len(r["fused"]) for r in rows),
+        "relayouts": sum(r["op"] == "Relayout" for r in rows),
         "fallback": [r["name"] for r in rows if r["coverage"] == "fallback"],
     }
 
@@ -41,17 +45,21 @@ def inspect_model(model: str | Path, batch: int | None = None) -> dict:
 def format_inspection(report: dict) -> str:
     lines = [
         f"{report['model']}: {report['nodes_before']} nodes -> {len(report['nodes'])} after optimization, "
-        f"{report['fusions']} operations fused"
+        f"{report['fusions']} operations fused, {report['relayouts']} layout conversions"
     ]
-    header = f"{'op':<18}{'output shape':<22}{'fused':<22}{'coverage':<11}implementations / node"
+    header = f"{'op':<18}{'output shape':<22}{'layout':<10}{'fused':<22}{'coverage':<11}implementations / node"
     lines += [header, "-" * len(header)]
     for r in report["nodes"]:
         fused = "+".join(r["fused"]) or "-"
         lines.append(
-            f"{r['op']:<18}{str(r['output_shape']):<22}{fused:<22}{r['coverage']:<11}"
+            f"{r['op']:<18}{str(r['output_shape']):<22}{r['layout']:<10}{fused:<22}{r['coverage']:<11}"
             f"{','.join(r['implementations'])}  {r['name']}"
         )
     fallback = report["fallback"]
     listed = f": {', '.join(fallback)}" if fallback else ""
     lines.append(f"fallback to ONNX Runtime: {len(fallback)} node(s){listed}")
     return "\n".join(lines)
+
+
+def _layout(block: int) -> str:
+    return f"NCHW{block}c" if block else "NCHW"

@@ -23,7 +23,7 @@ class TimingSettings:
     max_runs: int = 200
     min_seconds: float = 0.1
     max_seconds: float = 1.0
-    # Weights above this many bytes are evicted from the caches before every timed run (see cold_caches).
+    # Weights above this many bytes are evicted from the caches before every timed run (see ColdCaches).
     flush_above_bytes: int = 1 << 20
 
 
@@ -41,7 +41,7 @@ class ColdCaches:
 
     Timed in isolation, a kernel finds its weights in the caches from the previous run; inside a
     plan the other layers' weights have evicted them (ResNet-18 holds 45 MB of weights, this CPU
-    32 MB of L3). Warm timings picked schedules that were 1.7x slower in the plan on 7x7 layers.
+    32 MB of L3): ResNet-18's 7x7 convolutions ran 1.9x slower in the plan than timed warm.
     TVM's runner flushes the CPU cache for the same reason (`enable_cpu_cache_flush`). The inputs
     are read back afterwards: in a plan they were just written by the previous kernel.
     """
