@@ -44,21 +44,23 @@ def conv_workload(rng, c_in, c_out, size, k, stride, pad, groups=1, epilogue="")
 
 
 BLOCKED_CONV_CASES = [
-    # (c_in, c_out, size, k, stride, pad, groups, epilogue, input blocked, block)
-    (3, 16, 17, 3, 2, 1, 1, "relu", False, 16),  # the stem: plain input
-    (16, 32, 9, 3, 1, 1, 1, "add_relu", True, 16),  # residual block
-    (32, 16, 14, 1, 1, 0, 1, "", True, 8),  # 1x1, block 8
-    (16, 32, 11, 3, 2, 1, 1, "relu", True, 8),  # strided, width not a multiple of the tile
-    (32, 32, 10, 3, 1, 1, 32, "relu", True, 16),  # depthwise
-    (16, 16, 9, 3, 2, 1, 16, "", True, 8),  # strided depthwise
+    # (c_in, c_out, size, k, stride, pad, groups, epilogue, input block, output block)
+    (3, 16, 17, 3, 2, 1, 1, "relu", 0, 16),  # the stem: plain input
+    (16, 32, 9, 3, 1, 1, 1, "add_relu", 16, 16),  # residual block
+    (32, 16, 14, 1, 1, 0, 1, "", 8, 8),  # 1x1, block 8
+    (16, 32, 11, 3, 2, 1, 1, "relu", 8, 8),  # strided, width not a multiple of the tile
+    (32, 24, 8, 1, 1, 0, 1, "add", 16, 8),  # 16-blocked in, 24 channels out in half vectors
+    (24, 32, 8, 3, 1, 1, 1, "relu", 8, 16),  # and back
+    (32, 32, 10, 3, 1, 1, 32, "relu", 16, 16),  # depthwise
+    (16, 16, 9, 3, 2, 1, 16, "", 8, 8),  # strided depthwise
 ]
 
 
 @pytest.mark.parametrize("case", BLOCKED_CONV_CASES)
 def test_blocked_conv2d(case, rng):
-    *shape, epilogue, input_blocked, block = case
+    *shape, epilogue, in_block, block = case
     workload = conv_workload(rng, *shape, epilogue=epilogue)
-    blocks = {"x": block if input_blocked else 0, workload.node.outputs[0]: block}
+    blocks = {"x": in_block, workload.node.outputs[0]: block}
     if "add" in epilogue:
         blocks[workload.node.inputs[3]] = block
     blocked = with_blocks(workload, blocks)
@@ -153,6 +155,14 @@ def test_layout_pass_converts_only_where_an_op_has_no_blocked_kernel(rng):
     blocks = {name: graph.values[name].block for name in ("A", "B", "C", "cat", "m", "D", "s", "g", "f")}
     assert blocks == {"A": 16, "B": 16, "C": 16, "cat": 16, "m": 16, "D": 0, "s": 0, "g": 0, "f": 0}
     assert all(not graph.values[n].block for n in graph.inputs + graph.outputs)
+
+
+def test_channels_only_half_a_vector_divides_stay_blocked_in_half_vectors(exported):
+    """MobileNetV2's 24-channel values take blocks of 8: no conversion left in the whole model."""
+    graph = block_layout(optimize_graph(import_model(exported("mobilenet_v2"), 1)), 16)
+    assert sum(n.op == "Relayout" for n in graph.nodes) == 0
+    blocks = {v.shape[1]: v.block for v in graph.values.values() if v.block}
+    assert blocks[24] == 8 and blocks[32] == 16 and blocks[96] == 16
 
 
 def test_blocked_layout_ends_at_a_graph_output(rng):

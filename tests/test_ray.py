@@ -38,5 +38,5 @@ def test_ray_runner_measures_checks_and_reports_failures(rng, records_path):
     assert not results[1].ok and results[1].error.startswith("compile")
     assert library.ok
     assert plan.meta["verification"]["output_error"] <= 1e-4
-    assert len([c for c in plan.choices[0].candidates if c["impl"] == "halide.conv2d"]) == 3
+    assert len([c for c in plan.choices[0].candidates if c["impl"] == "halide.conv2d_blocked"]) == 3  # NCHW8c
     assert Records(records_path).count() >= 3  # the driver wrote the cluster's results to the records

@@ -13,8 +13,8 @@ Which ops keep a value blocked, and what they need:
 - depthwise Conv, MaxPool, AveragePool: blocked in, blocked out (they follow their input);
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
 - element-wise ops on same-shape inputs and Concat over channels: blocked when an input is.
-Everything else reads plain values. Values that are not 4-D float32, or whose channel count b
-does not divide, stay plain.
+Everything else reads plain values. Values that are not 4-D float32, or whose channel count
+neither b nor b/2 divides, stay plain.
 """
 
 from __future__ import annotations
@@ -47,14 +47,18 @@ def block_layout(graph: Graph, block: int) -> Graph:
         wanted_inputs, output_block = _decide(out, node, block)
         inputs = tuple(as_block(n, b) if n else n for n, b in zip(node.inputs, wanted_inputs))
         for name in node.outputs:
-            if name and _blockable(out.values[name], block):
+            if name and output_block:
                 out.values[name] = Value(name, out.values[name].shape, out.values[name].dtype, output_block)
         out.nodes.append(node.replace(inputs=inputs) if inputs != node.inputs else node)
     return _plain_outputs(out)
 
 
-def _blockable(value: Value, block: int) -> bool:
-    return len(value.shape) == 4 and value.dtype == "float32" and value.shape[1] % block == 0
+def block_of(value: Value, block: int) -> int:
+    """The block a value gets: the vector width, or half of it when only that divides the channels
+    (MobileNetV2's 24-channel values then stay blocked in half vectors); 0 when neither does."""
+    if len(value.shape) != 4 or value.dtype != "float32":
+        return 0
+    return next((b for b in (block, block // 2) if b >= 4 and value.shape[1] % b == 0), 0)
 
 
 def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
@@ -65,14 +69,15 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
     outputs = [graph.values[n] for n in node.outputs if n]
     if node.op in GLOBAL_POOL_OPS:
         return current, 0
-    if not outputs or not all(_blockable(v, block) for v in outputs):
+    out_block = block_of(outputs[0], block) if len(outputs) == 1 else 0
+    if not out_block:
         return plain, 0
     if node.op == "Conv":
         group = node.attrs.get("group", 1)
         if group == 1:  # input as it comes; a residual input like the output
-            return [current[0], 0, 0, *[block] * (len(values) - 3)], block
+            return [current[0], 0, 0, *[out_block] * (len(values) - 3)], out_block
         if group == values[0].shape[1] == outputs[0].shape[1] and current[0]:  # depthwise, blocked input
-            return [block, 0, 0, *[block] * (len(values) - 3)], block
+            return [out_block, 0, 0, *[out_block] * (len(values) - 3)], out_block
         return plain, 0
     if node.op in FOLLOW_INPUT_OPS:
         return current, current[0]
@@ -82,9 +87,9 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
     if (
         ((node.op in ELEMENTWISE_OPS and same_shape) or channel_concat)
         and any(current)
-        and all(_blockable(v, block) for v in values if v is not None)
+        and all(len(v.shape) == 4 and v.shape[1] % out_block == 0 for v in values if v is not None)
     ):
-        return [block] * len(values), block
+        return [out_block] * len(values), out_block  # concatenated stored arrays need one block
     return plain, 0
 
 

@@ -48,7 +48,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
         p = conv_params(workload)
         if _depthwise(p):
             return block > 0 and in_block == block and residual_ok
-        return block > 0 and p["groups"] == 1 and in_block in (0, block) and residual_ok
+        return block > 0 and p["groups"] == 1 and residual_ok  # any input block: `inner` adapts
 
     def space(self, workload: Workload) -> ConfigSpace:
         p = conv_params(workload)
