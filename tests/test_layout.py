@@ -27,18 +27,18 @@ def with_blocks(workload: Workload, blocks: dict[str, int]) -> Workload:
     return dataclasses.replace(workload, values=values)
 
 
-def conv_workload(rng, c_in, c_out, size, k, stride, pad, groups=1, epilogue=""):
+def conv_workload(rng, c_in, c_out, size, k, stride, pad, groups=1, epilogue="", batch=1):
     weight = rng.standard_normal((c_out, c_in // groups, k, k)).astype(np.float32)
     bias = rng.standard_normal(c_out).astype(np.float32)
     out = (size + 2 * pad - k) // stride + 1
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2, group=groups)]
-    inputs, last = [tensor("x", [1, c_in, size, size])], "c"
+    inputs, last = [tensor("x", [batch, c_in, size, size])], "c"
     if "add" in epilogue:
-        inputs.append(tensor("r", [1, c_out, out, out]))
+        inputs.append(tensor("r", [batch, c_out, out, out]))
         nodes.append(helper.make_node("Add", [last, "r"], ["a"]))
         last = "a"
     nodes.append(helper.make_node("Relu" if "relu" in epilogue else "Identity", [last], ["y"]))
-    model = make_model(nodes, inputs, [tensor("y", [1, c_out, out, out])], [const("w", weight), const("b", bias)])
+    model = make_model(nodes, inputs, [tensor("y", [batch, c_out, out, out])], [const("w", weight), const("b", bias)])
     graph = optimize_graph(import_model(model))
     return Workload.of(graph, graph.nodes[0])
 
@@ -54,6 +54,20 @@ BLOCKED_CONV_CASES = [
     (32, 32, 10, 3, 1, 1, 32, "relu", 16, 16),  # depthwise
     (16, 16, 9, 3, 2, 1, 16, "", 8, 8),  # strided depthwise
 ]
+
+
+def test_blocked_conv2d_batch_inside_the_channel_blocks(rng):
+    workload = conv_workload(rng, 16, 32, 9, 3, 1, 1, epilogue="add_relu", batch=3)
+    blocked = with_blocks(workload, {"x": 16, workload.node.outputs[0]: 16, workload.node.inputs[3]: 16})
+    impl = registry.get("halide.conv2d_blocked")
+    assert {c["batch_inner"] for c in impl.space(blocked).all_configs()} == {False, True}
+    inputs = random_inputs(blocked, seed=int(rng.integers(1 << 30)))
+    reference = empty_outputs(blocked)
+    registry.get("onnxruntime").build(blocked, {})(inputs, reference)
+    for parallel in ("y", "yk", "k"):
+        for batch_inner in (False, True):
+            config = {**impl.space(blocked).defaults[0], "parallel": parallel, "batch_inner": batch_inner}
+            assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
 
 
 @pytest.mark.parametrize("case", BLOCKED_CONV_CASES)

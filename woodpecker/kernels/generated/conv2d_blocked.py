@@ -60,7 +60,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             return cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS and cfg["tile_x"] <= p["w_out"]
 
         tile_x = 7 if p["w_out"] % 7 == 0 and p["w_out"] % 8 != 0 else 8
-        start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy"}
+        start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "batch_inner": p["n"] > 1}
         return ConfigSpace(
             (
                 Knob("tile_x", (1, 2, 3, 4, 5, 6, 7, 8, 12, 14)),
@@ -69,6 +69,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 Knob("unroll_kw", (False, True) if p["kw"] > 1 else (False,)),
                 Knob("parallel", ("y", "yk", "k")),
                 Knob("padding", ("select", "copy") if padded else ("copy",)),
+                # Images inside the channel-block loop: a block's weights are read once for the whole batch.
+                Knob("batch_inner", (False, True) if p["n"] > 1 else (False,)),
             ),
             valid,
             defaults=tuple(
@@ -144,7 +146,9 @@ class HalideConv2dBlocked(GeneratedImplementation):
         out.bound(c, 0, b)
         xo, xi, ko, ki, yk = hl.Var("xo"), hl.Var("xi"), hl.Var("ko"), hl.Var("ki"), hl.Var("yk")
         out.split(x, xo, xi, config["tile_x"]).split(k, ko, ki, config["tile_k"])
-        out.reorder(c, xi, ki, xo, y, ko, n).vectorize(c).unroll(xi).unroll(ki)
+        batch_inner = config.get("batch_inner", False)
+        outer = (y, n, ko) if batch_inner else (y, ko, n)
+        out.reorder(c, xi, ki, xo, *outer).vectorize(c).unroll(xi).unroll(ki)
         acc.compute_at(out, xo).vectorize(c).unroll(x).unroll(k)
         if depthwise:
             reduction = [r.x, r.y]
@@ -155,8 +159,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
         acc.update().reorder(c, x, k, *reduction, y, n).vectorize(c).unroll(x).unroll(k)
         if config["unroll_kw"]:
             acc.update().unroll(rx)
-        if config["parallel"] == "yk":
-            out.fuse(y, ko, yk).parallel(yk)
+        if config["parallel"] == "yk":  # rows fused with the loop around them
+            out.fuse(y, outer[1], yk).parallel(yk)
         elif config["parallel"] == "k":  # each core streams its own weights once, rows reuse them from L2
             out.parallel(ko)
         else:
