@@ -53,9 +53,14 @@ class Workload:
         return [n for n in self.node.inputs if n and n not in self.constants]
 
     @property
+    def blocks(self) -> set[int]:
+        """The blocks of the node's run-time inputs and outputs (0: plain NCHW)."""
+        return {v.block for n, v in self.values.items() if n not in self.constants}
+
+    @property
     def blocked(self) -> bool:
         """Whether any input or output is stored in a blocked channel layout."""
-        return any(v.block for v in self.values.values())
+        return any(self.blocks)
 
     def block(self, name: str) -> int:
         return self.values[name].block

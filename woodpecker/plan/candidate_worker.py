@@ -12,7 +12,9 @@ The optimizer interleaves the candidates' rounds, so a slow spell of the machine
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +28,30 @@ def answer(message: dict) -> None:
     print(PREFIX + json.dumps(message), flush=True)
 
 
+def time_executor(executor, feeds: dict[str, np.ndarray], warmup: int, runs: int, max_seconds: float) -> float:
+    """Median seconds of whole-plan runs after a warm-up (at most `runs`, within `max_seconds`)."""
+    for _ in range(warmup):
+        executor.run(feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs and time.perf_counter() - start < max_seconds:
+        t0 = time.perf_counter()
+        executor.run(feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main() -> None:
     directory, name, threads, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     configure_threads(threads)
     from woodpecker.errors import WoodpeckerError
     from woodpecker.plan.choice import Choice
-    from woodpecker.plan.select import time_executor
-    from woodpecker.plan.serialize import graph_from_data
+    from woodpecker.plan.serialize import graph_from_data, load_constants
     from woodpecker.plan.verify import random_feeds
     from woodpecker.runtime.executor import Executor
 
     data = json.loads((directory / "graph.json").read_text())
-    with np.load(directory / "constants.npz", allow_pickle=False) as npz:
-        constants = {key: npz[f"c{i}"] for i, key in enumerate(data["constants"])}
-    graph = graph_from_data(data, constants)
+    graph = graph_from_data(data, load_constants(directory / "constants.npz", data["constants"]))
     choices = [Choice.from_json(c) for c in json.loads((directory / f"{name}.json").read_text())]
     feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, seed)
     try:
@@ -51,7 +63,7 @@ def main() -> None:
     answer({"ready": True})
     for line in sys.stdin:
         if line.strip() == "time":
-            answer({"median_s": time_executor(executor, feeds, runs=10, max_seconds=5.0)})
+            answer({"median_s": time_executor(executor, feeds, warmup=3, runs=10, max_seconds=5.0)})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from woodpecker.graph.ir import Graph
 from woodpecker.kernels.generated.aot import KernelLibrary, compiler, compiler_available
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.compiled import KERNELS_DIR, compile_plan_kernels
-from woodpecker.plan.serialize import graph_from_data, graph_to_data
+from woodpecker.plan.serialize import graph_from_data, graph_to_data, load_constants, save_constants
 
 FORMAT_VERSION = 2
 FILES = ("plan.json", "constants.npz")
@@ -69,10 +69,7 @@ class Plan:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            names = sorted(self.graph.constants)
-            np.savez(
-                staging / "constants.npz", **{f"c{i}": np.asarray(self.graph.constants[n]) for i, n in enumerate(names)}
-            )
+            names = save_constants(self.graph, staging / "constants.npz")
             if compiler_available():
                 kernels = compile_plan_kernels(self.graph, self.choices, staging / KERNELS_DIR, progress)
             else:
@@ -129,9 +126,7 @@ class Plan:
             raise PlanError(
                 f"{path}: plan format {data.get('format')} is not {FORMAT_VERSION}; optimize the model again"
             )
-        with np.load(path / "constants.npz", allow_pickle=False) as npz:
-            constants = {name: npz[f"c{i}"] for i, name in enumerate(data["constant_keys"])}
-        graph = graph_from_data(data["graph"], constants)
+        graph = graph_from_data(data["graph"], load_constants(path / "constants.npz", data["constant_keys"]))
         library = None
         if data["kernels"]:
             try:

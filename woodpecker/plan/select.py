@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import json
 import queue
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
@@ -36,7 +33,7 @@ from woodpecker.measure.threads import configure_threads
 from woodpecker.plan.candidate_worker import PREFIX
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import MERGEABLE
-from woodpecker.plan.serialize import graph_to_data
+from woodpecker.plan.serialize import graph_to_data, save_constants
 
 CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) or timing one whole plan
 ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
@@ -89,20 +86,6 @@ def _on_library(choice: Choice, library: str) -> Choice:
     )
 
 
-def time_executor(
-    executor, feeds: dict[str, np.ndarray], warmup: int = 3, runs: int = 20, max_seconds: float = 10.0
-) -> float:
-    for _ in range(warmup):
-        executor.run(feeds)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < runs and time.perf_counter() - start < max_seconds:
-        t0 = time.perf_counter()
-        executor.run(feeds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def select_plan(
     graph: Graph,
     choices: list[Choice],
@@ -120,9 +103,8 @@ def select_plan(
     candidates = candidate_choices(choices, libraries)
     with tempfile.TemporaryDirectory(prefix="wpk-candidates-") as tmp:
         directory = Path(tmp)
-        names = sorted(graph.constants)
-        (directory / "graph.json").write_text(json.dumps({**graph_to_data(graph), "constants": names}))
-        np.savez(directory / "constants.npz", **{f"c{i}": np.asarray(graph.constants[n]) for i, n in enumerate(names)})
+        (directory / "graph.json").write_text(json.dumps(graph_to_data(graph)))
+        save_constants(graph, directory / "constants.npz")
         workers: dict[str, _Worker] = {}
         errors: dict[str, str] = {}
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,18 @@ def graph_from_data(data: dict[str, Any], constants: dict[str, np.ndarray]) -> G
         for n in data["nodes"]
     ]
     return Graph(nodes, values, list(data["inputs"]), list(data["outputs"]), constants, data["opset"], data["name"])
+
+
+def save_constants(graph: Graph, path: Path) -> list[str]:
+    """The weights as .npz, keys c0, c1, ... for the names in sorted order (returned)."""
+    names = sorted(graph.constants)
+    np.savez(path, **{f"c{i}": np.asarray(graph.constants[n]) for i, n in enumerate(names)})
+    return names
+
+
+def load_constants(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[f"c{i}"] for i, name in enumerate(names)}
 
 
 def _encode(value: Any) -> Any:

@@ -36,11 +36,10 @@ class HalideElementwise(GeneratedImplementation):
             return False
         arity = 2 if node.op in BINARY else 1
         shapes = {workload.shape(n) for n in node.inputs}
-        blocks = {workload.block(n) for n in (*node.inputs, node.outputs[0])}  # one layout: flat views agree
         return (
             len(node.inputs) == arity
             and shapes == {workload.output_shape}
-            and len(blocks) == 1
+            and len(workload.blocks) == 1  # one layout: the flat views agree
             and is_float32(workload)
             and not any(n in workload.constants for n in node.inputs)
         )

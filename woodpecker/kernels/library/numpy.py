@@ -22,11 +22,10 @@ class NumpyImplementation(LibraryImplementation):
         if node.op == "Relayout":
             return True
         if node.op == "Concat":  # blocked: the stored arrays concatenate along their block axis
-            blocks = {workload.block(n) for n in (*node.inputs, node.outputs[0])}
             return (
                 all(n not in workload.constants for n in node.inputs)
-                and len(blocks) == 1
-                and (blocks == {0} or node.attrs["axis"] in (1, -3))
+                and len(workload.blocks) == 1
+                and (not workload.blocked or node.attrs["axis"] in (1, -3))
             )
         if node.op == "Gemm":
             return (
