@@ -101,7 +101,10 @@ POOL_CASES = [
     ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), (2, 4, 14, 14)),
     ("AveragePool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]), (1, 4, 9, 9)),
     ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1), (1, 4, 9, 9)),
+    ("MaxPool", dict(kernel_shape=[2, 2], dilations=[2, 2], pads=[1, 1, 1, 1]), (1, 4, 9, 9)),
+    ("MaxPool", dict(kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2]), (1, 4, 6, 6)),  # 25 taps: a loop
     ("GlobalAveragePool", {}, (2, 16, 7, 7)),
+    ("GlobalMaxPool", {}, (1, 8, 5, 6)),
 ]
 
 

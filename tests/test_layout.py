@@ -16,6 +16,7 @@ from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import optimize_graph
 from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
+from woodpecker.kernels.generated.common import native_vector_width
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.timing import check, empty_outputs, random_inputs
 from woodpecker.plan.verify import random_feeds
@@ -70,6 +71,26 @@ def test_blocked_conv2d_batch_inside_the_channel_blocks(rng):
             assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
 
 
+@pytest.mark.parametrize(("c_out", "epilogue"), [(24, "add_relu"), (40, "relu")])
+def test_blocked_conv2d_wide_pairs_of_half_vector_blocks(c_out, epilogue, rng):
+    """An odd number of half-vector blocks: the last vector is half padding, never stored."""
+    if native_vector_width() != 16:
+        pytest.skip("wide pairs are for targets whose vector holds two 8-channel blocks")
+    workload = conv_workload(rng, 16, c_out, 9, 3, 1, 1, epilogue=epilogue)
+    blocks = {"x": 16, workload.node.outputs[0]: 8}
+    if "add" in epilogue:
+        blocks[workload.node.inputs[3]] = 8
+    blocked = with_blocks(workload, blocks)
+    impl = registry.get("halide.conv2d_blocked")
+    wide = [c for c in impl.space(blocked).all_configs() if c["wide"] and c["tile_x"] in (3, 4)]
+    assert {c["tile_k"] for c in wide} == {1, 2, 3} if c_out == 40 else {1, 2}
+    inputs = random_inputs(blocked, seed=int(rng.integers(1 << 30)))
+    reference = empty_outputs(blocked)
+    registry.get("onnxruntime").build(blocked, {})(inputs, reference)
+    for config in wide:
+        assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
+
+
 @pytest.mark.parametrize("case", BLOCKED_CONV_CASES)
 def test_blocked_conv2d(case, rng):
     *shape, epilogue, in_block, block = case
@@ -87,7 +108,9 @@ def test_blocked_conv2d(case, rng):
     [
         ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), 16),
         ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2]), 16),
+        ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), 16),  # overhang past the edge
         ("GlobalAveragePool", {}, 0),
+        ("GlobalMaxPool", {}, 0),
     ],
 )
 def test_blocked_pool(op, attrs, out_block):

@@ -5,6 +5,10 @@ full vector; every reduction step broadcasts one input value (b consecutive inpu
 sit in one cache line) and multiplies it with a contiguous vector of packed weights. Reads a
 plain NCHW input too (the stem, whose 3 channels no block divides), and covers depthwise
 convolutions (one input channel per output channel, both blocked).
+
+Half-vector blocks (MobileNetV2's 24 channels, SqueezeNet's 1000-channel classifier) can be
+computed `wide`: one full vector holds two consecutive output blocks (the weights are packed,
+zero-padded, in pairs of blocks) and each vector is stored as two half-vector stores.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from woodpecker.kernels.generated.common import (
     Definition,
     GeneratedImplementation,
     apply_activation,
-    divisors,
+    native_vector_width,
 )
 from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
@@ -27,6 +31,11 @@ from woodpecker.search.space import Config, ConfigSpace, Knob
 
 def _depthwise(p: dict) -> bool:
     return p["groups"] > 1 and p["groups"] == p["c_in"] == p["c_out"]
+
+
+def _can_widen(workload: Workload, p: dict) -> bool:
+    """Output blocks of half a vector, which pairs of them fill (not depthwise: its input is per block)."""
+    return not _depthwise(p) and 2 * workload.block(workload.node.outputs[0]) == native_vector_width()
 
 
 class HalideConv2dBlocked(GeneratedImplementation):
@@ -55,28 +64,33 @@ class HalideConv2dBlocked(GeneratedImplementation):
         blocks = p["c_out"] // workload.block(workload.node.outputs[0])
         padded = any(workload.node.attrs.get("pads", [0]))
         depthwise = _depthwise(p)
+        widen = _can_widen(workload, p)
 
         def valid(cfg: Config) -> bool:
-            return cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS and cfg["tile_x"] <= p["w_out"]
+            # tile_k counts vectors: blocks, or pairs of blocks when wide (the last pair may be half padding)
+            vectors_ok = cfg["tile_k"] <= (blocks + 1) // 2 if cfg.get("wide") else blocks % cfg["tile_k"] == 0
+            return vectors_ok and cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS and cfg["tile_x"] <= p["w_out"]
 
         tile_x = 7 if p["w_out"] % 7 == 0 and p["w_out"] % 8 != 0 else 8
         start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "batch_inner": p["n"] > 1}
         return ConfigSpace(
             (
                 Knob("tile_x", (1, 2, 3, 4, 5, 6, 7, 8, 12, 14)),
-                Knob("tile_k", divisors(blocks, 6)),
+                Knob("tile_k", tuple(range(1, min(blocks, 6) + 1))),
                 Knob("reduce_order", ("c_inner",) if depthwise else ("c_inner", "k_inner")),
                 Knob("unroll_kw", (False, True) if p["kw"] > 1 else (False,)),
                 Knob("parallel", ("y", "yk", "k")),
                 Knob("padding", ("select", "copy") if padded else ("copy",)),
                 # Images inside the channel-block loop: a block's weights are read once for the whole batch.
                 Knob("batch_inner", (False, True) if p["n"] > 1 else (False,)),
+                *([Knob("wide", (False, True))] if widen else []),
             ),
             valid,
             defaults=tuple(
-                {**start, "tile_x": min(tx, p["w_out"]), "tile_k": tk, "parallel": par}
+                {**start, "tile_x": min(tx, p["w_out"]), "tile_k": tk, "parallel": par, **wide}
+                for wide in ([{"wide": True}, {"wide": False}] if widen else [{}])
                 for tx, tk, par in ((tile_x, 2, "yk"), (tile_x, 2, "k"), (4, 4, "yk"), (tile_x, 1, "yk"))
-                if blocks % tk == 0
+                if valid({"tile_x": min(tx, p["w_out"]), "tile_k": tk, **wide})
             ),
         )
 
@@ -89,17 +103,22 @@ class HalideConv2dBlocked(GeneratedImplementation):
 
         # Constants packed once, at plan time, in the order the reduction reads them (one sequential
         # stream per output block): (O/b, I/inner, KH, KW, inner, b), or (C/b, KH, KW, b) depthwise.
-        weight = workload.constants[node.inputs[1]].astype(np.float32)
+        # Wide: a vector is two blocks, output channels zero-padded to whole tiles of vectors.
+        wide = bool(config.get("wide"))
+        lanes = 2 * b if wide else b
+        vectors = -(-p["c_out"] // (lanes * config["tile_k"])) * config["tile_k"] if wide else p["c_out"] // b
+        weight = _pad_channels(workload.constants[node.inputs[1]].astype(np.float32), vectors * lanes)
         inner = in_block or p["c_in"]  # input channels per step: a block, or all of a plain input
         if depthwise:
-            blocked_weight = weight.reshape(p["c_out"] // b, b, p["kh"], p["kw"]).transpose(0, 2, 3, 1)
+            blocked_weight = weight.reshape(vectors, lanes, p["kh"], p["kw"]).transpose(0, 2, 3, 1)
         else:
-            blocked_weight = weight.reshape(p["c_out"] // b, b, p["c_in"] // inner, inner, p["kh"], p["kw"])
+            blocked_weight = weight.reshape(vectors, lanes, p["c_in"] // inner, inner, p["kh"], p["kw"])
             blocked_weight = blocked_weight.transpose(0, 2, 4, 5, 3, 1)
-        bias = (
+        bias = _pad_channels(
             workload.constants[node.inputs[2]].astype(np.float32)
             if workload.has_input(2)
-            else np.zeros(p["c_out"], np.float32)
+            else np.zeros(p["c_out"], np.float32),
+            vectors * lanes,
         )
 
         c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
@@ -131,32 +150,38 @@ class HalideConv2dBlocked(GeneratedImplementation):
             rx, ry = r.y, r.z
         in_x = x * p["strides"][1] + rx * p["dilations"][1] - p["pad_left"]
         in_y = y * p["strides"][0] + ry * p["dilations"][0] - p["pad_top"]
-        acc = hl.Func("acc")
-        acc[c, x, y, k, n] = b_param[k * b + c]
+        acc = hl.Func("acc")  # (channel in vector, x, y, vector, n)
+        acc[c, x, y, k, n] = b_param[k * lanes + c]
         if depthwise:
             acc[c, x, y, k, n] += w_param[c, rx, ry, k] * source[c, in_x, in_y, k, n]
         else:
             value = source[r.x, in_x, in_y, r.w, n] if in_block else source[in_x, in_y, r.x, n]
             acc[c, x, y, k, n] += w_param[c, r.x, rx, ry, r.w, k] * value
-        total = acc[c, x, y, k, n] + residual[c, x, y, k, n] if has_residual else acc[c, x, y, k, n]
+        result = acc[c + b * (k % 2), x, y, k / 2, n] if wide else acc[c, x, y, k, n]
+        total = result + residual[c, x, y, k, n] if has_residual else result
         out = hl.Func("conv")
         out[c, x, y, k, n] = apply_activation(workload, total)
 
         # How to schedule it: vectors of b output channels, a tile_x x tile_k register tile
         out.bound(c, 0, b)
         xo, xi, ko, ki, yk = hl.Var("xo"), hl.Var("xi"), hl.Var("ko"), hl.Var("ki"), hl.Var("yk")
-        out.split(x, xo, xi, config["tile_x"]).split(k, ko, ki, config["tile_k"])
+        out.split(x, xo, xi, config["tile_x"])
+        if wide:  # whole pairs per tile; the last tile's missing blocks are guarded (their weights are padding)
+            out.bound(k, 0, p["c_out"] // b).split(k, ko, ki, 2 * config["tile_k"], hl.TailStrategy.GuardWithIf)
+            acc.bound_extent(k, config["tile_k"])
+        else:
+            out.split(k, ko, ki, config["tile_k"])
         batch_inner = config.get("batch_inner", False)
         outer = (y, n, ko) if batch_inner else (y, ko, n)
         out.reorder(c, xi, ki, xo, *outer).vectorize(c).unroll(xi).unroll(ki)
-        acc.compute_at(out, xo).vectorize(c).unroll(x).unroll(k)
+        acc.compute_at(out, xo).vectorize(c, lanes).unroll(x).unroll(k)
         if depthwise:
             reduction = [r.x, r.y]
         elif config["reduce_order"] == "c_inner":  # a block of input channels, then the window
             reduction = [r.x, r.y, r.z, r.w]
         else:
             reduction = [r.x, r.w, r.y, r.z]
-        acc.update().reorder(c, x, k, *reduction, y, n).vectorize(c).unroll(x).unroll(k)
+        acc.update().reorder(c, x, k, *reduction, y, n).vectorize(c, lanes).unroll(x).unroll(k)
         if config["unroll_kw"]:
             acc.update().unroll(rx)
         if config["parallel"] == "yk":  # rows fused with the loop around them
@@ -172,3 +197,10 @@ class HalideConv2dBlocked(GeneratedImplementation):
 
         params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
         return Definition(out, params, [np.ascontiguousarray(blocked_weight), bias])
+
+
+def _pad_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """`array` with its first axis zero-padded to `channels` (padding lanes compute zeros, never stored)."""
+    if array.shape[0] == channels:
+        return array
+    return np.concatenate([array, np.zeros((channels - array.shape[0], *array.shape[1:]), array.dtype)])

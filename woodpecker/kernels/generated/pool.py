@@ -48,7 +48,10 @@ class HalidePool(GeneratedImplementation):
 
     def define(self, workload: Workload, config: Config) -> Definition:
         node = workload.node
-        _, _, h, w = workload.input_shape(0)
+        _, channels, h, w = workload.input_shape(0)
+        in_block = workload.block(node.inputs[0])
+        if node.op.startswith("Global") and in_block:
+            return _global_pool_blocked(node.op, channels, h, w, in_block, config)
         if node.op.startswith("Global"):
             kh, kw, sy, sx, dy, dx, top, left = h, w, 1, 1, 1, 1, 0, 0
             pads = [0, 0, 0, 0]
@@ -61,15 +64,20 @@ class HalidePool(GeneratedImplementation):
         is_max = "Max" in node.op
 
         x, y, c, n = hl.Var("x"), hl.Var("y"), hl.Var("c"), hl.Var("n")
-        in_block, out_block = workload.block(node.inputs[0]), workload.block(node.outputs[0])
+        out_block = workload.block(node.outputs[0])
         inp = hl.ImageParam(hl.Float(32), 5 if in_block else 4, "input")
 
-        # The algorithm, on logical (x, y, c, n) coordinates
-        fill = -np.inf if is_max else 0.0
+        # The algorithm, on logical (x, y, c, n) coordinates. Every window holds at least one pixel,
+        # so a max may clamp coordinates into the image (a repeated pixel does not change a max):
+        # a clamp per address instead of a select per lane. A sum needs zeros outside.
         spatial = [hl.Range(0, w), hl.Range(0, h)]
-        padded = hl.BoundaryConditions.constant_exterior(
-            inp, hl.f32(fill), [hl.Range(0, in_block), *spatial] if in_block else spatial
-        )
+        bounds = [hl.Range(0, in_block), *spatial] if in_block else spatial
+        if is_max and dy == dx == 1:
+            padded = hl.BoundaryConditions.repeat_edge(inp, bounds)
+        elif is_max:
+            padded = hl.BoundaryConditions.constant_exterior(inp, hl.f32(-np.inf), bounds)
+        else:
+            padded = hl.BoundaryConditions.constant_exterior(inp, hl.f32(0.0), bounds)
 
         def source(px, py, pc, pn):
             return padded[pc % in_block, px, py, pc // in_block, pn] if in_block else padded[px, py, pc, pn]
@@ -77,7 +85,13 @@ class HalidePool(GeneratedImplementation):
         r = hl.RDom([hl.Range(0, kw), hl.Range(0, kh)], "r")
         in_x, in_y = x * sx + r.x * dx - left, y * sy + r.y * dy - top
         out = hl.Func(node.op)
-        if is_max:
+        if is_max and kh * kw <= 16:  # taps written out: no reduction loop around a vector max
+            taps = [source(x * sx + i * dx - left, y * sy + j * dy - top, c, n) for j in range(kh) for i in range(kw)]
+            value = taps[0]
+            for tap in taps[1:]:
+                value = hl.max(value, tap)
+            out[x, y, c, n] = value
+        elif is_max:
             out[x, y, c, n] = hl.maximum(source(in_x, in_y, c, n))
         else:
             if node.attrs.get("count_include_pad", 0):
@@ -100,3 +114,25 @@ class HalidePool(GeneratedImplementation):
             out.vectorize(x, config["vec"])
         out.parallel(c if config["parallel"] == "c" else y)
         return Definition(out, [inp], [])
+
+
+def _global_pool_blocked(op: str, channels: int, h: int, w: int, block: int, config: Config) -> Definition:
+    """Blocked (N, C/b, H, W, b) in, plain (N, C, 1, 1) out: one vector of b channels accumulated
+    over the image, stored as b consecutive channels (no padding, so no bounds checks)."""
+    x, y, c, n, co, ci = (hl.Var(v) for v in ("x", "y", "c", "n", "co", "ci"))
+    inp = hl.ImageParam(hl.Float(32), 5, "input")
+    r = hl.RDom([hl.Range(0, w), hl.Range(0, h)], "r")
+    is_max = "Max" in op
+    acc = hl.Func("acc")
+    acc[c, n] = hl.f32(-np.inf) if is_max else hl.f32(0.0)
+    value = inp[c % block, r.x, r.y, c // block, n]
+    acc[c, n] = hl.max(acc[c, n], value) if is_max else acc[c, n] + value
+    out = hl.Func(op)
+    out[x, y, c, n] = acc[c, n] if is_max else acc[c, n] * hl.f32(1.0 / (h * w))
+    out.bound(x, 0, 1).bound(y, 0, 1).bound(c, 0, channels)
+    out.split(c, co, ci, block).vectorize(ci)
+    if config["parallel"] == "c":
+        out.parallel(co)
+    acc.compute_at(out, co).vectorize(c)
+    acc.update().reorder(c, r.x, r.y).vectorize(c)
+    return Definition(out, [inp], [])
