@@ -22,6 +22,7 @@ from woodpecker.kernels.generated.common import (
     Definition,
     GeneratedImplementation,
     apply_activation,
+    divisors,
     native_vector_width,
 )
 from woodpecker.kernels.generated.conv2d import conv_params
@@ -75,7 +76,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
         start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "batch_inner": p["n"] > 1}
         return ConfigSpace(
             (
-                Knob("tile_x", (1, 2, 3, 4, 5, 6, 7, 8, 12, 14)),
+                # Divisors of the width leave no partial tile (9 for 27 pixels, 11 for 55).
+                Knob("tile_x", tuple(sorted({1, 2, 3, 4, 5, 6, 7, 8, 12, 14, *divisors(p["w_out"], 16)}))),
                 Knob("tile_k", tuple(range(1, min(blocks, 6) + 1))),
                 Knob("reduce_order", ("c_inner",) if depthwise else ("c_inner", "k_inner")),
                 Knob("unroll_kw", (False, True) if p["kw"] > 1 else (False,)),
