@@ -53,14 +53,21 @@ class Executor:
         self.graph = graph
         self.library, self.kernels = library, kernels or {}
         parts = [(segment, *self._io(segment)) for segment in segments(graph, choices)]
+        self.concat_slices = _concats_in_place(graph, parts)
         self.memory, slots = self._plan_memory(parts)
         self.arena = np.empty(self.memory.arena_bytes, np.uint8)
-        self.buffers = {name: self._view(name, self.memory.offsets[root]) for name, root in slots.items()}
+        self.buffers = {
+            name: self._view(name, self.memory.offsets[root])
+            for name, root in slots.items()
+            if name not in self.concat_slices
+        }
+        for name, (concat, start, stop) in self.concat_slices.items():
+            self.buffers[name] = self.buffers[concat][:, start:stop]
         self.steps: list[Step] = []
         for segment, inputs, outputs in tqdm(
             parts, desc="build kernels", unit="step", leave=False, disable=not progress
         ):
-            if not _is_view(segment):
+            if not (_is_view(segment) or inputs and inputs[0] in self.concat_slices):
                 self.steps.append(self._build_step(segment, inputs, outputs))
 
     def _io(self, segment: Segment) -> tuple[list[str], list[str]]:
@@ -85,10 +92,16 @@ class Executor:
         def group_last(root: str) -> int:
             return max(last.get(n, first[n]) for n in slot if slot[n] == root)
 
+        def group_first(root: str) -> int:
+            return min(first[n] for n in slot if slot[n] == root)
+
         for i, (segment, inputs, outputs) in enumerate(parts):
             for name in outputs:
                 slot[name], first[name] = name, i
-            if _is_view(segment):
+            if inputs and inputs[0] in self.concat_slices:  # its inputs were written in place: one slot
+                for name in inputs:
+                    slot[name] = outputs[0]
+            elif _is_view(segment):
                 slot[outputs[0]] = slot[inputs[0]]
             elif segment.impl in IN_PLACE and len(outputs) == 1:
                 out = outputs[0]
@@ -102,7 +115,9 @@ class Executor:
                     ):
                         slot[out] = root
                         break
-        lifetimes = [Lifetime(root, self._nbytes(root), first[root], group_last(root)) for root in set(slot.values())]
+        lifetimes = [
+            Lifetime(root, self._nbytes(root), group_first(root), group_last(root)) for root in set(slot.values())
+        ]
         return plan_memory(lifetimes), slot
 
     def _nbytes(self, name: str) -> int:
@@ -172,3 +187,52 @@ class Executor:
 def _is_view(segment: Segment) -> bool:
     """A reshape-like op given to NumPy: the same bytes under another shape, so no step at all."""
     return segment.impl == "numpy" and len(segment.nodes) == 1 and segment.nodes[0].op in RESHAPES
+
+
+def _concats_in_place(graph: Graph, parts: list) -> dict[str, tuple[str, int, int]]:
+    """Channel Concats whose producers can write straight into the output: input -> (output, start, stop).
+
+    Axis 1 of the stored array is the channel (or channel-block) axis in both layouts, so each
+    input is a slice of the output; the Concat then needs no step and no copy. Only inputs that
+    a single-node step writes, that nothing else reads, and that are no graph input or output
+    qualify (their bytes are the output's); with a batch above one a slice is strided, which
+    only generated kernels are built for. A Concat qualifies with all its inputs or not at all.
+    """
+    kinds = {  # the values written by a single-node step (not a view) -> the kind of its kernel
+        out: registry.get(segment.impl).kind
+        for segment, _, outputs in parts
+        if len(segment.nodes) == 1 and not _is_view(segment)
+        for out in outputs
+    }
+    readers: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    ends = set(graph.inputs) | set(graph.outputs)
+    slices: dict[str, tuple[str, int, int]] = {}
+    for segment, inputs, outputs in parts:
+        node = segment.nodes[0]
+        if not (segment.impl == "numpy" and len(segment.nodes) == 1 and node.op == "Concat"):
+            continue
+        out = graph.values[outputs[0]]
+        contiguous = out.shape[0] == 1
+        if not (
+            len(out.shape) == 4
+            and node.attrs["axis"] % 4 == 1
+            and len(set(inputs)) == len(inputs) == len(node.inputs)
+            and all(
+                name in kinds
+                and readers[name] == 1
+                and name not in ends
+                and name not in slices
+                and (contiguous or kinds[name] == "generated")
+                for name in inputs
+            )
+        ):
+            continue
+        start = 0
+        for name in inputs:
+            stop = start + graph.values[name].stored_shape[1]
+            slices[name] = (outputs[0], start, stop)
+            start = stop
+    return slices
