@@ -74,6 +74,14 @@ class HalideConv2dBlocked(GeneratedImplementation):
 
         tile_x = 7 if p["w_out"] % 7 == 0 and p["w_out"] % 8 != 0 else 8
         start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "batch_inner": p["n"] > 1}
+        # Starting points measured on ResNet, MobileNetV2 and SqueezeNet layers (a budget of 6 mostly tries these).
+        starts = ((tile_x, 2, "yk"), (tile_x, 2, "k"), (4, 4, "k"), (tile_x, 1, "k"), (4, 4, "yk"))
+        if depthwise:  # 9 multiply-adds per output: a padded copy or a row-parallel loop costs more than it saves
+            start = {**start, "unroll_kw": p["kw"] > 1, "padding": "select" if padded else "copy"}
+            starts = ((tile_x, 1, "k"), (tile_x, 2, "k"), (4, 2, "k"), (4, 4, "k"))
+        elif not workload.block(workload.node.inputs[0]):  # the stem: 3 input channels make bounds checks cheap
+            start = {**start, "padding": "select" if padded else "copy", "reduce_order": "k_inner"}
+            starts = ((5, 2, "yk"), (3, 2, "k"), (tile_x, 2, "yk"), (3, 1, "y"))
         return ConfigSpace(
             (
                 # Divisors of the width leave no partial tile (9 for 27 pixels, 11 for 55).
@@ -88,12 +96,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 *([Knob("wide", (False, True))] if widen else []),
             ),
             valid,
-            defaults=tuple(
-                {**start, "tile_x": min(tx, p["w_out"]), "tile_k": tk, "parallel": par, **wide}
-                for wide in ([{"wide": True}, {"wide": False}] if widen else [{}])
-                for tx, tk, par in ((tile_x, 2, "yk"), (tile_x, 2, "k"), (4, 4, "yk"), (tile_x, 1, "yk"))
-                if valid({"tile_x": min(tx, p["w_out"]), "tile_k": tk, **wide})
-            ),
+            defaults=_starting_points(start, starts, p["w_out"], [True, False] if widen else [None], valid),
         )
 
     def define(self, workload: Workload, config: Config) -> Definition:
@@ -199,6 +202,21 @@ class HalideConv2dBlocked(GeneratedImplementation):
 
         params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
         return Definition(out, params, [np.ascontiguousarray(blocked_weight), bias])
+
+
+def _starting_points(start: Config, starts: tuple, width: int, wides: list, valid) -> tuple[Config, ...]:
+    """`start` with each (tile_x, tile_k, parallel) of `starts`, the tile shrunk to fit: tile_k to the
+    largest valid count not above it (3 when 9 blocks refuse 4), tile_x to the width."""
+    configs: list[Config] = []
+    for wide in wides:
+        for tile_x, tile_k, parallel in starts:
+            config = {**start, "tile_x": min(tile_x, width), "parallel": parallel}
+            if wide is not None:
+                config["wide"] = wide
+            fits = [k for k in range(tile_k, 0, -1) if valid({**config, "tile_k": k})]
+            if fits and {**config, "tile_k": fits[0]} not in configs:
+                configs.append({**config, "tile_k": fits[0]})
+    return tuple(configs)
 
 
 def _pad_channels(array: np.ndarray, channels: int) -> np.ndarray:
