@@ -34,6 +34,10 @@ def test_plan_matches_onnxruntime(name, batch, exported, records_path, tmp_path,
     assert summary["fallback"] == 0 and summary["generated"] + summary["library"] == summary["nodes"]
     plan.save(tmp_path / "plan")
     loaded = woodpecker.load(tmp_path / "plan")
+    # Weights are read from the plan's file when asked for (not held by the loaded plan), unchanged.
+    assert sorted(loaded.graph.constants) == sorted(plan.graph.constants)
+    for name in list(plan.graph.constants)[:20]:
+        np.testing.assert_array_equal(loaded.graph.constants[name], plan.graph.constants[name])
     x1, x2 = (rng.standard_normal((batch, 3, 224, 224)).astype(np.float32) for _ in range(2))
     y1, y2 = loaded.run({"input": x1})["output"], loaded.run({"input": x2})["output"]
     r1, r2 = ort_outputs(model, batch, x1), ort_outputs(model, batch, x2)

@@ -65,22 +65,23 @@ def graph_to_onnx(
     inputs = graph.inputs if inputs is None else inputs
     outputs = graph.outputs if outputs is None else outputs
     used = {name for node in nodes for name in node.inputs if name}
-    initializers = [
-        numpy_helper.from_array(np.asarray(graph.constants[n]), n)
-        for n in sorted(used)
-        if n in graph.constants and n not in inputs
-    ]
     protos = [p for node in nodes for p in expand_node(node)]
     blocked = [n for n in dict.fromkeys(inputs + outputs) if graph.values[n].block]
+    shapes: list[onnx.TensorProto] = []
     if blocked:
-        protos = _convert_at_boundary(graph, protos, inputs, blocked, initializers)
+        protos = _convert_at_boundary(graph, protos, inputs, blocked, shapes)
     proto_graph = helper.make_graph(
-        protos, graph.name, [_info(graph, n) for n in inputs], [_info(graph, n) for n in outputs], initializers
+        protos, graph.name, [_info(graph, n) for n in inputs], [_info(graph, n) for n in outputs], shapes
     )
     model = helper.make_model(
         proto_graph, opset_imports=[helper.make_opsetid("", graph.opset)], producer_name="woodpecker"
     )
     model.ir_version = min(model.ir_version, 10)
+    # Weights go straight into the model, one at a time: make_graph and make_model each copy what
+    # they are given, which for ResNet-50 held the weights four times over at once.
+    for name in sorted(used):
+        if name in graph.constants and name not in inputs:
+            model.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.asarray(graph.constants[name]), name))
     return model
 
 

@@ -45,7 +45,7 @@ class Segment:
             {k: v for k, v in graph.values.items() if k in names},
             inputs,
             outputs,
-            {k: v for k, v in graph.constants.items() if k in names},
+            graph.constants,  # shared, not copied: a saved plan reads its weights only when exported
             graph.opset,
             f"{self.impl}-segment",
         )

@@ -27,8 +27,9 @@ class OpenVinoImplementation(LibraryImplementation):
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(graph_to_onnx(graph).SerializeToString(), b"")
+        model = core.read_model(graph_to_onnx(graph).SerializeToString(), b"")  # the bytes die here
         compiled = core.compile_model(model, "CPU", FP32_CONFIG)
+        del model  # the compiled model holds its own (re-packed) weights
         request = compiled.create_infer_request()
         ports = [compiled.output(name) for name in graph.outputs]
 
