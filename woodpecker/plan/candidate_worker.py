@@ -46,12 +46,12 @@ def main() -> None:
     configure_threads(threads)
     from woodpecker.errors import WoodpeckerError
     from woodpecker.plan.choice import Choice
-    from woodpecker.plan.serialize import graph_from_data, load_constants
+    from woodpecker.plan.serialize import SavedConstants, graph_from_data
     from woodpecker.plan.verify import random_feeds
     from woodpecker.runtime.executor import Executor
 
     data = json.loads((directory / "graph.json").read_text())
-    graph = graph_from_data(data, load_constants(directory / "constants.npz", data["constants"]))
+    graph = graph_from_data(data, SavedConstants(directory / "constants.npz", data["constants"]))
     choices = [Choice.from_json(c) for c in json.loads((directory / f"{name}.json").read_text())]
     feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, seed)
     try:

@@ -27,7 +27,7 @@ from woodpecker.graph.ir import Graph
 from woodpecker.kernels.generated.aot import KernelLibrary, compiler, compiler_available
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.compiled import KERNELS_DIR, compile_plan_kernels
-from woodpecker.plan.serialize import graph_from_data, graph_to_data, load_constants, save_constants
+from woodpecker.plan.serialize import SavedConstants, graph_from_data, graph_to_data, save_constants
 
 FORMAT_VERSION = 2
 FILES = ("plan.json", "constants.npz")
@@ -126,7 +126,7 @@ class Plan:
             raise PlanError(
                 f"{path}: plan format {data.get('format')} is not {FORMAT_VERSION}; optimize the model again"
             )
-        graph = graph_from_data(data["graph"], load_constants(path / "constants.npz", data["constant_keys"]))
+        graph = graph_from_data(data["graph"], SavedConstants(path / "constants.npz", data["constant_keys"]))
         library = None
         if data["kernels"]:
             try:

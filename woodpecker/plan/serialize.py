@@ -54,10 +54,6 @@ def save_constants(graph: Graph, path: Path) -> list[str]:
     return names
 
 
-def load_constants(path: Path, names: list[str]) -> SavedConstants:
-    return SavedConstants(path, names)
-
-
 class SavedConstants(Mapping[str, np.ndarray]):
     """Weights saved by `save_constants`, read from the file each time one is asked for, never kept.
 

@@ -198,10 +198,10 @@ def _concats_in_place(graph: Graph, parts: list) -> dict[str, tuple[str, int, in
     qualify (their bytes are the output's); with a batch above one a slice is strided, which
     only generated kernels are built for. A Concat qualifies with all its inputs or not at all.
     """
-    kinds = {  # the values written by a single-node step (not a view) -> the kind of its kernel
+    kinds = {  # the values a single-node step writes (not a view, not a Concat) -> the kind of its kernel
         out: registry.get(segment.impl).kind
         for segment, _, outputs in parts
-        if len(segment.nodes) == 1 and not _is_view(segment)
+        if len(segment.nodes) == 1 and not _is_view(segment) and segment.nodes[0].op != "Concat"
         for out in outputs
     }
     readers: dict[str, int] = {}
