@@ -290,3 +290,28 @@ def test_without_a_c_compiler_the_plan_is_saved_for_jit(generated_plan, tmp_path
     assert json.loads((tmp_path / "jit" / "plan.json").read_text())["kernels"] == {}
     x = {"x": np.random.default_rng().standard_normal((1, 3, 12, 12)).astype(np.float32)}
     np.testing.assert_allclose(woodpecker.load(tmp_path / "jit").run(x)["y"], plan.run(x)["y"], rtol=1e-5)
+
+
+def test_a_node_may_read_one_value_twice(tmp_path, rng):
+    """Add(x, x), and a convolution whose fused residual is its own input: every kernel, the
+    one-node ONNX Runtime reference included, sees the value once per use."""
+    from conftest import const, make_model, tensor
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+        helper.make_node("Add", ["c", "x"], ["r"]),
+        helper.make_node("Relu", ["r"], ["h"]),
+        helper.make_node("Add", ["h", "h"], ["y"]),
+    ]
+    weights = [const("w", rng.standard_normal((16, 16, 1, 1)).astype(np.float32)), const("b", np.ones(16, np.float32))]
+    model = make_model(nodes, [tensor("x", [1, 16, 5, 6])], [tensor("y", [1, 16, 5, 6])], weights)
+    path = tmp_path / "twice.onnx"
+    path.write_bytes(model.SerializeToString())
+    plan = woodpecker.optimize(path, budget=2, records=tmp_path / "r.sqlite", progress=False, layout="plain")
+    conv = next(n for n in plan.graph.nodes if n.op == "Conv")
+    assert conv.inputs[0] == conv.inputs[3]  # the residual was fused into the convolution
+    assert plan.meta["summary"]["fallback"] == 0
+    x = rng.standard_normal((1, 16, 5, 6)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(plan.run({"x": x})["y"], expected[0], rtol=1e-4, atol=1e-4)

@@ -39,6 +39,13 @@ class LibraryImplementation:
         return EMPTY_SPACE
 
 
+def per_use(workload: Workload, kernel: Kernel) -> Kernel:
+    """`kernel`, built from `workload.as_graph()`, called like every node kernel: one array per use."""
+    if len(set(workload.dynamic_inputs)) == len(workload.dynamic_inputs):
+        return kernel
+    return lambda inputs, outputs: kernel(workload.distinct_inputs(inputs), outputs)
+
+
 def importable(module: str) -> bool:
     """Whether an optional library (OpenVINO, PyTorch) is installed."""
     import importlib.util

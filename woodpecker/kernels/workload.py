@@ -68,12 +68,18 @@ class Workload:
     def has_input(self, index: int) -> bool:
         return len(self.node.inputs) > index and bool(self.node.inputs[index])
 
+    def distinct_inputs(self, arrays: list) -> list:
+        """From one array per use (`dynamic_inputs` order) to one per distinct value (`as_graph`'s
+        inputs): a node may read a value twice, Add(x, x), and an ONNX graph lists an input once."""
+        names = self.dynamic_inputs
+        return [arrays[names.index(n)] for n in dict.fromkeys(names)]
+
     def as_graph(self) -> Graph:
         outputs = [o for o in self.node.outputs if o]
         return Graph(
             [self.node],
             dict(self.values),
-            self.dynamic_inputs,
+            list(dict.fromkeys(self.dynamic_inputs)),
             outputs,
             dict(self.constants),
             self.opset,

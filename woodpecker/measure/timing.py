@@ -58,14 +58,14 @@ class ColdCaches:
 def random_inputs(workload: Workload, seed: int) -> list[np.ndarray]:
     """Fresh random values for the node's run-time inputs (never zeros)."""
     rng = np.random.default_rng(seed)
-    arrays = []
-    for name in workload.dynamic_inputs:
+    arrays: dict[str, np.ndarray] = {}  # a value read twice (Add(x, x)) is one array
+    for name in dict.fromkeys(workload.dynamic_inputs):
         value = workload.values[name]
         if np.issubdtype(np.dtype(value.dtype), np.floating):
-            arrays.append(rng.standard_normal(value.stored_shape).astype(value.dtype))
+            arrays[name] = rng.standard_normal(value.stored_shape).astype(value.dtype)
         else:
-            arrays.append(rng.integers(0, 4, value.stored_shape).astype(value.dtype))
-    return arrays
+            arrays[name] = rng.integers(0, 4, value.stored_shape).astype(value.dtype)
+    return [arrays[name] for name in workload.dynamic_inputs]
 
 
 def empty_outputs(workload: Workload) -> list[np.ndarray]:

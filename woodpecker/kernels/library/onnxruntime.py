@@ -7,7 +7,7 @@ import onnxruntime as ort
 
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.onnx_export import graph_to_onnx
-from woodpecker.kernels.base import LibraryImplementation
+from woodpecker.kernels.base import LibraryImplementation, per_use
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
 
@@ -53,7 +53,7 @@ class OnnxRuntimeImplementation(LibraryImplementation):
         return True  # checked for real when the session is built
 
     def build(self, workload: Workload, config: Config) -> OnnxRuntimeKernel:
-        return self.build_graph(workload.as_graph())
+        return per_use(workload, self.build_graph(workload.as_graph()))
 
     def build_graph(self, graph: Graph) -> OnnxRuntimeKernel:
         return OnnxRuntimeKernel(graph)

@@ -6,7 +6,7 @@ import numpy as np
 
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.onnx_export import graph_to_onnx
-from woodpecker.kernels.base import LibraryImplementation, importable, is_float32
+from woodpecker.kernels.base import LibraryImplementation, importable, is_float32, per_use
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
 
@@ -21,7 +21,7 @@ class OpenVinoImplementation(LibraryImplementation):
         return workload.op in COMPUTE_OPS and is_float32(workload) and importable("openvino")
 
     def build(self, workload: Workload, config: Config):
-        return self.build_graph(workload.as_graph())
+        return per_use(workload, self.build_graph(workload.as_graph()))
 
     def build_graph(self, graph: Graph):
         import openvino as ov
