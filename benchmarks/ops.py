@@ -35,7 +35,7 @@ def main() -> None:
     from woodpecker.graph.passes import optimize_graph
     from woodpecker.kernels import registry
     from woodpecker.kernels.generated.conv2d import HalideConv2d
-    from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
+    from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
     from woodpecker.kernels.workload import Workload
     from woodpecker.measure.timing import REL_TOLERANCE, TimingSettings, check, random_inputs, time_kernel
     from woodpecker.search.strategies import STRATEGIES
@@ -58,7 +58,7 @@ def main() -> None:
         seen.add(workload.key())
         inputs = random_inputs(workload, seed=len(seen))
         reference = [np.empty(workload.output_shape, np.float32)]
-        OnnxRuntimeKernel(workload.as_graph())(workload.distinct_inputs(inputs), reference)
+        OnnxRuntimeImplementation().build(workload, {})(inputs, reference)
         scratch = [np.empty_like(reference[0])]
 
         def seconds(kernel, inputs=inputs, reference=reference, scratch=scratch):

@@ -11,7 +11,7 @@ from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import optimize_graph
 from woodpecker.kernels import registry
 from woodpecker.kernels.generated.aot import KernelLibrary, compile_library
-from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
+from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.timing import check, empty_outputs, random_inputs
 
@@ -27,7 +27,7 @@ def assert_kernel_family(workload, impl_name, n_configs=3):
     assert impl.matches(workload)
     inputs = random_inputs(workload, seed=np.random.default_rng().integers(1 << 30))
     reference = empty_outputs(workload)
-    OnnxRuntimeKernel(workload.as_graph())(workload.distinct_inputs(inputs), reference)
+    OnnxRuntimeImplementation().build(workload, {})(inputs, reference)
     configs = impl.space(workload).sample(n_configs, seed=int(np.random.default_rng().integers(1 << 30)))
     assert configs, "empty configuration space"
     for config in configs:
@@ -148,7 +148,7 @@ def test_conv2d_with_packed_input(rng):
     impl = registry.get("halide.conv2d")
     inputs = random_inputs(workload, seed=int(rng.integers(1 << 30)))
     reference = [np.empty(workload.output_shape, np.float32)]
-    OnnxRuntimeKernel(workload.as_graph())(workload.distinct_inputs(inputs), reference)
+    OnnxRuntimeImplementation().build(workload, {})(inputs, reference)
     packed = [c for c in impl.space(workload).all_configs() if c["pack_input"]]
     for index in rng.choice(len(packed), 3, replace=False):
         assert check(impl.build(workload, packed[index]), inputs, reference) <= 1e-4, packed[index]

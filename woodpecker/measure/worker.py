@@ -39,12 +39,12 @@ def start_measuring_process(threads: int | None) -> None:
 
 def prepare(workload, seed: int) -> tuple:
     """Random inputs and ONNX Runtime's outputs for them: what every candidate is checked against."""
-    from woodpecker.kernels.library.onnxruntime import OnnxRuntimeKernel
+    from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
 
     inputs = random_inputs(workload, seed)
     reference = empty_outputs(workload)
     try:
-        OnnxRuntimeKernel(workload.as_graph())(workload.distinct_inputs(inputs), reference)
+        OnnxRuntimeImplementation().build(workload, {})(inputs, reference)
     except Exception as exc:
         return workload, inputs, reference, f"reference failed: {exc}"
     return workload, inputs, reference, None

@@ -204,10 +204,7 @@ def _concats_in_place(graph: Graph, parts: list) -> dict[str, tuple[str, int, in
         if len(segment.nodes) == 1 and not _is_view(segment) and segment.nodes[0].op != "Concat"
         for out in outputs
     }
-    readers: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            readers[name] = readers.get(name, 0) + 1
+    readers = graph.consumers()
     ends = set(graph.inputs) | set(graph.outputs)
     slices: dict[str, tuple[str, int, int]] = {}
     for segment, inputs, outputs in parts:
@@ -222,7 +219,7 @@ def _concats_in_place(graph: Graph, parts: list) -> dict[str, tuple[str, int, in
             and len(set(inputs)) == len(inputs) == len(node.inputs)
             and all(
                 name in kinds
-                and readers[name] == 1
+                and len(readers[name]) == 1
                 and name not in ends
                 and name not in slices
                 and (contiguous or kinds[name] == "generated")

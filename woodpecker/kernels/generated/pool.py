@@ -74,10 +74,8 @@ class HalidePool(GeneratedImplementation):
         bounds = [hl.Range(0, in_block), *spatial] if in_block else spatial
         if is_max and dy == dx == 1:
             padded = hl.BoundaryConditions.repeat_edge(inp, bounds)
-        elif is_max:
-            padded = hl.BoundaryConditions.constant_exterior(inp, hl.f32(-np.inf), bounds)
         else:
-            padded = hl.BoundaryConditions.constant_exterior(inp, hl.f32(0.0), bounds)
+            padded = hl.BoundaryConditions.constant_exterior(inp, hl.f32(-np.inf if is_max else 0.0), bounds)
 
         def source(px, py, pc, pn):
             return padded[pc % in_block, px, py, pc // in_block, pn] if in_block else padded[px, py, pc, pn]
