@@ -40,6 +40,15 @@ def assert_kernel_family(workload, impl_name, n_configs=3):
         assert error <= 1e-4, ("aot", configs[0], error)
 
 
+def assert_library_kernel(workload, impl_name, tolerance=1e-6):
+    impl = registry.get(impl_name)
+    assert impl.matches(workload)
+    inputs = random_inputs(workload, seed=1)
+    reference = empty_outputs(workload)
+    registry.get("onnxruntime").build(workload, {})(inputs, reference)
+    assert check(impl.build(workload, {}), inputs, reference) <= tolerance
+
+
 CONV_CASES = [
     # (n, c_in, h, w, c_out, k, stride, pad, dilation, groups, epilogue)
     (1, 3, 17, 19, 16, 3, 1, 1, 1, 1, "relu"),

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from woodpecker.ops import activations
+
 
 @dataclass(frozen=True)
 class Value:
@@ -40,7 +42,7 @@ class Value:
 class Node:
     """One operation. `op` is the ONNX op type; fused epilogues live in `attrs`.
 
-    Fused conv/gemm nodes carry `activation` ("relu" or "clip" with `clip_min`/`clip_max`)
+    Fused conv/gemm nodes carry `activation` (a name from `ops.activations`, with its parameters)
     and, for a fused residual add, a fourth input after X, W, B.
     """
 
@@ -62,7 +64,7 @@ class Node:
         if self.attrs.get("residual"):
             parts.append("Add")
         if self.attrs.get("activation"):
-            parts.append({"relu": "Relu", "clip": "Clip"}[self.attrs["activation"]])
+            parts.append(activations.DISPLAY[self.attrs["activation"]])
         return parts
 
 

@@ -14,8 +14,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from woodpecker.graph.ir import Graph, Node
+from woodpecker.ops import activations
 
-FUSABLE_OPS = ("Conv", "Gemm")
+FUSABLE_OPS = ("Conv", "Gemm", "BatchNormalization")
 
 
 def expand_node(node: Node) -> list[onnx.NodeProto]:
@@ -26,35 +27,19 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
     if node.op not in FUSABLE_OPS or not node.fused:
         return [helper.make_node(node.op, list(node.inputs), list(node.outputs), name=node.name, **attrs)]
     out = node.outputs[0]
-    main_inputs = list(node.inputs[:3])
+    main_inputs = list(node.inputs[:3] if node.op in ("Conv", "Gemm") else node.inputs)
     current = f"{out}__main"
     protos = [helper.make_node(node.op, main_inputs, [current], name=node.name, **attrs)]
     if node.attrs.get("residual"):
         protos.append(helper.make_node("Add", [current, node.inputs[3]], [f"{out}__add"], name=f"{node.name}/add"))
         current = f"{out}__add"
-    activation = node.attrs.get("activation")
-    if activation == "relu":
-        protos.append(helper.make_node("Relu", [current], [f"{out}__act"], name=f"{node.name}/relu"))
-        current = f"{out}__act"
-    elif activation == "clip":
-        lo, hi = f"{out}__lo", f"{out}__hi"
-        protos.append(
-            helper.make_node(
-                "Constant", [], [lo], value=numpy_helper.from_array(np.array(node.attrs["clip_min"], np.float32), lo)
-            )
-        )
-        protos.append(
-            helper.make_node(
-                "Constant", [], [hi], value=numpy_helper.from_array(np.array(node.attrs["clip_max"], np.float32), hi)
-            )
-        )
-        protos.append(helper.make_node("Clip", [current, lo, hi], [f"{out}__act"], name=f"{node.name}/clip"))
-        current = f"{out}__act"
+    if node.attrs.get("activation"):
+        protos += activations.onnx_nodes(node.attrs, current, f"{out}__act", node.name)
     protos[-1].output[0] = out
     return protos
 
 
-_WPK_ATTRS = {"activation", "clip_min", "clip_max", "residual", "bias_folded"}
+_WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded"}
 
 
 def graph_to_onnx(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from woodpecker.kernels.base import Implementation
+from woodpecker.kernels.generated.channelwise import HalideChannelwise
 from woodpecker.kernels.generated.conv2d import HalideConv2d
 from woodpecker.kernels.generated.conv2d_blocked import HalideConv2dBlocked
 from woodpecker.kernels.generated.dense import HalideDense
@@ -24,6 +25,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         HalideDense(),
         HalidePool(),
         HalideElementwise(),
+        HalideChannelwise(),
         OnnxRuntimeImplementation(),
         OpenVinoImplementation(),
         TorchImplementation(),

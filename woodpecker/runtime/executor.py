@@ -35,7 +35,7 @@ class Step:
     output_names: list[str]
 
 
-IN_PLACE = ("halide.elementwise",)  # kernels that read each element before writing the same one
+IN_PLACE = ("halide.elementwise", "halide.channelwise")  # kernels that read each element before writing the same one
 
 
 class Executor:

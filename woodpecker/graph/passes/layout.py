@@ -10,19 +10,28 @@ blocked kernel, or where the graph enters and leaves.
 Which ops keep a value blocked, and what they need:
 - Conv with groups 1: reads its input plain or blocked, writes blocked when b divides its
   output channels; a fused residual input must be blocked like the output;
-- depthwise Conv, MaxPool, AveragePool: blocked in, blocked out (they follow their input);
+- depthwise Conv, MaxPool, AveragePool, BatchNormalization: blocked in, blocked out (they
+  follow their input);
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
-- element-wise ops on same-shape inputs and Concat over channels: blocked when an input is.
+- element-wise ops on same-shape inputs and Concat over channels: blocked when an input is;
+- Add/Sub/Mul/Div of a feature map and one value per channel (a squeeze-and-excitation
+  scale (N, C, 1, 1), or a constant): blocked when the feature map is.
 Everything else reads plain values. Values that are not 4-D float32, or whose channel count
 neither b nor b/2 divides, stay plain.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from woodpecker.graph.ir import Graph, Node, Value
 
-ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Relu", "Sigmoid", "Tanh", "Exp", "Neg", "Abs")
-FOLLOW_INPUT_OPS = ("MaxPool", "AveragePool")
+ELEMENTWISE_OPS = (
+    *("Add", "Sub", "Mul", "Div", "Max", "Min"),
+    *("Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Exp", "Neg", "Abs"),
+)
+CHANNELWISE_OPS = ("Add", "Sub", "Mul", "Div")
+FOLLOW_INPUT_OPS = ("MaxPool", "AveragePool", "BatchNormalization")
 GLOBAL_POOL_OPS = ("GlobalAveragePool", "GlobalMaxPool")
 
 
@@ -80,7 +89,10 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
             return [out_block, 0, 0, *[out_block] * (len(values) - 3)], out_block
         return plain, 0
     if node.op in FOLLOW_INPUT_OPS:
-        return current, current[0]
+        return [current[0], *plain[1:]], current[0]
+    full = channelwise_input(graph, node)
+    if full is not None and current[full]:
+        return [0 if n in graph.constants else out_block for n in node.inputs], out_block
     shapes = {v.shape for v in values if v is not None}
     same_shape = shapes == {outputs[0].shape} and all(n not in graph.constants for n in node.inputs if n)
     channel_concat = node.op == "Concat" and node.attrs.get("axis") in (1, -3)
@@ -91,6 +103,31 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
     ):
         return [out_block] * len(values), out_block  # concatenated stored arrays need one block
     return plain, 0
+
+
+def channelwise_input(graph: Graph, node: Node) -> int | None:
+    """Where the feature map is when `node` combines one with one value per channel (a run-time
+    (N, C, 1, 1) or a constant that broadcasts per channel); None for any other node."""
+    shape = graph.shape(node.outputs[0])
+    if node.op not in CHANNELWISE_OPS or len(node.inputs) != 2 or len(shape) != 4:
+        return None
+    for full, other in ((0, 1), (1, 0)):
+        name = node.inputs[other]
+        if node.inputs[full] in graph.constants or graph.shape(node.inputs[full]) != shape:
+            continue
+        if name in graph.constants and is_per_channel(graph.constants[name].shape, shape[1]):
+            return full
+        if name not in graph.constants and graph.shape(name) == (shape[0], shape[1], 1, 1):
+            return full
+    return None
+
+
+def is_per_channel(shape: tuple[int, ...], channels: int) -> bool:
+    """Whether an array of this shape broadcasts to one value per channel of an NCHW tensor."""
+    try:
+        return np.broadcast_shapes(shape, (1, channels, 1, 1)) == (1, channels, 1, 1)
+    except ValueError:
+        return False
 
 
 def _plain_outputs(graph: Graph) -> Graph:

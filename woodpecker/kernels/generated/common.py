@@ -8,6 +8,7 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops import activations
 
 MAX_ACCUMULATORS = 24  # zmm registers usable for a register tile, leaving room for loads/broadcasts
 
@@ -79,13 +80,7 @@ def jit(definition: Definition) -> HalideKernel:
 
 
 def apply_activation(workload: Workload, value: hl.Expr) -> hl.Expr:
-    activation = workload.node.attrs.get("activation")
-    if activation == "relu":
-        return hl.max(value, 0.0)
-    if activation == "clip":
-        lo, hi = workload.node.attrs["clip_min"], workload.node.attrs["clip_max"]
-        return hl.clamp(value, hl.f32(max(lo, -3.4e38)), hl.f32(min(hi, 3.4e38)))
-    return value
+    return activations.halide(workload.node.attrs, value)
 
 
 def divisors(n: int, limit: int) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ import halide as hl
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops import activations
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 BINARY = {
@@ -17,9 +18,7 @@ BINARY = {
     "Max": hl.max,
     "Min": hl.min,
 }
-UNARY = {
-    "Relu": lambda a: hl.max(a, 0.0),
-    "Sigmoid": lambda a: 1.0 / (1.0 + hl.exp(-a)),
+UNARY = {  # besides the activations of ops.activations
     "Tanh": hl.tanh,
     "Exp": hl.exp,
     "Neg": lambda a: -a,
@@ -27,12 +26,15 @@ UNARY = {
 }
 
 
+ACTIVATIONS = ("Relu", "Sigmoid", "HardSigmoid", "HardSwish")  # Clip reads its bounds from constant inputs
+
+
 class HalideElementwise(GeneratedImplementation):
     name = "halide.elementwise"
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
-        if node.op not in BINARY and node.op not in UNARY:
+        if node.op not in BINARY and node.op not in UNARY and node.op not in ACTIVATIONS:
             return False
         arity = 2 if node.op in BINARY else 1
         shapes = {workload.shape(n) for n in node.inputs}
@@ -59,8 +61,10 @@ class HalideElementwise(GeneratedImplementation):
         out = hl.Func(workload.op)
         if workload.op in BINARY:
             out[i] = BINARY[workload.op](params[0][i], params[1][i])
-        else:
+        elif workload.op in UNARY:
             out[i] = UNARY[workload.op](params[0][i])
+        else:
+            out[i] = activations.halide(activations.of_node(workload.node, {}), params[0][i])
 
         # How to schedule it
         size = workload.values[workload.node.outputs[0]].size

@@ -7,6 +7,7 @@ import numpy as np
 from woodpecker.graph.ir import Value
 from woodpecker.kernels.base import LibraryImplementation, is_float32
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops import activations
 from woodpecker.search.space import Config
 
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")  # same bytes, new shape
@@ -60,7 +61,6 @@ class NumpyImplementation(LibraryImplementation):
         bias = np.zeros(n_out, np.float32)
         if workload.has_input(2):
             bias += np.broadcast_to(workload.constants[node.inputs[2]] * node.attrs.get("beta", 1.0), (n_out,))
-        activation = node.attrs.get("activation")
 
         def gemm(inputs, outputs):
             out = outputs[0]
@@ -68,10 +68,7 @@ class NumpyImplementation(LibraryImplementation):
             out += bias
             if node.attrs.get("residual"):
                 out += inputs[1]
-            if activation == "relu":
-                np.maximum(out, 0, out=out)
-            elif activation == "clip":
-                np.clip(out, node.attrs["clip_min"], node.attrs["clip_max"], out=out)
+            activations.numpy_inplace(node.attrs, out)
 
         return gemm
 

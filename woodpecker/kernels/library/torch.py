@@ -7,6 +7,7 @@ import numpy as np
 from woodpecker.kernels.base import LibraryImplementation, importable, is_float32
 from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops import activations
 from woodpecker.search.space import Config
 
 
@@ -39,8 +40,6 @@ class TorchImplementation(LibraryImplementation):
         node = workload.node
         consts = {k: torch.from_numpy(np.array(v)) for k, v in workload.constants.items()}
         bias = consts.get(node.inputs[2]) if workload.has_input(2) else None
-        activation = node.attrs.get("activation")
-        lo, hi = node.attrs.get("clip_min"), node.attrs.get("clip_max")
         if node.op == "Conv":
             p = conv_params(workload)
             pads = node.attrs.get("pads", [0, 0, 0, 0])
@@ -70,10 +69,7 @@ class TorchImplementation(LibraryImplementation):
             result = compute(torch.from_numpy(inputs[0]))
             if node.attrs.get("residual"):
                 result += torch.from_numpy(inputs[1])
-            if activation == "relu":
-                result.relu_()
-            elif activation == "clip":
-                result.clamp_(lo, hi)
+            activations.torch_inplace(node.attrs, result)
             torch.from_numpy(outputs[0]).copy_(result)
 
         return run

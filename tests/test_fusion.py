@@ -1,0 +1,199 @@
+"""Activation chains fused into epilogues, and ops with one value per channel (squeeze-and-excitation
+scaling, standalone BatchNormalization): each fusion against the unfused graph, each kernel against
+ONNX Runtime, and a small SE network optimized end to end with no fallback and no conversion."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import const, make_model, tensor
+from onnx import helper
+from test_kernels import assert_kernel_family, assert_library_kernel
+from test_layout import with_blocks
+from test_passes import assert_same_function
+
+from woodpecker import api
+from woodpecker.graph.onnx_import import import_model
+from woodpecker.graph.passes import fuse_epilogue, optimize_graph
+from woodpecker.graph.passes.layout import block_layout
+from woodpecker.kernels.generated.common import native_vector_width
+from woodpecker.kernels.workload import Workload
+from woodpecker.plan.verify import random_feeds
+from woodpecker.runtime.executor import Executor
+
+# name -> ONNX nodes computing y from c (the Conv or Gemm output)
+ACTIVATION_CHAINS = {
+    "sigmoid": [helper.make_node("Sigmoid", ["c"], ["y"])],
+    "hardsigmoid": [helper.make_node("HardSigmoid", ["c"], ["y"], alpha=1 / 6, beta=0.5)],
+    "hardswish": [helper.make_node("HardSwish", ["c"], ["y"])],
+    "silu": [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])],
+    "silu_swapped": [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["s", "c"], ["y"])],
+}
+
+
+def conv_with(chain, rng, c_in=8, c_out=16, size=9, groups=1):
+    weight = rng.standard_normal((c_out, c_in // groups, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=groups), *chain]
+    inits = [const("w", weight), const("b", bias)]
+    return import_model(
+        make_model(nodes, [tensor("x", [1, c_in, size, size])], [tensor("y", [1, c_out, size, size])], inits)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_CHAINS))
+def test_activation_chain_fuses_into_the_conv(name, rng):
+    graph = conv_with(ACTIVATION_CHAINS[name], rng)
+    fused = fuse_epilogue(graph)
+    assert [n.op for n in fused.nodes] == ["Conv"]
+    assert fused.nodes[0].attrs["activation"] == name.removesuffix("_swapped")
+    assert_same_function(graph, fused, rng)  # the fused node exported back to ONNX, against the original
+
+
+def test_silu_does_not_fuse_when_the_conv_output_has_a_third_reader(rng):
+    chain = [*ACTIVATION_CHAINS["silu"], helper.make_node("Add", ["y", "c"], ["z"])]
+    weight = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), *chain]
+    model = make_model(nodes, [tensor("x", [1, 4, 5, 5])], [tensor("z", [1, 4, 5, 5])], [const("w", weight)])
+    graph = import_model(model)
+    assert sorted(fuse_epilogue(graph).summary()) == ["Add", "Conv", "Mul", "Sigmoid"]
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "hardsigmoid", "hardswish", "silu"])
+@pytest.mark.parametrize("impl", ["halide.conv2d", "halide.conv2d_blocked"])
+def test_conv_kernels_apply_every_activation(name, impl, rng):
+    graph = optimize_graph(
+        conv_with(ACTIVATION_CHAINS[name], rng, groups=16 if impl == "halide.conv2d" else 1, c_in=16)
+    )
+    if impl == "halide.conv2d_blocked":
+        graph = block_layout(graph, 16)
+    node = next(n for n in graph.nodes if n.op == "Conv")
+    assert_kernel_family(Workload.of(graph, node), impl, n_configs=2)
+
+
+@pytest.mark.parametrize("name", ["hardswish", "silu"])
+def test_dense_kernel_applies_the_activation(name, rng):
+    weight = rng.standard_normal((24, 40)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["c"], transB=1), *ACTIVATION_CHAINS[name]]
+    model = make_model(nodes, [tensor("x", [2, 40])], [tensor("y", [2, 24])], [const("w", weight)])
+    graph = optimize_graph(import_model(model))
+    assert [n.op for n in graph.nodes] == ["Gemm"]
+    workload = Workload.of(graph, graph.nodes[0])
+    assert_kernel_family(workload, "halide.dense", n_configs=2)
+    for impl in ("numpy", "torch"):
+        assert_library_kernel(workload, impl, tolerance=1e-4)
+
+
+def channelwise_graph(op, other_shape, constant, rng, shape=(2, 32, 7, 9), swapped=False, activation=None):
+    inputs, inits = [tensor("x", list(shape))], []
+    if constant:
+        inits.append(const("s", rng.uniform(0.5, 2.0, other_shape).astype(np.float32)))
+    else:
+        inputs.append(tensor("s", list(other_shape)))
+    nodes = [helper.make_node(op, ["s", "x"] if swapped else ["x", "s"], ["m"])]
+    nodes.append(helper.make_node(activation or "Identity", ["m"], ["y"]))
+    return optimize_graph(import_model(make_model(nodes, inputs, [tensor("y", list(shape))], inits)))
+
+
+def blocked_workload(graph, block):
+    """The graph's single node with its run-time values stored in blocks of `block` channels."""
+    workload = Workload.of(graph, graph.nodes[0])
+    return with_blocks(workload, {n: block for n in workload.values if n not in workload.constants})
+
+
+CHANNELWISE_CASES = [
+    # (op, other shape, constant, swapped)
+    ("Mul", (2, 32, 1, 1), False, False),  # squeeze-and-excitation scaling
+    ("Mul", (2, 32, 1, 1), False, True),
+    ("Sub", (2, 32, 1, 1), False, True),
+    ("Div", (2, 32, 1, 1), False, False),
+    ("Add", (32, 1, 1), True, False),  # per-channel constants: folded to scale and shift
+    ("Sub", (1, 32, 1, 1), True, True),
+    ("Div", (32, 1, 1), True, False),
+    ("Mul", (1,), True, False),
+]
+
+
+@pytest.mark.parametrize("block", [0, 16, 8])
+@pytest.mark.parametrize("case", CHANNELWISE_CASES)
+def test_channelwise_kernel(case, block, rng):
+    op, other_shape, constant, swapped = case
+    workload = blocked_workload(channelwise_graph(op, other_shape, constant, rng, swapped=swapped), block)
+    assert workload.block(workload.node.outputs[0]) == block
+    assert_kernel_family(workload, "halide.channelwise", n_configs=2)
+
+
+@pytest.mark.parametrize("block", [0, 16])
+def test_standalone_batchnorm_with_its_relu(block, rng):
+    c = 32
+    params = [rng.uniform(0.5, 2, c), rng.standard_normal(c), rng.standard_normal(c), rng.uniform(0.5, 2, c)]
+    inits = [const(n, a.astype(np.float32)) for n, a in zip("gbmv", params)]
+    inits += [const(w, rng.standard_normal((16, 8, 1, 1)).astype(np.float32)) for w in ("w1", "w2")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Conv", ["x", "w2"], ["c2"]),
+        helper.make_node("Concat", ["c1", "c2"], ["x3"], axis=1),  # nothing to fold the BatchNormalization into
+        helper.make_node("BatchNormalization", ["x3", "g", "b", "m", "v"], ["n"], epsilon=1e-5),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    model = make_model(nodes, [tensor("x", [2, 8, 6, 5])], [tensor("y", [2, c, 6, 5])], inits)
+    graph = optimize_graph(import_model(model))
+    assert [n.op for n in graph.nodes][2:] == ["Concat", "BatchNormalization"]
+    assert graph.nodes[3].fused == ["Relu"]
+    if block:
+        graph = block_layout(graph, block)
+        assert [n.op for n in graph.nodes].count("Relayout") == 1  # the graph's output only
+    node = next(n for n in graph.nodes if n.op == "BatchNormalization")
+    assert_kernel_family(Workload.of(graph, node), "halide.channelwise", n_configs=2)
+
+
+def se_block_model(rng, channels=32, size=10, batch=1):
+    """Conv + SiLU, then squeeze-and-excitation (pool, 1x1 + ReLU, 1x1 + HardSigmoid, scale), then a 1x1."""
+
+    def weight(name, c_out, c_in, k=1):
+        return const(name, (rng.standard_normal((c_out, c_in, k, k)) / np.sqrt(c_in * k * k)).astype(np.float32))
+
+    squeeze = channels // 4
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c0"], ["g0"]),
+        helper.make_node("Mul", ["c0", "g0"], ["a0"]),
+        helper.make_node("GlobalAveragePool", ["a0"], ["p"]),
+        helper.make_node("Conv", ["p", "w1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+        helper.make_node("HardSigmoid", ["c2"], ["s"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["a0", "s"], ["scaled"]),
+        helper.make_node("Conv", ["scaled", "w3"], ["c3"]),
+        helper.make_node("HardSwish", ["c3"], ["y"]),
+    ]
+    inits = [weight("w0", channels, 16, 3), weight("w1", squeeze, channels), weight("w2", channels, squeeze)]
+    inits.append(weight("w3", 16, channels))
+    return make_model(nodes, [tensor("x", [batch, 16, size, size])], [tensor("y", [batch, 16, size, size])], inits)
+
+
+def test_squeeze_and_excitation_block_runs_on_generated_kernels(rng, records_path):
+    if native_vector_width() != 16:
+        pytest.skip("the conversion count assumes 16-lane vectors")
+    plan = api.optimize(
+        se_block_model(rng, batch=2), budget=2, records=records_path, libraries=("numpy",), progress=False
+    )
+    assert plan.meta["summary"]["relayouts"] == 1  # the graph's output only
+    assert [n.op for n in plan.graph.nodes if n.op != "Relayout"] == [
+        "Conv",
+        "GlobalAveragePool",
+        "Conv",
+        "Conv",
+        "Mul",
+        "Conv",
+    ]
+    # Every node on its fastest correct generated kernel computes what the verified plan computes.
+    generated = []
+    for choice in plan.choices:
+        ok = [c for c in choice.candidates if c["impl"].startswith("halide") and c["error"] is None]
+        best = min(ok, key=lambda c: c["median_s"], default=None)
+        generated.append(dataclasses.replace(choice, impl=best["impl"], config=best["config"]) if best else choice)
+    assert {c.impl for c in generated} == {"halide.conv2d_blocked", "halide.pool", "halide.channelwise", "numpy"}
+    feeds = random_feeds(plan.input_specs, seed=int(rng.integers(1 << 30)))
+    expected = plan.run(feeds)
+    np.testing.assert_allclose(Executor(plan.graph, generated).run(feeds)["y"], expected["y"], rtol=1e-4, atol=1e-5)
