@@ -2,14 +2,12 @@
 scaling, standalone BatchNormalization): each fusion against the unfused graph, each kernel against
 ONNX Runtime, and a small SE network optimized end to end with no fallback and no conversion."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 from conftest import const, make_model, tensor
 from onnx import helper
 from test_kernels import assert_kernel_family, assert_library_kernel
-from test_layout import with_blocks
+from test_layout import every_generated, with_blocks
 from test_passes import assert_same_function
 
 from woodpecker import api
@@ -188,12 +186,54 @@ def test_squeeze_and_excitation_block_runs_on_generated_kernels(rng, records_pat
         "Conv",
     ]
     # Every node on its fastest correct generated kernel computes what the verified plan computes.
-    generated = []
-    for choice in plan.choices:
-        ok = [c for c in choice.candidates if c["impl"].startswith("halide") and c["error"] is None]
-        best = min(ok, key=lambda c: c["median_s"], default=None)
-        generated.append(dataclasses.replace(choice, impl=best["impl"], config=best["config"]) if best else choice)
+    generated = every_generated(plan)
     assert {c.impl for c in generated} == {"halide.conv2d_blocked", "halide.pool", "halide.channelwise", "numpy"}
     feeds = random_feeds(plan.input_specs, seed=int(rng.integers(1 << 30)))
     expected = plan.run(feeds)
     np.testing.assert_allclose(Executor(plan.graph, generated).run(feeds)["y"], expected["y"], rtol=1e-4, atol=1e-5)
+
+
+def channel_last_mlp(rng, shape=(1, 5, 6, 16), hidden=32):
+    """ConvNeXt's MLP as exported: MatMul + Add(bias), GELU spelled with Erf, MatMul + Add(bias)."""
+    width = shape[-1]
+
+    def scalar(name, value):
+        return const(name, np.array(value, np.float32))
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"]),
+        helper.make_node("Add", ["b1", "m1"], ["h"]),
+        helper.make_node("Div", ["h", "root2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["p"]),
+        helper.make_node("Mul", ["h", "p"], ["t"]),
+        helper.make_node("Mul", ["t", "half"], ["g"]),
+        helper.make_node("MatMul", ["g", "w2"], ["m2"]),
+        helper.make_node("Add", ["m2", "b2"], ["y"]),
+    ]
+    inits = [
+        const("w1", rng.standard_normal((width, hidden)).astype(np.float32) / 4),
+        const("b1", rng.standard_normal(hidden).astype(np.float32)),
+        const("w2", rng.standard_normal((hidden, width)).astype(np.float32) / 6),
+        const("b2", rng.standard_normal(width).astype(np.float32)),
+        scalar("root2", np.sqrt(2.0)),
+        scalar("one", 1.0),
+        scalar("half", 0.5),
+    ]
+    return import_model(make_model(nodes, [tensor("x", list(shape))], [tensor("y", list(shape))], inits))
+
+
+def test_linear_layers_take_their_bias_and_gelu(rng):
+    graph = channel_last_mlp(rng)
+    fused = fuse_epilogue(graph)
+    assert [n.op for n in fused.nodes] == ["MatMul", "MatMul"]
+    assert fused.nodes[0].fused == ["Add", "GELU"] and fused.nodes[1].fused == ["Add"]
+    assert_same_function(graph, fused, rng)
+    for node in fused.nodes:
+        assert_kernel_family(Workload.of(fused, node), "halide.dense", n_configs=2)
+
+
+def test_erf_chain_with_another_constant_is_not_gelu(rng):
+    graph = channel_last_mlp(rng)
+    graph.constants["half"] = np.array(0.25, np.float32)
+    assert "Erf" in fuse_epilogue(graph).summary()

@@ -76,3 +76,37 @@ def test_dynamic_spatial_dim_is_rejected():
     )
     with pytest.raises(ModelError, match="dynamic dimension 2"):
         import_model(model)
+
+
+def channel_shuffle_model(channels=8, groups=2):
+    """torchvision's ShuffleNet channel shuffle as the exporter writes it with a dynamic batch: the
+    Reshape targets are computed from Shape -> Gather -> Div -> Cast -> Unsqueeze -> Concat."""
+
+    def scalar(name, value):
+        return helper.make_node("Constant", [], [name], value=const(name, np.array(value, np.int64)))
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        scalar("i0", 0),
+        scalar("i1", 1),
+        scalar("g", groups),
+        helper.make_node("Gather", ["shape", "i0"], ["n"], axis=0),
+        helper.make_node("Gather", ["shape", "i1"], ["c"], axis=0),
+        helper.make_node("Div", ["c", "g"], ["per_group_f"]),
+        helper.make_node("Cast", ["per_group_f"], ["per_group"], to=onnx.TensorProto.INT64),
+        helper.make_node("Constant", [], ["axis0"], value=const("axis0", np.array([0], np.int64))),
+        *[helper.make_node("Unsqueeze", [a, "axis0"], [f"{a}_1d"]) for a in ("n", "g", "per_group")],
+        helper.make_node("Constant", [], ["hw"], value=const("hw", np.array([4, 4], np.int64))),
+        helper.make_node("Concat", ["n_1d", "g_1d", "per_group_1d", "hw"], ["split_shape"], axis=0),
+        helper.make_node("Reshape", ["x", "split_shape"], ["split"]),
+        helper.make_node("Transpose", ["split"], ["shuffled"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Constant", [], ["flat_shape"], value=const("flat_shape", np.array([-1, channels, 4, 4]))),
+        helper.make_node("Reshape", ["shuffled", "flat_shape"], ["y"]),
+    ]
+    return make_model(nodes, [tensor("x", ["batch", channels, 4, 4])], [tensor("y", ["batch", channels, 4, 4])])
+
+
+def test_reshape_targets_computed_from_shapes_are_folded_at_import(rng):
+    graph = import_model(channel_shuffle_model(), batch=3)
+    assert [n.op for n in graph.nodes] == ["Reshape", "Transpose", "Reshape"]
+    assert graph.shape("split") == (3, 2, 4, 4, 4) and graph.shape("y") == (3, 8, 4, 4)

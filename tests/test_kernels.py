@@ -161,3 +161,69 @@ def test_conv2d_with_packed_input(rng):
     packed = [c for c in impl.space(workload).all_configs() if c["pack_input"]]
     for index in rng.choice(len(packed), 3, replace=False):
         assert check(impl.build(workload, packed[index]), inputs, reference) <= 1e-4, packed[index]
+
+
+@pytest.mark.parametrize(
+    ("perm", "shape"),
+    [
+        ([0, 2, 1, 3, 4], (2, 2, 6, 5, 7)),  # ShuffleNet's channel shuffle: whole rows move
+        ([0, 2, 3, 1], (1, 24, 7, 9)),  # NCHW -> NHWC: the innermost axis moves (tiles)
+        ([0, 3, 1, 2], (2, 7, 9, 20)),  # and back
+        ([1, 0], (33, 17)),
+        (None, (3, 4, 5)),  # default: reversed
+    ],
+)
+def test_transpose(perm, shape):
+    attrs = {} if perm is None else {"perm": perm}
+    out_shape = [shape[p] for p in (perm or range(len(shape))[::-1])]
+    model = make_model(
+        [helper.make_node("Transpose", ["x"], ["y"], **attrs)], [tensor("x", list(shape))], [tensor("y", out_shape)]
+    )
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.data_movement", n_configs=3)
+
+
+@pytest.mark.parametrize(
+    ("starts", "ends", "axes", "steps", "shape"),
+    [
+        ([0], [58], [1], None, (1, 116, 5, 6)),  # ShuffleNet's channel split
+        ([58], [116], [1], None, (2, 116, 5, 6)),
+        ([1, -4], [100, 1000], [2, 3], [2, 1], (1, 3, 9, 10)),  # steps, negative start, end past the edge
+        ([-1], [-100], [0], [-2], (7, 3)),  # reversed
+    ],
+)
+def test_slice(starts, ends, axes, steps, shape):
+    inits = [const("starts", np.array(starts)), const("ends", np.array(ends)), const("axes", np.array(axes))]
+    names = ["x", "starts", "ends", "axes"]
+    if steps is not None:
+        inits.append(const("steps", np.array(steps)))
+        names.append("steps")
+    out = tensor("y", ["d"] * len(shape))  # left to shape inference
+    model = make_model([helper.make_node("Slice", names, ["y"])], [tensor("x", list(shape))], [out], inits)
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.data_movement", n_configs=2)
+
+
+@pytest.mark.parametrize(("shape", "opset"), [((2, 1000), 17), ((3, 4, 49), 17), ((5, 13), 11)])
+def test_softmax(shape, opset):
+    model = make_model(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
+        [tensor("x", list(shape))],
+        [tensor("y", list(shape))],
+        opset=opset,
+    )
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.normalization", n_configs=3)
+
+
+@pytest.mark.parametrize(("shape", "with_bias"), [((1, 9, 7, 96), True), ((2, 5, 40), False)])
+def test_layer_normalization(shape, with_bias, rng):
+    width = shape[-1]
+    inits = [const("scale", rng.standard_normal(width).astype(np.float32))]
+    names = ["x", "scale"]
+    if with_bias:
+        inits.append(const("bias", rng.standard_normal(width).astype(np.float32)))
+        names.append("bias")
+    node = helper.make_node("LayerNormalization", names, ["y"], axis=-1, epsilon=1e-6)
+    graph = import_model(make_model([node], [tensor("x", list(shape))], [tensor("y", list(shape))], inits))
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.normalization", n_configs=3)

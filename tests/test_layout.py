@@ -206,15 +206,21 @@ def test_blocked_layout_ends_at_a_graph_output(rng):
     assert graph.values[graph.nodes[0].outputs[0]].block == 16 and graph.values["y"].block == 0
 
 
+def every_generated(plan) -> list:
+    """The plan's choices with every node on its fastest correct generated kernel, where it has one."""
+    choices = []
+    for choice in plan.choices:
+        ok = [c for c in choice.candidates if c["impl"].startswith("halide") and c["error"] is None]
+        best = min(ok, key=lambda c: c["median_s"], default=None)
+        choices.append(dataclasses.replace(choice, impl=best["impl"], config=best["config"]) if best else choice)
+    return choices
+
+
 def test_blocked_plan_matches_onnxruntime_and_survives_save_load(rng, tmp_path, records_path):
     plan = api.optimize(branchy_model(rng), budget=2, records=records_path, libraries=("numpy",), progress=False)
     assert plan.meta["summary"]["relayouts"] == 1
     # Whatever was selected, the plan with every generated kernel that passed its check computes the same.
-    generated = []
-    for choice in plan.choices:
-        ok = [c for c in choice.candidates if c["impl"].startswith("halide") and c["error"] is None]
-        best = min(ok, key=lambda c: c["median_s"], default=None)
-        generated.append(dataclasses.replace(choice, impl=best["impl"], config=best["config"]) if best else choice)
+    generated = every_generated(plan)
     assert sum(c.impl == "halide.conv2d_blocked" for c in generated) == 3
     loaded = api.load(plan.save(tmp_path / "plan"))
     feeds = random_feeds(plan.input_specs, seed=5)
@@ -222,3 +228,55 @@ def test_blocked_plan_matches_onnxruntime_and_survives_save_load(rng, tmp_path, 
     for actual in (loaded.run(feeds), Executor(plan.graph, generated).run(feeds)):
         for name in expected:
             np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+def channel_last_block(rng, channels=32, size=6):
+    """ConvNeXt's block: depthwise conv, to NHWC, LayerNorm, linear, back to NCHW, layer scale, residual."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c0", "dw"], ["c1"], pads=[3, 3, 3, 3], group=channels),
+        helper.make_node("Transpose", ["c1"], ["t1"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["t1", "ln_scale", "ln_bias"], ["n1"], axis=-1, epsilon=1e-6),
+        helper.make_node("MatMul", ["n1", "w1"], ["m1"]),
+        helper.make_node("Add", ["m1", "b1"], ["h1"]),
+        helper.make_node("Transpose", ["h1"], ["t2"], perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", ["t2", "gamma"], ["s"]),
+        helper.make_node("Add", ["s", "c0"], ["y"]),
+    ]
+
+    def array(*shape):
+        return rng.standard_normal(shape).astype(np.float32) / 4
+
+    inits = [
+        const("w0", array(channels, 3, 3, 3)),
+        const("dw", array(channels, 1, 7, 7)),
+        const("ln_scale", array(channels)),
+        const("ln_bias", array(channels)),
+        const("w1", array(channels, channels)),
+        const("b1", array(channels)),
+        const("gamma", array(channels, 1, 1)),
+    ]
+    shape = [1, channels, size, size]
+    return make_model(nodes, [tensor("x", [1, 3, size, size])], [tensor("y", shape)], inits)
+
+
+def test_channel_last_blocks_move_whole_channel_vectors(rng):
+    graph = block_layout(optimize_graph(import_model(channel_last_block(rng))), 16)
+    assert [n.op for n in graph.nodes].count("Relayout") == 1  # the graph's output only
+    transposes = [n for n in graph.nodes if n.op == "Transpose"]
+    assert [graph.values[n.inputs[0]].block for n in transposes] == [16, 0]
+    assert [graph.values[n.outputs[0]].block for n in transposes] == [0, 16]
+    for node in transposes:
+        assert_kernel_family(Workload.of(graph, node), "halide.data_movement", n_configs=2)
+    for node in graph.nodes:
+        if node.op in ("Mul", "Add"):
+            assert Workload.of(graph, node).blocks == {16}
+
+
+def test_channel_last_block_plan_on_generated_kernels_matches_onnxruntime(rng, records_path):
+    plan = api.optimize(channel_last_block(rng), budget=1, records=records_path, libraries=("numpy",), progress=False)
+    generated = every_generated(plan)
+    assert all(c.impl.startswith("halide") for c in generated if c.node != plan.graph.nodes[-1].name)
+    feeds = random_feeds(plan.input_specs, seed=int(rng.integers(1 << 30)))
+    expected = plan.run(feeds)  # verified against ONNX Runtime by optimize
+    np.testing.assert_allclose(Executor(plan.graph, generated).run(feeds)["y"], expected["y"], rtol=1e-4, atol=1e-5)

@@ -98,13 +98,13 @@ def test_live_values_never_share_memory_on_real_models(name, layout, exported, r
 
 
 def test_elementwise_steps_run_in_place(rng):
-    """x * sigmoid(x) then Relu: Mul may overwrite its dying input, Relu its own."""
+    """x * tanh(x) then Relu: Mul may overwrite its dying input, Relu its own."""
     from conftest import const, make_model, tensor
     from onnx import helper
 
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Sigmoid", ["c"], ["s"]),
+        helper.make_node("Tanh", ["c"], ["s"]),  # not an activation an epilogue takes
         helper.make_node("Mul", ["c", "s"], ["m"]),
         helper.make_node("Relu", ["m"], ["y"]),
     ]

@@ -2,12 +2,14 @@
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from conftest import const, make_model, tensor
 from onnx import helper
 
 from woodpecker.graph.onnx_export import graph_to_onnx
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import (
+    canonicalize,
     eliminate_dead,
     fold_batchnorm,
     fold_constants,
@@ -131,3 +133,24 @@ def test_default_pipeline(rng):
     out = optimize_graph(graph)
     assert out.summary() == {"Conv": 1}
     assert_same_function(graph, out, rng)
+
+
+@pytest.mark.parametrize(("keepdims", "opset"), [(0, 17), (1, 17), (0, 18)])
+def test_spatial_reduce_mean_becomes_global_average_pool(keepdims, opset, rng):
+    if opset >= 18:  # axes became an input
+        nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims)]
+        inits = [const("axes", np.array([-1, 2], np.int64))]
+    else:
+        nodes, inits = [helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=keepdims)], []
+    out_shape = [2, 6, 1, 1] if keepdims else [2, 6]
+    model = make_model(nodes, [tensor("x", [2, 6, 5, 4])], [tensor("y", out_shape)], inits, opset=opset)
+    graph = fold_constants(import_model(model))
+    out = canonicalize(graph)
+    assert [n.op for n in out.nodes] == ["GlobalAveragePool"] + ([] if keepdims else ["Flatten"])
+    assert_same_function(graph, out, rng)
+
+
+def test_reduce_mean_over_channels_is_left_alone(rng):
+    nodes = [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], keepdims=1)]
+    graph = import_model(make_model(nodes, [tensor("x", [1, 6, 5, 4])], [tensor("y", [1, 1, 5, 4])]))
+    assert [n.op for n in canonicalize(graph).nodes] == ["ReduceMean"]

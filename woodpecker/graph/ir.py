@@ -61,6 +61,8 @@ class Node:
         parts = []
         if self.attrs.get("bias_folded"):
             parts.append("BatchNormalization")
+        if self.attrs.get("bias_fused"):
+            parts.append("Add")
         if self.attrs.get("residual"):
             parts.append("Add")
         if self.attrs.get("activation"):

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from woodpecker.graph.ir import Graph, Node
 from woodpecker.ops import activations
 
-FUSABLE_OPS = ("Conv", "Gemm", "BatchNormalization")
+FUSABLE_OPS = ("Conv", "Gemm", "MatMul", "BatchNormalization")
 
 
 def expand_node(node: Node) -> list[onnx.NodeProto]:
@@ -27,9 +27,14 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
     if node.op not in FUSABLE_OPS or not node.fused:
         return [helper.make_node(node.op, list(node.inputs), list(node.outputs), name=node.name, **attrs)]
     out = node.outputs[0]
-    main_inputs = list(node.inputs[:3] if node.op in ("Conv", "Gemm") else node.inputs)
+    main_inputs = {"Conv": node.inputs[:3], "Gemm": node.inputs[:3], "MatMul": node.inputs[:2]}.get(
+        node.op, node.inputs
+    )
     current = f"{out}__main"
-    protos = [helper.make_node(node.op, main_inputs, [current], name=node.name, **attrs)]
+    protos = [helper.make_node(node.op, list(main_inputs), [current], name=node.name, **attrs)]
+    if node.op == "MatMul" and len(node.inputs) > 2 and node.inputs[2]:  # a fused bias
+        protos.append(helper.make_node("Add", [current, node.inputs[2]], [f"{out}__bias"], name=f"{node.name}/bias"))
+        current = f"{out}__bias"
     if node.attrs.get("residual"):
         protos.append(helper.make_node("Add", [current, node.inputs[3]], [f"{out}__add"], name=f"{node.name}/add"))
         current = f"{out}__add"
@@ -39,7 +44,7 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
     return protos
 
 
-_WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded"}
+_WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded", "bias_fused"}
 
 
 def graph_to_onnx(

@@ -52,11 +52,9 @@ def default_opset(proto: onnx.ModelProto) -> int:
 def import_model(model: str | Path | onnx.ModelProto, batch: int | None = None) -> Graph:
     """ONNX -> Graph with every value's shape known. `batch` overrides the first input dim."""
     proto = load_onnx(model)
-    proto = with_static_inputs(proto, batch)
-    try:
-        proto = shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
-    except Exception as exc:
-        raise ModelError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
+    proto = _infer_shapes(with_static_inputs(proto, batch))
+    while not _all_static(proto) and _fold_known(proto):
+        proto = _infer_shapes(proto)
     g = proto.graph
     constants = {init.name: numpy_helper.to_array(init) for init in g.initializer}
     values: dict[str, Value] = {}
@@ -116,6 +114,78 @@ def with_static_inputs(proto: onnx.ModelProto, batch: int | None) -> onnx.ModelP
             out.type.tensor_type.shape.dim[0].Clear()
     del proto.graph.value_info[:]
     return proto
+
+
+def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _all_static(proto: onnx.ModelProto) -> bool:
+    """Whether every node output has a fully known shape."""
+    g = proto.graph
+    static = {i.name for i in [*g.input, *g.value_info, *g.output] if _static(i)}
+    return all(out in static for node in g.node for out in node.output if out)
+
+
+def _static(info: onnx.ValueInfoProto) -> bool:
+    shape = info.type.tensor_type.shape
+    return info.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in shape.dim)
+
+
+def _fold_known(proto: onnx.ModelProto) -> bool:
+    """Replace the nodes whose outputs are known before any input arrives (constants, and shape
+    arithmetic on values of known shape) by initializers. ONNX's shape inference stops at a Reshape
+    whose target is computed, Shape -> Gather -> Div -> Cast -> Concat (ShuffleNet's channel
+    shuffle); folding lets the next round see through it. Returns whether anything was folded."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = proto.graph
+    known = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    shapes = {
+        i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in [*g.input, *g.value_info] if _static(i)
+    }
+    opsets = list(proto.opset_import)
+    kept, folded = [], []
+    for node in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Shape" and node.input[0] in shapes:
+            full = np.array(shapes[node.input[0]], np.int64)
+            results = [full[attrs.get("start", 0) : attrs.get("end")]]
+        elif node.op_type not in ("RandomNormal", "RandomUniform") and all(n in known for n in node.input if n):
+            inputs = [n for n in node.input if n]
+            model = helper.make_model(
+                helper.make_graph(
+                    [node],
+                    "fold",
+                    [
+                        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(known[n].dtype), None)
+                        for n in inputs
+                    ],
+                    [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output],
+                ),
+                opset_imports=opsets,
+            )
+            try:
+                results = ReferenceEvaluator(model).run(None, {n: known[n] for n in inputs})
+            except Exception as exc:
+                raise ModelError(f"node {node.name} ({node.op_type}): constant folding failed: {exc}") from None
+        else:
+            kept.append(node)
+            continue
+        for name, result in zip(node.output, results):
+            known[name] = np.asarray(result)
+        folded.extend(node.output)
+    if not folded:
+        return False
+    used = {n for node in kept for n in node.input} | {o.name for o in g.output}
+    del g.node[:]
+    g.node.extend(kept)
+    g.initializer.extend(numpy_helper.from_array(known[n], n) for n in folded if n in used)
+    del g.value_info[:]
+    return True
 
 
 def _value_from_info(info: onnx.ValueInfoProto) -> Value:

@@ -6,8 +6,10 @@ from woodpecker.kernels.base import Implementation
 from woodpecker.kernels.generated.channelwise import HalideChannelwise
 from woodpecker.kernels.generated.conv2d import HalideConv2d
 from woodpecker.kernels.generated.conv2d_blocked import HalideConv2dBlocked
+from woodpecker.kernels.generated.data_movement import HalideDataMovement
 from woodpecker.kernels.generated.dense import HalideDense
 from woodpecker.kernels.generated.elementwise import HalideElementwise
+from woodpecker.kernels.generated.normalization import HalideNormalization
 from woodpecker.kernels.generated.pool import HalidePool
 from woodpecker.kernels.library.numpy import NumpyImplementation
 from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
@@ -26,6 +28,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         HalidePool(),
         HalideElementwise(),
         HalideChannelwise(),
+        HalideDataMovement(),
+        HalideNormalization(),
         OnnxRuntimeImplementation(),
         OpenVinoImplementation(),
         TorchImplementation(),

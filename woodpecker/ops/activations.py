@@ -33,7 +33,11 @@ DISPLAY = {
     "silu": "SiLU",
     "hardsigmoid": "HardSigmoid",
     "hardswish": "HardSwish",
+    "gelu": "GELU",
 }
+# Abramowitz & Stegun 7.1.26: erf within 1.5e-7 everywhere, from one exp (Halide has no erf).
+ERF_P = 0.3275911
+ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 # Attribute names that belong to a fused activation, not to the op that hosts it.
 PARAMETERS = ("activation", "clip_min", "clip_max", "hardsigmoid_alpha", "hardsigmoid_beta")
 FLOAT_MAX = 3.4e38
@@ -70,7 +74,20 @@ def halide(attrs: dict[str, Any], x):
         return hl.clamp(x * hl.f32(attrs["hardsigmoid_alpha"]) + hl.f32(attrs["hardsigmoid_beta"]), 0.0, 1.0)
     if name == "hardswish":
         return x * hl.clamp(x * hl.f32(1.0 / 6.0) + 0.5, 0.0, 1.0)
+    if name == "gelu":
+        scaled = x * hl.f32(np.sqrt(0.5))
+        magnitude = _erf_magnitude(hl.abs(scaled), hl.exp, hl.f32)
+        return 0.5 * x * (1.0 + hl.select(scaled < 0, -magnitude, magnitude))
     return x
+
+
+def _erf_magnitude(a, exp, const=float):
+    """erf(a) for a >= 0 by Abramowitz & Stegun; plain arithmetic, so Halide and NumPy share it
+    (`const` makes the coefficients float32 Halide constants)."""
+    c = [const(v) for v in ERF_A]
+    t = 1.0 / (1.0 + const(ERF_P) * a)
+    poly = t * (c[0] + t * (c[1] + t * (c[2] + t * (c[3] + t * c[4]))))
+    return 1.0 - poly * exp(-a * a)
 
 
 def numpy_inplace(attrs: dict[str, Any], out: np.ndarray) -> None:
@@ -87,9 +104,14 @@ def numpy_inplace(attrs: dict[str, Any], out: np.ndarray) -> None:
         np.clip(out * attrs["hardsigmoid_alpha"] + attrs["hardsigmoid_beta"], 0.0, 1.0, out=out)
     elif name == "hardswish":
         out *= np.clip(out * (1.0 / 6.0) + 0.5, 0.0, 1.0)
+    elif name == "gelu":
+        scaled = out * np.float32(np.sqrt(0.5))
+        out *= 0.5 * (1.0 + np.copysign(_erf_magnitude(np.abs(scaled), np.exp), scaled))
 
 
 def torch_inplace(attrs: dict[str, Any], out) -> None:
+    import torch
+
     name = attrs.get("activation")
     if name == "relu":
         out.relu_()
@@ -103,6 +125,8 @@ def torch_inplace(attrs: dict[str, Any], out) -> None:
         out.mul_(attrs["hardsigmoid_alpha"]).add_(attrs["hardsigmoid_beta"]).clamp_(0.0, 1.0)
     elif name == "hardswish":
         out.mul_((out * (1.0 / 6.0) + 0.5).clamp_(0.0, 1.0))
+    elif name == "gelu":
+        out.copy_(torch.nn.functional.gelu(out))
 
 
 def onnx_nodes(attrs: dict[str, Any], source: str, target: str, prefix: str) -> list[NodeProto]:
@@ -113,6 +137,19 @@ def onnx_nodes(attrs: dict[str, Any], source: str, target: str, prefix: str) -> 
     if name == "hardsigmoid":
         alpha, beta = attrs["hardsigmoid_alpha"], attrs["hardsigmoid_beta"]
         return [helper.make_node("HardSigmoid", [source], [target], name=f"{prefix}/{name}", alpha=alpha, beta=beta)]
+    if name == "gelu":  # 0.5 x (1 + erf(x / sqrt 2)), as the exporter writes it before opset 20
+        half, one, root = (f"{target}__{n}" for n in ("half", "one", "root2"))
+        constants = ((half, 0.5), (one, 1.0), (root, np.sqrt(2.0)))
+        steps = ("scaled", "erf", "plus", "times")
+        scaled, erf, plus, times = (f"{target}__{n}" for n in steps)
+        return [
+            *[_constant(n, v) for n, v in constants],
+            helper.make_node("Div", [source, root], [scaled], name=f"{prefix}/gelu_div"),
+            helper.make_node("Erf", [scaled], [erf], name=f"{prefix}/gelu_erf"),
+            helper.make_node("Add", [erf, one], [plus], name=f"{prefix}/gelu_add"),
+            helper.make_node("Mul", [source, plus], [times], name=f"{prefix}/gelu_mul"),
+            helper.make_node("Mul", [times, half], [target], name=f"{prefix}/gelu_half"),
+        ]
     if name == "silu":
         gate = f"{target}__sigmoid"
         return [
@@ -121,10 +158,14 @@ def onnx_nodes(attrs: dict[str, Any], source: str, target: str, prefix: str) -> 
         ]
     lo, hi = f"{target}__lo", f"{target}__hi"
     return [
-        helper.make_node("Constant", [], [lo], value=numpy_helper.from_array(np.array(attrs["clip_min"], np.float32))),
-        helper.make_node("Constant", [], [hi], value=numpy_helper.from_array(np.array(attrs["clip_max"], np.float32))),
+        _constant(lo, attrs["clip_min"]),
+        _constant(hi, attrs["clip_max"]),
         helper.make_node("Clip", [source, lo, hi], [target], name=f"{prefix}/clip"),
     ]
+
+
+def _constant(name: str, value: float) -> NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.float32)))
 
 
 def _clip_bounds(attrs, constants, inputs) -> tuple[float, float] | None:

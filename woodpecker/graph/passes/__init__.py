@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from woodpecker.graph.ir import Graph
+from woodpecker.graph.passes.canonicalize import canonicalize
 from woodpecker.graph.passes.eliminate_dead import eliminate_dead
 from woodpecker.graph.passes.fold_batchnorm import fold_batchnorm
 from woodpecker.graph.passes.fold_constants import fold_constants
@@ -12,7 +13,14 @@ from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
 from woodpecker.graph.passes.remove_identity import remove_identity
 
 Pass = Callable[[Graph], Graph]
-DEFAULT_PASSES: tuple[Pass, ...] = (remove_identity, fold_constants, fold_batchnorm, fuse_epilogue, eliminate_dead)
+DEFAULT_PASSES: tuple[Pass, ...] = (
+    remove_identity,
+    fold_constants,
+    canonicalize,
+    fold_batchnorm,
+    fuse_epilogue,
+    eliminate_dead,
+)
 
 
 def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> Graph:
@@ -23,6 +31,7 @@ def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> G
 
 __all__ = [
     "DEFAULT_PASSES",
+    "canonicalize",
     "eliminate_dead",
     "fold_batchnorm",
     "fold_constants",

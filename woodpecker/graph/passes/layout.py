@@ -14,6 +14,7 @@ Which ops keep a value blocked, and what they need:
   follow their input);
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
 - element-wise ops on same-shape inputs and Concat over channels: blocked when an input is;
+- Transpose NCHW -> NHWC reads blocked, NHWC -> NCHW writes blocked (whole channel vectors move);
 - Add/Sub/Mul/Div of a feature map and one value per channel (a squeeze-and-excitation
   scale (N, C, 1, 1), or a constant): blocked when the feature map is.
 Everything else reads plain values. Values that are not 4-D float32, or whose channel count
@@ -78,6 +79,12 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
     outputs = [graph.values[n] for n in node.outputs if n]
     if node.op in GLOBAL_POOL_OPS:
         return current, 0
+    if node.op == "Transpose" and len(values[0].shape) == 4:
+        perm = list(node.attrs.get("perm", ()))
+        if perm == [0, 2, 3, 1]:  # to channel-last: reads blocked as it comes, writes plain
+            return current, 0
+        if perm == [0, 3, 1, 2]:  # to channel-first: reads plain, writes blocked
+            return plain, block_of(outputs[0], block)
     out_block = block_of(outputs[0], block) if len(outputs) == 1 else 0
     if not out_block:
         return plain, 0

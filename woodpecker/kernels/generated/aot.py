@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
-from woodpecker.kernels.generated.common import Definition, jit_target
+from woodpecker.kernels.generated.common import Definition, as_views, jit_target
 
 LIBRARY, CONSTANTS, INDEX = "kernels.so", "kernels.npz", "kernels.json"
 _loaded_runtimes: dict[str, ctypes.CDLL] = {}
@@ -104,7 +104,7 @@ def compile_library(
             str(obj), definition.arguments(), entry, target.with_feature(hl.TargetFeature.NoRuntime)
         )
         objects.append(obj)
-        index[entry] = {"constants": len(definition.constants), "flatten": definition.flatten}
+        index[entry] = {"constants": len(definition.constants), "flatten": int(definition.flatten)}
         constants.update({f"{entry}.{i}": np.ascontiguousarray(c) for i, c in enumerate(definition.constants)})
     _link(directory / LIBRARY, objects + ([runtime_object()] if with_runtime else []))
     for obj in objects:
@@ -215,11 +215,11 @@ class KernelLibrary:
 class AotKernel:
     """One entry point of a loaded KernelLibrary, with its constant buffers bound."""
 
-    def __init__(self, library: KernelLibrary, function, constants: list[np.ndarray], flatten: bool):
+    def __init__(self, library: KernelLibrary, function, constants: list[np.ndarray], flatten: int):
         self.library = library  # keeps the library loaded
         self._function = function
         self._function.restype = ctypes.c_int
-        self._flatten = flatten
+        self._flatten = int(flatten)
         self._constants = constants
         self._constant_buffers = [_buffer(c) for c in constants]
         self._cache: dict[tuple, _Buffer] = {}
@@ -235,8 +235,7 @@ class AotKernel:
         return buffer
 
     def __call__(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
-        if self._flatten:
-            inputs, outputs = [a.reshape(-1) for a in inputs], [o.reshape(-1) for o in outputs]
+        inputs, outputs = as_views(inputs, self._flatten), as_views(outputs, self._flatten)
         buffers = [*map(self._view, inputs), *self._constant_buffers, *map(self._view, outputs)]
         code = self._function(*[ctypes.byref(b) for b in buffers])
         if code != 0:

@@ -36,7 +36,9 @@ class Definition:
     output: hl.Func
     params: list[hl.ImageParam]  # run-time inputs first, then one per constant array
     constants: list[np.ndarray] = field(default_factory=list)  # packed once, at plan time
-    flatten: bool = False  # inputs and outputs are passed as 1-D views (element-wise kernels)
+    # Inputs and outputs are passed as views with this many dimensions: 0 as stored, 1 flat
+    # (element-wise kernels), 2 as rows of the last axis (dense layers, normalizations).
+    flatten: int = 0
 
     def arguments(self) -> list[hl.Argument]:
         return [hl.Argument(p) for p in self.params]
@@ -69,9 +71,17 @@ class HalideKernel:
         self._constant_buffers = [hl.Buffer(c) for c in self._constants]
 
     def __call__(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
-        if self._flatten:
-            inputs, outputs = [a.reshape(-1) for a in inputs], [o.reshape(-1) for o in outputs]
+        inputs, outputs = as_views(inputs, self._flatten), as_views(outputs, self._flatten)
         self._callable(*[hl.Buffer(a) for a in inputs], *self._constant_buffers, *[hl.Buffer(o) for o in outputs])
+
+
+def as_views(arrays: list[np.ndarray], dims: int) -> list[np.ndarray]:
+    """The arrays as `Definition.flatten`-dimensional views (no copies)."""
+    if dims == 1:
+        return [a.reshape(-1) for a in arrays]
+    if dims == 2:
+        return [a.reshape(-1, a.shape[-1]) for a in arrays]
+    return arrays
 
 
 def jit(definition: Definition) -> HalideKernel:

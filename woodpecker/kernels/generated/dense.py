@@ -1,4 +1,5 @@
-"""Dense layers: Gemm (A not transposed, constant B) and 2-D MatMul with a constant right side.
+"""Dense layers: Gemm (A not transposed, constant B) and MatMul by a constant 2-D right side (any
+leading axes of the left side are rows, as in nn.Linear on a channel-last tensor).
 
 Weights are packed once as (K, N) so the output features are contiguous and vectorized;
 the fused epilogue (bias, residual add, activation) is applied on the accumulator.
@@ -30,8 +31,8 @@ class HalideDense(GeneratedImplementation):
             return False
         if workload.blocked:
             return False
-        if len(workload.input_shape(0)) != 2 or len(workload.input_shape(1)) != 2:
-            return False
+        if len(workload.input_shape(1)) != 2 or len(workload.input_shape(0)) != 2 and node.op != "MatMul":
+            return False  # MatMul: any leading axes are rows
         if node.op == "Gemm" and node.attrs.get("transA", 0):
             return False
         bias_ok = not workload.has_input(2) or (
@@ -40,7 +41,7 @@ class HalideDense(GeneratedImplementation):
         return bias_ok
 
     def space(self, workload: Workload) -> ConfigSpace:
-        n_out = workload.output_shape[1]
+        n_out = workload.output_shape[-1]
         return ConfigSpace(
             (
                 Knob("vec", vector_widths()),
@@ -53,8 +54,9 @@ class HalideDense(GeneratedImplementation):
 
     def define(self, workload: Workload, config: Config) -> Definition:
         node = workload.node
-        rows, k = workload.input_shape(0)
-        n_out = workload.output_shape[1]
+        *leading, k = workload.input_shape(0)
+        rows = int(np.prod(leading))
+        n_out = workload.output_shape[-1]
         weight = workload.constants[node.inputs[1]].astype(np.float32)
         if node.op == "Gemm" and node.attrs.get("transB", 0):
             weight = weight.T
@@ -98,4 +100,4 @@ class HalideDense(GeneratedImplementation):
         out.parallel(m if config["parallel_rows"] and rows > 1 else jo)
 
         params = [a] + ([residual] if has_residual else []) + [w_param, b_param]
-        return Definition(out, params, [weight, bias])
+        return Definition(out, params, [weight, bias], flatten=2)

@@ -76,4 +76,4 @@ class HalideElementwise(GeneratedImplementation):
             out.split(i, io, ii, config["chunk"], guard).parallel(io).vectorize(ii, config["vec"], guard)
         else:
             out.vectorize(i, config["vec"], guard)
-        return Definition(out, params, flatten=True)
+        return Definition(out, params, flatten=1)

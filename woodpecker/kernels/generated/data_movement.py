@@ -1,0 +1,143 @@
+"""Transpose and Slice on plain tensors: copies with no arithmetic (ShuffleNet's channel shuffle and
+split, the NCHW <-> NHWC transposes around ConvNeXt's and Swin's channel-last blocks).
+
+Both write the output in its own order, the innermost output axis vectorized: a Transpose that
+keeps the innermost axis copies whole rows; one that moves it gathers, in tiles of `tile` x vec
+so both the reads and the writes stay within a few cache lines. Between blocked NCHW[b]c and
+channel-last NHWC, a Transpose moves whole vectors of b channels, so the layout pass lets
+ConvNeXt's transposes read and write blocked values instead of converting them.
+"""
+
+from __future__ import annotations
+
+import halide as hl
+import numpy as np
+
+from woodpecker.kernels.base import is_float32
+from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
+from woodpecker.kernels.workload import Workload
+from woodpecker.search.space import Config, ConfigSpace, Knob
+
+MAX_RANK = 6
+TO_CHANNEL_LAST, TO_CHANNEL_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+class HalideDataMovement(GeneratedImplementation):
+    name = "halide.data_movement"
+
+    def matches(self, workload: Workload) -> bool:
+        node = workload.node
+        if node.op not in ("Transpose", "Slice") or not is_float32(workload):
+            return False
+        if workload.blocked:
+            return _channels_move_whole(workload)
+        if not 1 <= len(workload.output_shape) <= MAX_RANK or min(workload.output_shape) == 0:
+            return False
+        if node.op == "Slice":  # opset 10+: bounds are (constant) inputs
+            return len(node.inputs) >= 3 and all(n in workload.constants for n in node.inputs[1:] if n)
+        return True
+
+    def space(self, workload: Workload) -> ConfigSpace:
+        if workload.blocked:
+            return ConfigSpace((Knob("unroll", (1, 2, 4)),), lambda cfg: cfg["unroll"] <= workload.output_shape[-1])
+        inner = workload.output_shape[-1]
+        knobs = (Knob("vec", (1, *vector_widths())), Knob("tile", (1, 4, 16)))
+        moves_inner = self._moves_innermost(workload)
+        return ConfigSpace(knobs, lambda cfg: cfg["vec"] <= max(inner, 1) and (cfg["tile"] == 1 or moves_inner))
+
+    @staticmethod
+    def _moves_innermost(workload: Workload) -> bool:
+        node = workload.node
+        rank = len(workload.output_shape)
+        return node.op == "Transpose" and list(node.attrs.get("perm", range(rank)[::-1]))[-1] != rank - 1
+
+    def define(self, workload: Workload, config: Config) -> Definition:
+        if workload.blocked:
+            return _blocked_transpose(workload, config)
+        rank = len(workload.output_shape)
+        # Halide sees NumPy's axes reversed: Halide dimension d is NumPy axis rank - 1 - d.
+        out_vars = [hl.Var(f"v{d}") for d in range(rank)]
+        inp = hl.ImageParam(hl.Float(32), rank, "input")
+
+        # The algorithm: which input coordinate each output element reads
+        coords: list = [None] * rank
+        if workload.op == "Transpose":
+            perm = list(workload.node.attrs.get("perm", range(rank)[::-1]))
+            for axis, source in enumerate(perm):  # output axis `axis` is input axis `source`
+                coords[rank - 1 - source] = out_vars[rank - 1 - axis]
+        else:
+            starts, steps = _slice_starts_steps(workload)
+            for axis in range(rank):
+                coords[rank - 1 - axis] = starts[axis] + out_vars[rank - 1 - axis] * steps[axis]
+        out = hl.Func(workload.op)
+        out[out_vars] = inp[coords]
+
+        # How to schedule it (the innermost output axis is Halide dimension 0)
+        guard = hl.TailStrategy.GuardWithIf
+        loops = list(out_vars)  # innermost first
+        if config["tile"] > 1:  # the output axis contiguous in the input: a strip of it inside the row
+            perm = list(workload.node.attrs.get("perm", range(rank)[::-1]))
+            across, ao, ai = out_vars[rank - 1 - perm.index(rank - 1)], hl.Var("ao"), hl.Var("ai")
+            out.split(across, ao, ai, config["tile"], guard)
+            loops = [loops[0], ai, *[ao if v is across else v for v in loops[1:]]]
+            out.reorder(*loops)
+        if config["vec"] > 1:
+            lanes = hl.Var("lanes")
+            out.split(out_vars[0], out_vars[0], lanes, config["vec"], guard).vectorize(lanes)
+        extents = {id(v): workload.output_shape[rank - 1 - d] for d, v in enumerate(out_vars)}
+        outer = next((v for v in reversed(loops[1:]) if extents.get(id(v), 2) > 1), None)
+        if outer is not None:
+            out.parallel(outer)
+        return Definition(out, [inp], [])
+
+
+def _channels_move_whole(workload: Workload) -> bool:
+    """NCHW[b]c -> NHWC, or NHWC -> NCHW[b]c: the transposes ConvNeXt wraps its channel-last
+    blocks in, which on blocked values move whole vectors of channels."""
+    node = workload.node
+    in_block, out_block = workload.block(node.inputs[0]), workload.block(node.outputs[0])
+    perm = list(node.attrs.get("perm", ()))
+    return (perm == TO_CHANNEL_LAST and in_block and not out_block) or (
+        perm == TO_CHANNEL_FIRST and out_block and not in_block
+    )
+
+
+def _blocked_transpose(workload: Workload, config: Config) -> Definition:
+    node = workload.node
+    in_block, out_block = workload.block(node.inputs[0]), workload.block(node.outputs[0])
+    c, ci, x, y, k, n = (hl.Var(v) for v in ("c", "ci", "x", "y", "k", "n"))
+    xo, xi = hl.Var("xo"), hl.Var("xi")
+    out = hl.Func("Transpose")
+    if in_block:  # (N, C/b, H, W, b) -> (N, H, W, C): Halide (ci, x, y, k, n) -> (c, x, y, n)
+        inp = hl.ImageParam(hl.Float(32), 5, "input")
+        out[c, x, y, n] = inp[c % in_block, x, y, c // in_block, n]
+        co = hl.Var("co")
+        out.split(c, co, ci, in_block).vectorize(ci)
+    else:  # (N, H, W, C) -> (N, C/b, H, W, b)
+        inp = hl.ImageParam(hl.Float(32), 4, "input")
+        out[ci, x, y, k, n] = inp[k * out_block + ci, x, y, n]
+        out.bound(ci, 0, out_block).vectorize(ci).reorder(ci, k, x, y, n)
+    if config["unroll"] > 1:
+        out.split(x, xo, xi, config["unroll"], hl.TailStrategy.GuardWithIf).unroll(xi)
+    out.parallel(y)
+    return Definition(out, [inp], [])
+
+
+def _slice_starts_steps(workload: Workload) -> tuple[list[int], list[int]]:
+    """Per input axis, the first element read and the stride, from Slice's constant inputs (opset
+    10+: starts, ends, axes, steps; clamped as ONNX clamps them)."""
+    node = workload.node
+    shape = workload.input_shape(0)
+    rank = len(shape)
+    inputs = [workload.constants[n].astype(np.int64).tolist() if n else None for n in node.inputs[1:]]
+    inputs += [None] * (4 - len(inputs))
+    starts_in, _, axes, steps_in = inputs
+    axes = [a % rank for a in (axes if axes is not None else range(len(starts_in)))]
+    starts, steps = [0] * rank, [1] * rank
+    for position, axis in enumerate(axes):
+        step = steps_in[position] if steps_in is not None else 1
+        start = starts_in[position]
+        start = start + shape[axis] if start < 0 else start
+        starts[axis] = min(max(start, 0), shape[axis] - 1) if step < 0 else min(max(start, 0), shape[axis])
+        steps[axis] = step
+    return starts, steps
