@@ -227,3 +227,64 @@ def test_layer_normalization(shape, with_bias, rng):
     node = helper.make_node("LayerNormalization", names, ["y"], axis=-1, epsilon=1e-6)
     graph = import_model(make_model([node], [tensor("x", list(shape))], [tensor("y", list(shape))], inits))
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.normalization", n_configs=3)
+
+
+@pytest.mark.parametrize(("a", "b"), [((1, 3, 37, 16), (1, 3, 16, 37)), ((2, 20, 9), (2, 9, 33))])
+def test_batched_matmul(a, b):
+    """Attention's q @ k^T and scores @ v: both sides computed at run time."""
+    out = [*a[:-1], b[-1]]
+    model = make_model(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        [tensor("a", list(a)), tensor("b", list(b))],
+        [tensor("y", out)],
+    )
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.batched_matmul", n_configs=3)
+
+
+@pytest.mark.parametrize("other", ["scalar", "full"])
+def test_elementwise_with_a_constant_operand(other, rng):
+    shape = (1, 197, 24)
+    value = rng.standard_normal(() if other == "scalar" else shape).astype(np.float32)
+    nodes = [helper.make_node("Add", ["c", "x"], ["y"])]
+    model = make_model(nodes, [tensor("x", list(shape))], [tensor("y", list(shape))], [const("c", value)])
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
+
+
+@pytest.mark.parametrize(
+    ("shape", "other", "constant"),
+    [((8, 3, 7, 7), (1, 3, 7, 7), True), ((8, 3, 7, 7), (8, 1, 7, 7), False), ((2, 5, 6), (6,), True)],
+)
+def test_elementwise_broadcasting(shape, other, constant, rng):
+    """Swin's attention: scores plus a bias or mask shared across windows or heads."""
+    inputs, inits = [tensor("x", list(shape))], []
+    if constant:
+        inits.append(const("o", rng.standard_normal(other).astype(np.float32)))
+    else:
+        inputs.append(tensor("o", list(other)))
+    model = make_model([helper.make_node("Add", ["x", "o"], ["y"])], inputs, [tensor("y", list(shape))], inits)
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
+
+
+@pytest.mark.parametrize(
+    ("pads", "mode", "value"),
+    [
+        ([0, 0, 1, 2, 0, 0, 3, 0], "constant", 0.5),
+        ([0, 1, 0, 2, 0, 0, 2, 1], "edge", None),
+        ([0, 0, 2, 1, 0, 0, 1, 2], "reflect", None),
+    ],
+)
+def test_pad(pads, mode, value, rng):
+    shape = (1, 3, 6, 7)
+    inits, names = [const("pads", np.array(pads))], ["x", "pads"]
+    if value is not None:
+        inits.append(const("value", np.array(value, np.float32)))
+        names.append("value")
+    out = [d + pads[a] + pads[a + 4] for a, d in enumerate(shape)]
+    model = make_model(
+        [helper.make_node("Pad", names, ["y"], mode=mode)], [tensor("x", list(shape))], [tensor("y", out)], inits
+    )
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.data_movement", n_configs=2)

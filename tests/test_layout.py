@@ -54,6 +54,10 @@ BLOCKED_CONV_CASES = [
     (24, 32, 8, 3, 1, 1, 1, "relu", 8, 16),  # and back
     (32, 32, 10, 3, 1, 1, 32, "relu", 16, 16),  # depthwise
     (16, 16, 9, 3, 2, 1, 16, "", 8, 8),  # strided depthwise
+    (32, 32, 9, 3, 1, 1, 4, "relu", 16, 16),  # grouped (RegNet): two groups of 8 in each block
+    (16, 16, 8, 3, 2, 1, 2, "", 8, 8),  # one group per block
+    (64, 64, 7, 3, 1, 1, 2, "add_relu", 16, 16),  # two blocks per group
+    (64, 32, 6, 1, 1, 0, 4, "", 16, 16),  # 16 input channels per group, 8 output
 ]
 
 

@@ -154,3 +154,25 @@ def test_reduce_mean_over_channels_is_left_alone(rng):
     nodes = [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], keepdims=1)]
     graph = import_model(make_model(nodes, [tensor("x", [1, 6, 5, 4])], [tensor("y", [1, 1, 5, 4])]))
     assert [n.op for n in canonicalize(graph).nodes] == ["ReduceMean"]
+
+
+@pytest.mark.parametrize(("index", "axis"), [(np.array(1), 0), (np.array(-1), 2), (np.array([2]), 1)])
+def test_gather_of_one_constant_index_becomes_a_slice(index, axis, rng):
+    shape = [3, 4, 5]
+    out_shape = [d for a, d in enumerate(shape) if a != axis or index.ndim]
+    if index.ndim:
+        out_shape[axis] = 1
+    nodes = [helper.make_node("Gather", ["x", "i"], ["y"], axis=axis)]
+    graph = import_model(make_model(nodes, [tensor("x", shape)], [tensor("y", out_shape)], [const("i", index)]))
+    out = canonicalize(graph)
+    assert [n.op for n in out.nodes] == ["Slice"] + ([] if index.ndim else ["Reshape"])
+    assert_same_function(graph, out, rng)
+
+
+def test_pad_by_nothing_disappears(rng):
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]), helper.make_node("Relu", ["p"], ["y"])]
+    inits = [const("pads", np.zeros(8, np.int64))]
+    graph = import_model(make_model(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("y", [1, 3, 4, 4])], inits))
+    out = optimize_graph(graph)
+    assert [n.op for n in out.nodes] == ["Relu"] and out.nodes[0].inputs == ("x",)
+    assert_same_function(graph, out, rng)

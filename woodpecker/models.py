@@ -24,6 +24,9 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    # Attention's fused fast path (vision transformers) has no ONNX export: off while exporting.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         # The TorchScript exporter is deprecated but gives the classic opset-17 graphs we want.
         with torch.inference_mode(), warnings.catch_warnings():
@@ -43,6 +46,7 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
         onnx.save(proto, str(tmp))
         tmp.replace(path)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         tmp.unlink(missing_ok=True)
     return path
 

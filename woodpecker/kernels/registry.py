@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from woodpecker.kernels.base import Implementation
+from woodpecker.kernels.generated.batched_matmul import HalideBatchedMatmul
 from woodpecker.kernels.generated.channelwise import HalideChannelwise
 from woodpecker.kernels.generated.conv2d import HalideConv2d
 from woodpecker.kernels.generated.conv2d_blocked import HalideConv2dBlocked
@@ -30,6 +31,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         HalideChannelwise(),
         HalideDataMovement(),
         HalideNormalization(),
+        HalideBatchedMatmul(),
         OnnxRuntimeImplementation(),
         OpenVinoImplementation(),
         TorchImplementation(),

@@ -17,6 +17,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     remove_identity,
     fold_constants,
     canonicalize,
+    remove_identity,  # again: canonicalize turns no-op Pads into Identity
     fold_batchnorm,
     fuse_epilogue,
     eliminate_dead,

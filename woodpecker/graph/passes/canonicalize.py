@@ -2,9 +2,15 @@
 
 - ReduceMean over H and W of an NCHW tensor (MNASNet's and ShuffleNet's `x.mean([2, 3])`) is a
   GlobalAveragePool, followed by a Flatten when the reduced axes are not kept.
+- Pad by zeros on every side (Swin's window padding when the windows already fit) is an
+  Identity, which `remove_identity` then removes.
+- Gather of one constant index (a vision transformer picking q, k and v out of one projection)
+  is a Slice of that index, then a Reshape that drops the axis (a view, no copy).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from woodpecker.graph.ir import Graph, Node, Value
 
@@ -13,7 +19,7 @@ def canonicalize(graph: Graph) -> Graph:
     out = graph.copy()
     nodes = []
     for node in out.nodes:
-        nodes.extend(_spatial_mean(out, node) or [node])
+        nodes.extend(_spatial_mean(out, node) or _gather_one(out, node) or _pad_by_nothing(out, node) or [node])
     out.nodes = nodes
     return out
 
@@ -36,3 +42,67 @@ def _spatial_mean(graph: Graph, node: Node) -> list[Node] | None:
         Node(node.name, "GlobalAveragePool", (source,), (pooled,)),
         Node(f"{node.name}/flatten", "Flatten", (pooled,), (target,), {"axis": 1}),
     ]
+
+
+def _gather_one(graph: Graph, node: Node) -> list[Node] | None:
+    if node.op != "Gather" or node.inputs[1] not in graph.constants or node.inputs[0] in graph.constants:
+        return None
+    index = np.asarray(graph.constants[node.inputs[1]])
+    if index.size != 1 or index.ndim > 1:
+        return None
+    shape = graph.shape(node.inputs[0])
+    axis = node.attrs.get("axis", 0) % len(shape)
+    start = int(index.ravel()[0]) % shape[axis]
+    target = node.outputs[0]
+    bounds = [
+        _constant(graph, f"{target}__{n}", [v]) for n, v in (("starts", start), ("ends", start + 1), ("axes", axis))
+    ]
+    if index.ndim == 1:  # the axis stays, with one entry
+        return [Node(node.name, "Slice", (node.inputs[0], *bounds), (target,))]
+    sliced = f"{target}__slice"
+    graph.values[sliced] = Value(
+        sliced, tuple(1 if a == axis else d for a, d in enumerate(shape)), graph.values[target].dtype
+    )
+    reshape = Node(
+        f"{node.name}/reshape",
+        "Reshape",
+        (sliced, _constant(graph, f"{target}__shape", graph.shape(target))),
+        (target,),
+    )
+    return [Node(node.name, "Slice", (node.inputs[0], *bounds), (sliced,)), reshape]
+
+
+def _constant(graph: Graph, name: str, values) -> str:
+    graph.constants[name] = np.array(values, np.int64)
+    graph.values[name] = Value(name, graph.constants[name].shape, "int64")
+    return name
+
+
+def _pad_by_nothing(graph: Graph, node: Node) -> list[Node] | None:
+    pads = pad_widths(graph, node)
+    if pads is None or any(pads):
+        return None
+    return [Node(node.name, "Identity", node.inputs[:1], node.outputs)]
+
+
+def pad_widths(graph: Graph, node: Node) -> list[int] | None:
+    """A Pad's begin and end widths per axis (ONNX order) when they are plan-time constants; else None."""
+    if node.op != "Pad":
+        return None
+    rank = len(graph.shape(node.inputs[0]))
+    if "pads" in node.attrs:  # opset < 11
+        pads = list(node.attrs["pads"])
+    elif len(node.inputs) > 1 and node.inputs[1] in graph.constants:
+        pads = [int(v) for v in np.asarray(graph.constants[node.inputs[1]]).ravel()]
+    else:
+        return None
+    axes_name = node.inputs[3] if len(node.inputs) > 3 else ""
+    if not axes_name:
+        return pads
+    if axes_name not in graph.constants:
+        return None
+    axes = [int(a) % rank for a in np.asarray(graph.constants[axes_name]).ravel()]
+    full = [0] * (2 * rank)
+    for i, axis in enumerate(axes):
+        full[axis], full[rank + axis] = pads[i], pads[len(axes) + i]
+    return full

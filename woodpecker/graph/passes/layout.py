@@ -11,7 +11,7 @@ Which ops keep a value blocked, and what they need:
 - Conv with groups 1: reads its input plain or blocked, writes blocked when b divides its
   output channels; a fused residual input must be blocked like the output;
 - depthwise Conv, MaxPool, AveragePool, BatchNormalization: blocked in, blocked out (they
-  follow their input);
+  follow their input); a grouped Conv too when whole input blocks hold each output block's groups;
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
 - element-wise ops on same-shape inputs and Concat over channels: blocked when an input is;
 - Transpose NCHW -> NHWC reads blocked, NHWC -> NCHW writes blocked (whole channel vectors move);
@@ -94,6 +94,8 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
             return [current[0], 0, 0, *[out_block] * (len(values) - 3)], out_block
         if group == values[0].shape[1] == outputs[0].shape[1] and current[0]:  # depthwise, blocked input
             return [out_block, 0, 0, *[out_block] * (len(values) - 3)], out_block
+        if current[0] and grouped_span(values[0].shape[1], outputs[0].shape[1], group, out_block, out_block):
+            return [out_block, 0, 0, *[out_block] * (len(values) - 3)], out_block
         return plain, 0
     if node.op in FOLLOW_INPUT_OPS:
         return [current[0], *plain[1:]], current[0]
@@ -110,6 +112,19 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
     ):
         return [out_block] * len(values), out_block  # concatenated stored arrays need one block
     return plain, 0
+
+
+def grouped_span(c_in: int, c_out: int, groups: int, in_block: int, out_block: int) -> int:
+    """Input channels one block of output channels reads in a grouped convolution, when whole
+    input blocks hold them (RegNet's groups of 8 channels in blocks of 8 or 16); else 0."""
+    group_in, group_out = c_in // groups, c_out // groups
+    if out_block % group_out == 0:
+        span = out_block // group_out * group_in  # several whole groups per output block
+    elif group_out % out_block == 0:
+        span = group_in  # the block lies inside one group
+    else:
+        return 0
+    return span if span % in_block == 0 else 0
 
 
 def channelwise_input(graph: Graph, node: Node) -> int | None:

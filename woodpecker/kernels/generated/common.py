@@ -37,7 +37,8 @@ class Definition:
     params: list[hl.ImageParam]  # run-time inputs first, then one per constant array
     constants: list[np.ndarray] = field(default_factory=list)  # packed once, at plan time
     # Inputs and outputs are passed as views with this many dimensions: 0 as stored, 1 flat
-    # (element-wise kernels), 2 as rows of the last axis (dense layers, normalizations).
+    # (element-wise kernels), 2 as rows of the last axis (dense layers, normalizations), 3 as a
+    # batch of matrices (batched MatMul).
     flatten: int = 0
 
     def arguments(self) -> list[hl.Argument]:
@@ -81,6 +82,8 @@ def as_views(arrays: list[np.ndarray], dims: int) -> list[np.ndarray]:
         return [a.reshape(-1) for a in arrays]
     if dims == 2:
         return [a.reshape(-1, a.shape[-1]) for a in arrays]
+    if dims == 3:
+        return [a.reshape(-1, *a.shape[-2:]) for a in arrays]
     return arrays
 
 

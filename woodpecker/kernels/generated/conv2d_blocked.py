@@ -4,7 +4,9 @@ The register tile is `tile_x` output pixels times `tile_k` blocks of b output ch
 full vector; every reduction step broadcasts one input value (b consecutive input channels
 sit in one cache line) and multiplies it with a contiguous vector of packed weights. Reads a
 plain NCHW input too (the stem, whose 3 channels no block divides), and covers depthwise
-convolutions (one input channel per output channel, both blocked).
+convolutions (one input channel per output channel, both blocked) and grouped ones whose groups
+whole input blocks hold (each output block reduces over its own groups' blocks only; a block of
+16 holding two groups of 8 multiplies the other group's inputs by zero).
 
 Half-vector blocks (MobileNetV2's 24 channels, SqueezeNet's 1000-channel classifier) can be
 computed `wide`: one full vector holds two consecutive output blocks (the weights are packed,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
+from woodpecker.graph.passes.layout import grouped_span
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import (
     MAX_ACCUMULATORS,
@@ -34,9 +37,16 @@ def _depthwise(p: dict) -> bool:
     return p["groups"] > 1 and p["groups"] == p["c_in"] == p["c_out"]
 
 
+def _span(p: dict, in_block: int, block: int) -> int:
+    """Input channels an output block reads: all of them, or (grouped) those of its own groups."""
+    if p["groups"] == 1:
+        return p["c_in"]
+    return grouped_span(p["c_in"], p["c_out"], p["groups"], in_block, block)
+
+
 def _can_widen(workload: Workload, p: dict) -> bool:
     """Output blocks of half a vector, which pairs of them fill (not depthwise: its input is per block)."""
-    return not _depthwise(p) and 2 * workload.block(workload.node.outputs[0]) == native_vector_width()
+    return p["groups"] == 1 and 2 * workload.block(workload.node.outputs[0]) == native_vector_width()
 
 
 class HalideConv2dBlocked(GeneratedImplementation):
@@ -58,7 +68,9 @@ class HalideConv2dBlocked(GeneratedImplementation):
         p = conv_params(workload)
         if _depthwise(p):
             return block > 0 and in_block == block and residual_ok
-        return block > 0 and p["groups"] == 1 and residual_ok  # any input block: `inner` adapts
+        if p["groups"] > 1:
+            return block > 0 and in_block > 0 and residual_ok and bool(_span(p, in_block, block))
+        return block > 0 and residual_ok  # any input block: `inner` adapts
 
     def space(self, workload: Workload) -> ConfigSpace:
         p = conv_params(workload)
@@ -114,10 +126,13 @@ class HalideConv2dBlocked(GeneratedImplementation):
         vectors = -(-p["c_out"] // (lanes * config["tile_k"])) * config["tile_k"] if wide else p["c_out"] // b
         weight = _pad_channels(workload.constants[node.inputs[1]].astype(np.float32), vectors * lanes)
         inner = in_block or p["c_in"]  # input channels per step: a block, or all of a plain input
+        span = p["c_in"] if depthwise else _span(p, in_block, b)  # input channels an output block reads
         if depthwise:
             blocked_weight = weight.reshape(vectors, lanes, p["kh"], p["kw"]).transpose(0, 2, 3, 1)
         else:
-            blocked_weight = weight.reshape(vectors, lanes, p["c_in"] // inner, inner, p["kh"], p["kw"])
+            if p["groups"] > 1:
+                weight = _spread_groups(weight, p, b, span)
+            blocked_weight = weight.reshape(vectors, lanes, span // inner, inner, p["kh"], p["kw"])
             blocked_weight = blocked_weight.transpose(0, 2, 4, 5, 3, 1)
         bias = _pad_channels(
             workload.constants[node.inputs[2]].astype(np.float32)
@@ -150,7 +165,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             rx, ry = r.x, r.y
         else:
             r = hl.RDom(
-                [hl.Range(0, inner), hl.Range(0, p["kw"]), hl.Range(0, p["kh"]), hl.Range(0, p["c_in"] // inner)], "r"
+                [hl.Range(0, inner), hl.Range(0, p["kw"]), hl.Range(0, p["kh"]), hl.Range(0, span // inner)], "r"
             )
             rx, ry = r.y, r.z
         in_x = x * p["strides"][1] + rx * p["dilations"][1] - p["pad_left"]
@@ -160,7 +175,10 @@ class HalideConv2dBlocked(GeneratedImplementation):
         if depthwise:
             acc[c, x, y, k, n] += w_param[c, rx, ry, k] * source[c, in_x, in_y, k, n]
         else:
-            value = source[r.x, in_x, in_y, r.w, n] if in_block else source[in_x, in_y, r.x, n]
+            # Grouped: output block k starts reading at its first group's first input block.
+            group_in, group_out = p["c_in"] // p["groups"], p["c_out"] // p["groups"]
+            first = (k * b / group_out) * group_in / inner if p["groups"] > 1 else 0
+            value = source[r.x, in_x, in_y, first + r.w, n] if in_block else source[in_x, in_y, r.x, n]
             acc[c, x, y, k, n] += w_param[c, r.x, rx, ry, r.w, k] * value
         result = acc[c + b * (k % 2), x, y, k / 2, n] if wide else acc[c, x, y, k, n]
         total = result + residual[c, x, y, k, n] if has_residual else result
@@ -217,6 +235,19 @@ def _starting_points(start: Config, starts: tuple, width: int, wides: list, vali
             if fits and {**config, "tile_k": fits[0]} not in configs:
                 configs.append({**config, "tile_k": fits[0]})
     return tuple(configs)
+
+
+def _spread_groups(weight: np.ndarray, p: dict, block: int, span: int) -> np.ndarray:
+    """Grouped weights (O, I/groups, KH, KW) as (O, span, KH, KW): each output channel's weights at
+    its group's place within the input channels its block reads, zeros elsewhere (when a block
+    holds several groups, it multiplies the other groups' inputs by zero)."""
+    group_in, group_out = p["c_in"] // p["groups"], p["c_out"] // p["groups"]
+    spread = np.zeros((weight.shape[0], span, p["kh"], p["kw"]), np.float32)
+    for o in range(p["c_out"]):
+        first = (o // block * block // group_out) * group_in  # the block's first input channel
+        offset = o // group_out * group_in - first
+        spread[o, offset : offset + group_in] = weight[o]
+    return spread
 
 
 def _pad_channels(array: np.ndarray, channels: int) -> np.ndarray:

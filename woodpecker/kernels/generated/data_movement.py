@@ -1,5 +1,6 @@
-"""Transpose and Slice on plain tensors: copies with no arithmetic (ShuffleNet's channel shuffle and
-split, the NCHW <-> NHWC transposes around ConvNeXt's and Swin's channel-last blocks).
+"""Transpose, Slice and Pad on plain tensors: copies with no arithmetic (ShuffleNet's channel
+shuffle and split, the NCHW <-> NHWC transposes around ConvNeXt's and Swin's channel-last blocks,
+Swin's window padding).
 
 Both write the output in its own order, the innermost output axis vectorized: a Transpose that
 keeps the innermost axis copies whole rows; one that moves it gathers, in tiles of `tile` x vec
@@ -13,12 +14,14 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
+from woodpecker.graph.passes.canonicalize import pad_widths
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 MAX_RANK = 6
+PAD_MODES = ("constant", "edge", "reflect")
 TO_CHANNEL_LAST, TO_CHANNEL_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
 
 
@@ -27,7 +30,7 @@ class HalideDataMovement(GeneratedImplementation):
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
-        if node.op not in ("Transpose", "Slice") or not is_float32(workload):
+        if node.op not in ("Transpose", "Slice", "Pad") or not is_float32(workload):
             return False
         if workload.blocked:
             return _channels_move_whole(workload)
@@ -35,6 +38,12 @@ class HalideDataMovement(GeneratedImplementation):
             return False
         if node.op == "Slice":  # opset 10+: bounds are (constant) inputs
             return len(node.inputs) >= 3 and all(n in workload.constants for n in node.inputs[1:] if n)
+        if node.op == "Pad":
+            value_ok = len(node.inputs) < 3 or not node.inputs[2] or node.inputs[2] in workload.constants
+            widths = pad_widths(workload.as_graph(), node)
+            return (
+                value_ok and widths is not None and min(widths) >= 0 and node.attrs.get("mode", "constant") in PAD_MODES
+            )
         return True
 
     def space(self, workload: Workload) -> ConfigSpace:
@@ -65,12 +74,16 @@ class HalideDataMovement(GeneratedImplementation):
             perm = list(workload.node.attrs.get("perm", range(rank)[::-1]))
             for axis, source in enumerate(perm):  # output axis `axis` is input axis `source`
                 coords[rank - 1 - source] = out_vars[rank - 1 - axis]
-        else:
+        elif workload.op == "Slice":
             starts, steps = _slice_starts_steps(workload)
             for axis in range(rank):
                 coords[rank - 1 - axis] = starts[axis] + out_vars[rank - 1 - axis] * steps[axis]
+        else:
+            begins = pad_widths(workload.as_graph(), workload.node)[:rank]
+            for axis in range(rank):
+                coords[rank - 1 - axis] = out_vars[rank - 1 - axis] - begins[axis]
         out = hl.Func(workload.op)
-        out[out_vars] = inp[coords]
+        out[out_vars] = (_padded(workload, inp) if workload.op == "Pad" else inp)[coords]
 
         # How to schedule it (the innermost output axis is Halide dimension 0)
         guard = hl.TailStrategy.GuardWithIf
@@ -121,6 +134,23 @@ def _blocked_transpose(workload: Workload, config: Config) -> Definition:
         out.split(x, xo, xi, config["unroll"], hl.TailStrategy.GuardWithIf).unroll(xi)
     out.parallel(y)
     return Definition(out, [inp], [])
+
+
+def _padded(workload: Workload, inp: hl.ImageParam) -> hl.Func:
+    """The input extended beyond its bounds as Pad's mode says."""
+    node = workload.node
+    bounds = [hl.Range(0, extent) for extent in reversed(workload.input_shape(0))]
+    mode = node.attrs.get("mode", "constant")
+    if mode == "edge":
+        return hl.BoundaryConditions.repeat_edge(inp, bounds)
+    if mode == "reflect":
+        return hl.BoundaryConditions.mirror_interior(inp, bounds)
+    value = 0.0
+    if len(node.inputs) > 2 and node.inputs[2]:
+        value = float(np.ravel(workload.constants[node.inputs[2]])[0])
+    elif "value" in node.attrs:  # opset < 11
+        value = float(node.attrs["value"])
+    return hl.BoundaryConditions.constant_exterior(inp, hl.f32(value), bounds)
 
 
 def _slice_starts_steps(workload: Workload) -> tuple[list[int], list[int]]:

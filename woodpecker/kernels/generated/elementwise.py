@@ -1,8 +1,11 @@
-"""Element-wise ops on same-shape float tensors, computed over a flat view."""
+"""Element-wise ops, over a flat view when every operand is shaped like the output (either layout).
+In the plain layout operands may broadcast (NumPy's rules: Swin's attention bias and mask) and be
+constants; a scalar constant is baked into the code."""
 
 from __future__ import annotations
 
 import halide as hl
+import numpy as np
 
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
@@ -36,15 +39,18 @@ class HalideElementwise(GeneratedImplementation):
         node = workload.node
         if node.op not in BINARY and node.op not in UNARY and node.op not in ACTIVATIONS:
             return False
-        arity = 2 if node.op in BINARY else 1
-        shapes = {workload.shape(n) for n in node.inputs}
-        return (
-            len(node.inputs) == arity
-            and shapes == {workload.output_shape}
-            and len(workload.blocks) == 1  # one layout: the flat views agree
-            and is_float32(workload)
-            and not any(n in workload.constants for n in node.inputs)
-        )
+        if len(node.inputs) != (2 if node.op in BINARY else 1) or not workload.dynamic_inputs:
+            return False
+        if not is_float32(workload) or len(workload.blocks) != 1:  # one layout
+            return False
+        if workload.blocked:  # same-shape run-time values; a constant only as a scalar
+            return all(
+                workload.constants[n].size == 1
+                if n in workload.constants
+                else workload.shape(n) == workload.output_shape
+                for n in node.inputs
+            )
+        return all(_broadcasts(workload.shape(n), workload.output_shape) for n in node.inputs)
 
     def space(self, workload: Workload) -> ConfigSpace:
         size = int(workload.values[workload.node.outputs[0]].size)
@@ -54,26 +60,55 @@ class HalideElementwise(GeneratedImplementation):
         )
 
     def define(self, workload: Workload, config: Config) -> Definition:
-        i = hl.Var("i")
-        params = [hl.ImageParam(hl.Float(32), 1, f"in{k}") for k in range(len(workload.node.inputs))]
+        node, out_shape = workload.node, workload.output_shape
+        arrays = [n for n in node.inputs if not (n in workload.constants and workload.constants[n].size == 1)]
+        # Flat when every array operand is shaped like the output; else indexed per axis, an
+        # operand's size-1 axes read at 0 (NumPy broadcasting; Halide sees the axes reversed).
+        flat = all(workload.shape(n) == out_shape for n in arrays)
+        dims = [hl.Var(f"d{k}") for k in range(1 if flat else len(out_shape))]
+        runtime, constant_params, constants, values = [], [], [], []  # values: one per node input
+        for name in node.inputs:
+            if name not in arrays:  # a scalar constant, baked into the code
+                values.append(hl.f32(float(np.ravel(workload.constants[name])[0])))
+                continue
+            shape = (workload.values[name].size,) if flat else workload.shape(name)
+            param = hl.ImageParam(hl.Float(32), len(shape), f"in{len(values)}")
+            values.append(
+                param[[dims[d] if flat or shape[-1 - d] == out_shape[-1 - d] else 0 for d in range(len(shape))]]
+            )
+            if name in workload.constants:
+                constant_params.append(param)
+                constants.append(np.array(workload.constants[name], np.float32).reshape(shape))
+            else:
+                runtime.append(param)
+        params = runtime + constant_params  # run-time inputs first, then one per constant array
 
         # The algorithm
         out = hl.Func(workload.op)
         if workload.op in BINARY:
-            out[i] = BINARY[workload.op](params[0][i], params[1][i])
+            out[dims] = BINARY[workload.op](*values)
         elif workload.op in UNARY:
-            out[i] = UNARY[workload.op](params[0][i])
+            out[dims] = UNARY[workload.op](*values)
         else:
-            out[i] = activations.halide(activations.of_node(workload.node, {}), params[0][i])
+            out[dims] = activations.halide(activations.of_node(workload.node, {}), *values)
 
         # How to schedule it
-        size = workload.values[workload.node.outputs[0]].size
-        io, ii = hl.Var("io"), hl.Var("ii")
+        size = int(np.prod(out_shape))
+        inner, io, ii = dims[0], hl.Var("io"), hl.Var("ii")
         # Guarded tails: every element is computed exactly once, which running in place needs
         # (a shifted-inwards last vector would re-read inputs the first one already overwrote).
         guard = hl.TailStrategy.GuardWithIf
-        if size > config["chunk"]:
-            out.split(i, io, ii, config["chunk"], guard).parallel(io).vectorize(ii, config["vec"], guard)
-        else:
-            out.vectorize(i, config["vec"], guard)
-        return Definition(out, params, flatten=1)
+        if flat and size > config["chunk"]:
+            out.split(inner, io, ii, config["chunk"], guard).parallel(io)
+            inner = ii
+        elif len(dims) > 1:
+            out.parallel(next((v for d, v in reversed(list(enumerate(dims))) if out_shape[-1 - d] > 1), dims[-1]))
+        out.vectorize(inner, config["vec"], guard)
+        return Definition(out, params, constants, flatten=1 if flat else 0)
+
+
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False

@@ -23,11 +23,9 @@ class NumpyImplementation(LibraryImplementation):
         if node.op == "Relayout":
             return True
         if node.op == "Concat":  # blocked: the stored arrays concatenate along their block axis
-            return (
-                all(n not in workload.constants for n in node.inputs)
-                and len(workload.blocks) == 1
-                and (not workload.blocked or node.attrs["axis"] in (1, -3))
-            )
+            if workload.blocked:
+                return not workload.constants and len(workload.blocks) == 1 and node.attrs["axis"] in (1, -3)
+            return bool(workload.dynamic_inputs)  # constants (a transformer's class token) in place
         if node.op == "Gemm":
             return (
                 is_float32(workload)
@@ -45,8 +43,12 @@ class NumpyImplementation(LibraryImplementation):
         if node.op == "Concat":
             axis = node.attrs["axis"] % len(workload.output_shape)
 
+            constants = {i: workload.constants[n] for i, n in enumerate(node.inputs) if n in workload.constants}
+
             def concat(inputs, outputs):
-                np.concatenate(inputs, axis=axis, out=outputs[0])
+                arrays = iter(inputs)
+                parts = [constants[i] if i in constants else next(arrays) for i in range(len(node.inputs))]
+                np.concatenate(parts, axis=axis, out=outputs[0])
 
             return concat
         if node.op != "Gemm":
