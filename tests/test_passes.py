@@ -13,6 +13,7 @@ from woodpecker.graph.passes import (
     eliminate_dead,
     fold_batchnorm,
     fold_constants,
+    fold_pad,
     fuse_epilogue,
     optimize_graph,
     remove_identity,
@@ -175,4 +176,37 @@ def test_pad_by_nothing_disappears(rng):
     graph = import_model(make_model(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("y", [1, 3, 4, 4])], inits))
     out = optimize_graph(graph)
     assert [n.op for n in out.nodes] == ["Relu"] and out.nodes[0].inputs == ("x",)
+    assert_same_function(graph, out, rng)
+
+
+def test_zero_pad_of_h_and_w_folds_into_the_conv(rng):
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"]),
+        helper.make_node("Conv", ["p", "w"], ["y"], pads=[1, 0, 0, 1], strides=[2, 2]),
+    ]
+    inits = [const("w", w), const("pads", np.array([0, 0, 0, 1, 0, 0, 1, 0]))]
+    graph = import_model(make_model(nodes, [tensor("x", [1, 3, 9, 9])], [tensor("y", [1, 4, 5, 5])], inits))
+    out = eliminate_dead(fold_pad(graph))
+    assert [n.op for n in out.nodes] == ["Conv"] and out.nodes[0].attrs["pads"] == [1, 1, 1, 1]
+    assert_same_function(graph, out, rng)
+
+
+def test_reflect_pad_stays(rng):
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode="reflect"), helper.make_node("Conv", ["p", "w"], ["y"])]
+    inits = [const("w", w), const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1]))]
+    graph = import_model(make_model(nodes, [tensor("x", [1, 3, 9, 9])], [tensor("y", [1, 4, 9, 9])], inits))
+    assert [n.op for n in fold_pad(graph).nodes] == ["Pad", "Conv"]
+
+
+@pytest.mark.parametrize("equation", ["bghid,bghjd->bghij", "B G H I J, B G H J D -> B G H I D", "bij,bjk->bik"])
+def test_einsum_of_a_batched_matrix_product_becomes_matmul(equation, rng):
+    sizes = {"b": 2, "g": 2, "h": 3, "i": 4, "j": 5, "d": 6, "k": 3}
+    left, right, result = equation.lower().replace(" ", "").replace("->", ",").split(",")
+    nodes = [helper.make_node("Einsum", ["a", "b"], ["y"], equation=equation)]
+    inputs = [tensor("a", [sizes[c] for c in left]), tensor("b", [sizes[c] for c in right])]
+    graph = import_model(make_model(nodes, inputs, [tensor("y", [sizes[c] for c in result])]))
+    out = canonicalize(graph)
+    assert [n.op for n in out.nodes][-1] == "MatMul" and "Einsum" not in out.summary()
     assert_same_function(graph, out, rng)

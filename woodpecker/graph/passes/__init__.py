@@ -9,6 +9,7 @@ from woodpecker.graph.passes.canonicalize import canonicalize
 from woodpecker.graph.passes.eliminate_dead import eliminate_dead
 from woodpecker.graph.passes.fold_batchnorm import fold_batchnorm
 from woodpecker.graph.passes.fold_constants import fold_constants
+from woodpecker.graph.passes.fold_pad import fold_pad
 from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
 from woodpecker.graph.passes.remove_identity import remove_identity
 
@@ -18,6 +19,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_constants,
     canonicalize,
     remove_identity,  # again: canonicalize turns no-op Pads into Identity
+    fold_pad,
     fold_batchnorm,
     fuse_epilogue,
     eliminate_dead,
@@ -36,6 +38,7 @@ __all__ = [
     "eliminate_dead",
     "fold_batchnorm",
     "fold_constants",
+    "fold_pad",
     "fuse_epilogue",
     "optimize_graph",
     "remove_identity",

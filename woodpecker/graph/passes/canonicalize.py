@@ -4,6 +4,9 @@
   GlobalAveragePool, followed by a Flatten when the reduced axes are not kept.
 - Pad by zeros on every side (Swin's window padding when the windows already fit) is an
   Identity, which `remove_identity` then removes.
+- Einsum that is a batched matrix product (MaxViT's attention: `BGHID,BGHJD->BGHIJ`, and
+  `BGHIJ,BGHJD->BGHID`) is a MatMul, after a Transpose of the last two axes when the contracted
+  index is last in both operands.
 - Gather of one constant index (a vision transformer picking q, k and v out of one projection)
   is a Slice of that index, then a Reshape that drops the axis (a view, no copy).
 """
@@ -19,7 +22,13 @@ def canonicalize(graph: Graph) -> Graph:
     out = graph.copy()
     nodes = []
     for node in out.nodes:
-        nodes.extend(_spatial_mean(out, node) or _gather_one(out, node) or _pad_by_nothing(out, node) or [node])
+        nodes.extend(
+            _spatial_mean(out, node)
+            or _gather_one(out, node)
+            or _pad_by_nothing(out, node)
+            or _einsum_matmul(out, node)
+            or [node]
+        )
     out.nodes = nodes
     return out
 
@@ -106,3 +115,33 @@ def pad_widths(graph: Graph, node: Node) -> list[int] | None:
     for i, axis in enumerate(axes):
         full[axis], full[rank + axis] = pads[i], pads[len(axes) + i]
     return full
+
+
+def _einsum_matmul(graph: Graph, node: Node) -> list[Node] | None:
+    if node.op != "Einsum" or len(node.inputs) != 2:
+        return None
+    equation = node.attrs.get("equation", b"")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    if "->" not in equation or "..." in equation:
+        return None
+    operands, result = equation.split("->")
+    left, right = operands.split(",")
+    if not (len(left) == len(right) == len(result) >= 2 and len(set(left + right)) == len(left) + 1):
+        return None
+    batch = left[:-2]
+    if right[:-2] != batch or result[:-2] != batch:
+        return None
+    i, k = left[-2:]
+    if right[-2:] == k + result[-1] and result[-2:] == i + right[-1]:  # ...IK,...KJ->...IJ
+        return [Node(node.name, "MatMul", node.inputs, node.outputs)]
+    j = right[-2]
+    if right[-1] == k and result[-2:] == i + j:  # ...IK,...JK->...IJ: the right side transposed
+        swapped = f"{node.outputs[0]}__right_t"
+        shape = graph.shape(node.inputs[1])
+        graph.values[swapped] = Value(swapped, (*shape[:-2], shape[-1], shape[-2]), graph.values[node.inputs[1]].dtype)
+        perm = [*range(len(shape) - 2), len(shape) - 1, len(shape) - 2]
+        return [
+            Node(f"{node.name}/transpose", "Transpose", (node.inputs[1],), (swapped,), {"perm": perm}),
+            Node(node.name, "MatMul", (node.inputs[0], swapped), node.outputs),
+        ]
+    return None
