@@ -177,17 +177,11 @@ def test_squeeze_and_excitation_block_runs_on_generated_kernels(rng, records_pat
         se_block_model(rng, batch=2), budget=2, records=records_path, libraries=("numpy",), progress=False
     )
     assert plan.meta["summary"]["relayouts"] == 1  # the graph's output only
-    assert [n.op for n in plan.graph.nodes if n.op != "Relayout"] == [
-        "Conv",
-        "GlobalAveragePool",
-        "Conv",
-        "Conv",
-        "Mul",
-        "Conv",
-    ]
+    ops = [n.op for n in plan.graph.nodes if n.op != "Relayout"]
+    assert ops == ["Conv", "GlobalAveragePool", "Conv", "Conv", "Conv"]  # the scale Mul folded into the last Conv
     # Every node on its fastest correct generated kernel computes what the verified plan computes.
     generated = every_generated(plan)
-    assert {c.impl for c in generated} == {"halide.conv2d_blocked", "halide.pool", "halide.channelwise", "numpy"}
+    assert {c.impl for c in generated} == {"halide.conv2d_blocked", "halide.pool", "numpy"}
     feeds = random_feeds(plan.input_specs, seed=int(rng.integers(1 << 30)))
     expected = plan.run(feeds)
     np.testing.assert_allclose(Executor(plan.graph, generated).run(feeds)["y"], expected["y"], rtol=1e-4, atol=1e-5)
@@ -237,3 +231,25 @@ def test_erf_chain_with_another_constant_is_not_gelu(rng):
     graph = channel_last_mlp(rng)
     graph.constants["half"] = np.array(0.25, np.float32)
     assert "Erf" in fuse_epilogue(graph).summary()
+
+
+@pytest.mark.parametrize("impl", ["halide.conv2d", "halide.conv2d_blocked", "torch"])
+@pytest.mark.parametrize(("groups", "swapped"), [(1, False), (32, True)])
+def test_squeeze_and_excitation_scale_folds_into_the_next_conv(impl, groups, swapped, rng):
+    weight = rng.standard_normal((32, 32 // groups, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Mul", ["s", "x"] if swapped else ["x", "s"], ["scaled"]),
+        helper.make_node("Conv", ["scaled", "w"], ["y"], pads=[1, 1, 1, 1], group=groups),
+    ]
+    inputs = [tensor("x", [2, 32, 7, 8]), tensor("s", [2, 32, 1, 1])]
+    graph = import_model(make_model(nodes, inputs, [tensor("y", [2, 32, 7, 8])], [const("w", weight)]))
+    fused = optimize_graph(graph)
+    assert [n.op for n in fused.nodes] == ["Conv"] and fused.nodes[0].fused == ["Mul"]
+    assert_same_function(graph, fused, rng)
+    workload = Workload.of(fused, fused.nodes[0])
+    if impl == "halide.conv2d_blocked":
+        workload = with_blocks(workload, {"x": 16, "s": 16, "y": 16})
+    if impl == "torch":
+        assert_library_kernel(workload, impl, tolerance=1e-4)
+    else:
+        assert_kernel_family(workload, impl, n_configs=2)

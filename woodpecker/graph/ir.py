@@ -43,7 +43,8 @@ class Node:
     """One operation. `op` is the ONNX op type; fused epilogues live in `attrs`.
 
     Fused conv/gemm nodes carry `activation` (a name from `ops.activations`, with its parameters)
-    and, for a fused residual add, a fourth input after X, W, B.
+    and, for a fused residual add, a fourth input after X, W, B; a Conv whose input was scaled per
+    channel (`input_scale`) reads the scale as its fifth.
     """
 
     name: str
@@ -58,7 +59,7 @@ class Node:
     @property
     def fused(self) -> list[str]:
         """The epilogue operations folded into this node, in order."""
-        parts = []
+        parts = ["Mul"] if self.attrs.get("input_scale") else []  # a scale of the input, before the op
         if self.attrs.get("bias_folded"):
             parts.append("BatchNormalization")
         if self.attrs.get("bias_fused"):

@@ -20,7 +20,7 @@ FUSABLE_OPS = ("Conv", "Gemm", "MatMul", "BatchNormalization")
 
 
 def expand_node(node: Node) -> list[onnx.NodeProto]:
-    """ONNX nodes computing `node`, with its fused residual add and activation unfused."""
+    """ONNX nodes computing `node`, with its fused input scale, bias, residual add and activation unfused."""
     attrs = {k: v for k, v in node.attrs.items() if k not in _WPK_ATTRS}
     if node.op == "Relayout":  # changes the bytes' order only; values are logical NCHW in ONNX
         return [helper.make_node("Identity", list(node.inputs), list(node.outputs), name=node.name)]
@@ -30,8 +30,14 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
     main_inputs = {"Conv": node.inputs[:3], "Gemm": node.inputs[:3], "MatMul": node.inputs[:2]}.get(
         node.op, node.inputs
     )
+    main_inputs = list(main_inputs)
+    protos = []
+    if node.attrs.get("input_scale"):  # the input multiplied by its per-channel scale first
+        scaled = f"{out}__scaled"
+        protos.append(helper.make_node("Mul", [node.inputs[0], node.inputs[4]], [scaled], name=f"{node.name}/scale"))
+        main_inputs[0] = scaled
     current = f"{out}__main"
-    protos = [helper.make_node(node.op, list(main_inputs), [current], name=node.name, **attrs)]
+    protos.append(helper.make_node(node.op, main_inputs, [current], name=node.name, **attrs))
     if node.op == "MatMul" and len(node.inputs) > 2 and node.inputs[2]:  # a fused bias
         protos.append(helper.make_node("Add", [current, node.inputs[2]], [f"{out}__bias"], name=f"{node.name}/bias"))
         current = f"{out}__bias"
@@ -44,7 +50,7 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
     return protos
 
 
-_WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded", "bias_fused"}
+_WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded", "bias_fused", "input_scale"}
 
 
 def graph_to_onnx(

@@ -4,7 +4,8 @@ A fused node names its activation in `attrs["activation"]` with its parameters b
 (`clip_min`/`clip_max`, `hardsigmoid_alpha`/`hardsigmoid_beta`). Halide kernels, the NumPy and
 PyTorch library kernels and the ONNX the libraries run all read this table, so a fused
 activation cannot mean one thing in a generated kernel and another in its reference.
-`silu` (x * sigmoid(x)) has no ONNX op of its own: exported models spell it Sigmoid + Mul.
+`silu` (x * sigmoid(x)) and `gelu` have no ONNX op at opset 17: exported models spell them
+Sigmoid + Mul and Div, Erf, Add, Mul, Mul (graph/passes/fuse_epilogue.py recognizes both).
 """
 
 from __future__ import annotations

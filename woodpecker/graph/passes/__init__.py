@@ -11,6 +11,7 @@ from woodpecker.graph.passes.fold_batchnorm import fold_batchnorm
 from woodpecker.graph.passes.fold_constants import fold_constants
 from woodpecker.graph.passes.fold_pad import fold_pad
 from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
+from woodpecker.graph.passes.fuse_input_scale import fuse_input_scale
 from woodpecker.graph.passes.remove_identity import remove_identity
 
 Pass = Callable[[Graph], Graph]
@@ -22,6 +23,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_pad,
     fold_batchnorm,
     fuse_epilogue,
+    fuse_input_scale,
     eliminate_dead,
 )
 
@@ -40,6 +42,7 @@ __all__ = [
     "fold_constants",
     "fold_pad",
     "fuse_epilogue",
+    "fuse_input_scale",
     "optimize_graph",
     "remove_identity",
 ]

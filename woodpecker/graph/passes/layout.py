@@ -9,7 +9,8 @@ blocked kernel, or where the graph enters and leaves.
 
 Which ops keep a value blocked, and what they need:
 - Conv with groups 1: reads its input plain or blocked, writes blocked when b divides its
-  output channels; a fused residual input must be blocked like the output;
+  output channels; a fused residual input must be blocked like the output, a fused input
+  scale like the input;
 - depthwise Conv, MaxPool, AveragePool, BatchNormalization: blocked in, blocked out (they
   follow their input); a grouped Conv too when whole input blocks hold each output block's groups;
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
@@ -91,11 +92,11 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
     if node.op == "Conv":
         group = node.attrs.get("group", 1)
         if group == 1:  # input as it comes; a residual input like the output
-            return [current[0], 0, 0, *[out_block] * (len(values) - 3)], out_block
+            return _conv_blocks(current[0], out_block, len(values)), out_block
         if group == values[0].shape[1] == outputs[0].shape[1] and current[0]:  # depthwise, blocked input
-            return [out_block, 0, 0, *[out_block] * (len(values) - 3)], out_block
+            return _conv_blocks(out_block, out_block, len(values)), out_block
         if current[0] and grouped_span(values[0].shape[1], outputs[0].shape[1], group, out_block, out_block):
-            return [out_block, 0, 0, *[out_block] * (len(values) - 3)], out_block
+            return _conv_blocks(out_block, out_block, len(values)), out_block
         return plain, 0
     if node.op in FOLLOW_INPUT_OPS:
         return [current[0], *plain[1:]], current[0]
@@ -112,6 +113,11 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
     ):
         return [out_block] * len(values), out_block  # concatenated stored arrays need one block
     return plain, 0
+
+
+def _conv_blocks(in_block: int, out_block: int, count: int) -> list[int]:
+    """A Conv's inputs X, W, B, residual (like the output), input scale (like X)."""
+    return [in_block, 0, 0, out_block, in_block][:count]
 
 
 def grouped_span(c_in: int, c_out: int, groups: int, in_block: int, out_block: int) -> int:

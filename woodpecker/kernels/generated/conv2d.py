@@ -134,15 +134,19 @@ class HalideConv2d(GeneratedImplementation):
         x, y, c, n = hl.Var("x"), hl.Var("y"), hl.Var("c"), hl.Var("n")
         inp = hl.ImageParam(hl.Float(32), 4, "input")
         residual = hl.ImageParam(hl.Float(32), 4, "residual")
+        scale = hl.ImageParam(hl.Float(32), 4, "scale")  # (N, C, 1, 1): a per-channel input scale
+        has_scale = bool(workload.node.attrs.get("input_scale"))
         w_param = hl.ImageParam(hl.Float(32), weight.ndim, "weight")
         b_param = hl.ImageParam(hl.Float(32), 1, "bias")
 
         # The algorithm
         padded = any(workload.node.attrs.get("pads", [0]))
+        source = inp
+        if has_scale:  # each input value times its channel's scale, as it is read
+            source = hl.Func("scaled")
+            source[x, y, c, n] = inp[x, y, c, n] * scale[0, 0, c, n]
         if padded:
-            source = hl.BoundaryConditions.constant_exterior(inp, 0.0, [hl.Range(0, p["w"]), hl.Range(0, p["h"])])
-        else:
-            source = inp
+            source = hl.BoundaryConditions.constant_exterior(source, 0.0, [hl.Range(0, p["w"]), hl.Range(0, p["h"])])
         pad_copy = None
         pack = config.get("pack_input", False)
         if pack or (padded and config.get("padding", "select") == "copy"):  # bounds checks once, not per FMA
@@ -184,5 +188,5 @@ class HalideConv2d(GeneratedImplementation):
         elif pad_copy is not None:
             pad_copy.compute_root().parallel(c).vectorize(x, vec)
 
-        params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
+        params = [inp] + ([residual] if has_residual else []) + ([scale] if has_scale else []) + [w_param, b_param]
         return Definition(out, params, [weight, bias])

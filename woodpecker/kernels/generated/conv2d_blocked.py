@@ -65,6 +65,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             return False
         block, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
         residual_ok = not node.attrs.get("residual") or workload.block(node.inputs[3]) == block
+        residual_ok = residual_ok and (not node.attrs.get("input_scale") or workload.block(node.inputs[4]) == in_block)
         p = conv_params(workload)
         if _depthwise(p):
             return block > 0 and in_block == block and residual_ok
@@ -144,6 +145,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
         c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
         inp = hl.ImageParam(hl.Float(32), 5 if in_block else 4, "input")
         residual = hl.ImageParam(hl.Float(32), 5, "residual")
+        scale = hl.ImageParam(hl.Float(32), 5 if in_block else 4, "scale")  # (N, C, 1, 1) stored like the input
+        has_scale = bool(node.attrs.get("input_scale"))
         w_param = hl.ImageParam(hl.Float(32), blocked_weight.ndim, "weight")
         b_param = hl.ImageParam(hl.Float(32), 1, "bias")
 
@@ -152,9 +155,13 @@ class HalideConv2dBlocked(GeneratedImplementation):
         spatial = [hl.Range(0, p["w"]), hl.Range(0, p["h"])]
         source = inp
         dims = [c, x, y, k, n] if in_block else [x, y, c, n]
+        if has_scale:  # each input value times its channel's scale, as it is read
+            scaled = hl.Func("scaled")
+            scaled[dims] = inp[dims] * scale[[c, 0, 0, k, n] if in_block else [0, 0, c, n]]
+            source = scaled
         if padded:
             bounds = [hl.Range(0, in_block), *spatial] if in_block else spatial
-            source = hl.BoundaryConditions.constant_exterior(inp, 0.0, bounds)
+            source = hl.BoundaryConditions.constant_exterior(source, 0.0, bounds)
             if config["padding"] == "copy":  # bounds checks once, not per multiply-add
                 copy = hl.Func("padded")
                 copy[dims] = source[dims]
@@ -218,7 +225,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             if in_block:
                 copy.bound(c, 0, in_block).vectorize(c)
 
-        params = [inp] + ([residual] if has_residual else []) + [w_param, b_param]
+        params = [inp] + ([residual] if has_residual else []) + ([scale] if has_scale else []) + [w_param, b_param]
         return Definition(out, params, [np.ascontiguousarray(blocked_weight), bias])
 
 

@@ -29,7 +29,8 @@ UNARY = {  # besides the activations of ops.activations
 }
 
 
-ACTIVATIONS = ("Relu", "Sigmoid", "HardSigmoid", "HardSwish")  # Clip reads its bounds from constant inputs
+# Clip reads its bounds from constant inputs: it runs here only fused into a Conv/Gemm.
+ACTIVATIONS = tuple(op for op in activations.UNARY_ACTIVATIONS if op != "Clip")
 
 
 class HalideElementwise(GeneratedImplementation):

@@ -66,7 +66,10 @@ class TorchImplementation(LibraryImplementation):
 
         @torch.inference_mode()
         def run(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
-            result = compute(torch.from_numpy(inputs[0]))
+            x = torch.from_numpy(inputs[0])
+            if node.attrs.get("input_scale"):  # run-time inputs: X, [residual], scale
+                x = x * torch.from_numpy(inputs[-1])
+            result = compute(x)
             if node.attrs.get("residual"):
                 result += torch.from_numpy(inputs[1])
             activations.torch_inplace(node.attrs, result)
