@@ -1,4 +1,4 @@
-"""Export the five torchvision models, optimize each, time the plan against its peers.
+"""Export torchvision models (the five of issue 4 by default), optimize each, time the plan against its peers.
 
 Usage: .venv/bin/python benchmarks/e2e.py [--models resnet18,...] [--batch 1] [--budget 6] [--out out/bench]
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import woodpecker
 from woodpecker.bench import BenchSettings, bench
+from woodpecker.errors import WoodpeckerError
 from woodpecker.models import KNOWN_MODELS, export_torchvision
 
 PEERS = ["onnxruntime", "openvino", "torch", "torch-compile", "openvino-bf16"]
@@ -42,14 +43,19 @@ def main() -> None:
     for name in args.models.split(","):
         model = export_torchvision(name, out / f"{name}.onnx")
         start = time.perf_counter()
-        plan = woodpecker.optimize(model, budget=args.budget, batch=args.batch, records=out / "records.sqlite")
+        try:
+            plan = woodpecker.optimize(model, budget=args.budget, batch=args.batch, records=out / "records.sqlite")
+        except WoodpeckerError as exc:  # one model's failure is a row of the table, not the end of the run
+            rows.append({"model_name": name, "error": str(exc)})
+            print(format_row(rows[-1]), flush=True)
+            continue
         tuning_s = time.perf_counter() - start
         plan_dir = plan.save(out / f"{name}-b{args.batch}.plan")
         report = bench(plan_dir, PEERS, BenchSettings(runs=args.runs))
         report.update(model_name=name, tuning_s=round(tuning_s, 1), summary=plan.meta["summary"])
         rows.append(report)
         print(format_row(report), flush=True)
-    (out / f"results-b{args.batch}.json").write_text(json.dumps(rows, indent=1))
+        (out / f"results-b{args.batch}.json").write_text(json.dumps(rows, indent=1))
     print()
     print(format_table(rows, args.batch, args.budget))
 
@@ -60,6 +66,8 @@ def _result(report: dict, runtime: str) -> dict:
 
 def format_row(report: dict) -> str:
     cells = [f"{report['model_name']:<14}"]
+    if "error" in report:
+        return cells[0] + f"  failed: {report['error']}"
     for runtime in ["woodpecker", *PEERS]:
         value = _result(report, runtime).get("median_ms")
         cells.append(f"{value:>10.2f}" if value else f"{'n/a':>10}")

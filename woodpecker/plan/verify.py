@@ -2,7 +2,9 @@
 
 A final-output tolerance alone is a weak test on random-weight models (their outputs barely
 move with the input), so the *difference* between the outputs for two inputs is compared too:
-a plan that ignores its input fails that check.
+a plan that ignores its input fails that check (error 1.0). Its tolerance is looser than the
+outputs': where the outputs move little (ShuffleNet moves them by about 5e-5 of their size),
+rounding at 1e-7 of the output is already 2e-3 of the difference.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from woodpecker.kernels.library.onnxruntime import session_options
 from woodpecker.measure.timing import relative_error
 
 OUTPUT_TOLERANCE = 1e-4
-DIFFERENCE_TOLERANCE = 1e-3
+DIFFERENCE_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
