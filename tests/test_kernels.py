@@ -288,3 +288,29 @@ def test_pad(pads, mode, value, rng):
     )
     graph = import_model(model)
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.data_movement", n_configs=2)
+
+
+@pytest.mark.parametrize(
+    ("mode", "coordinates", "nearest", "scales", "out_hw"),
+    [
+        ("nearest", "asymmetric", "floor", [1, 1, 2, 2], (12, 14)),  # torch's F.interpolate(nearest)
+        ("nearest", "half_pixel", "round_prefer_floor", None, (9, 5)),  # sizes, downsampling
+        ("linear", "half_pixel", None, [1, 1, 2, 2], (12, 14)),
+        ("linear", "pytorch_half_pixel", None, None, (17, 3)),
+        ("linear", "align_corners", None, None, (11, 20)),
+    ],
+)
+def test_resize(mode, coordinates, nearest, scales, out_hw):
+    attrs = {"mode": mode, "coordinate_transformation_mode": coordinates}
+    if nearest:
+        attrs["nearest_mode"] = nearest
+    out_shape = [2, 3, *out_hw]
+    if scales is not None:
+        inits = [const("roi", np.array([], np.float32)), const("scales", np.array(scales, np.float32))]
+        names = ["x", "roi", "scales"]
+    else:
+        inits = [const("sizes", np.array(out_shape, np.int64))]
+        names = ["x", "", "", "sizes"]
+    node = helper.make_node("Resize", names, ["y"], **attrs)
+    graph = import_model(make_model([node], [tensor("x", [2, 3, 6, 7])], [tensor("y", out_shape)], inits))
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.resize", n_configs=2)

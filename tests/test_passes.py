@@ -210,3 +210,19 @@ def test_einsum_of_a_batched_matrix_product_becomes_matmul(equation, rng):
     out = canonicalize(graph)
     assert [n.op for n in out.nodes][-1] == "MatMul" and "Einsum" not in out.summary()
     assert_same_function(graph, out, rng)
+
+
+@pytest.mark.parametrize("sizes", [None, [2, 4, 2]])
+def test_split_becomes_one_slice_per_output(sizes, rng):
+    inits = [] if sizes is None else [const("sizes", np.array(sizes))]
+    names = ["x"] + ([] if sizes is None else ["sizes"])
+    parts = sizes or [4, 4]
+    outputs = [f"y{i}" for i in range(len(parts))]
+    node = helper.make_node("Split", names, outputs, axis=1)
+    model = make_model(
+        [node], [tensor("x", [2, 8, 3, 3])], [tensor(o, [2, p, 3, 3]) for o, p in zip(outputs, parts)], inits
+    )
+    graph = import_model(model)
+    out = canonicalize(graph)
+    assert [n.op for n in out.nodes] == ["Slice"] * len(parts)
+    assert_same_function(graph, out, rng)

@@ -12,6 +12,7 @@ from woodpecker.kernels.generated.dense import HalideDense
 from woodpecker.kernels.generated.elementwise import HalideElementwise
 from woodpecker.kernels.generated.normalization import HalideNormalization
 from woodpecker.kernels.generated.pool import HalidePool
+from woodpecker.kernels.generated.resize import HalideResize
 from woodpecker.kernels.library.numpy import NumpyImplementation
 from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
 from woodpecker.kernels.library.openvino import OpenVinoImplementation
@@ -32,6 +33,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         HalideDataMovement(),
         HalideNormalization(),
         HalideBatchedMatmul(),
+        HalideResize(),
         OnnxRuntimeImplementation(),
         OpenVinoImplementation(),
         TorchImplementation(),

@@ -7,6 +7,8 @@
 - Einsum that is a batched matrix product (MaxViT's attention: `BGHID,BGHJD->BGHIJ`, and
   `BGHIJ,BGHJD->BGHID`) is a MatMul, after a Transpose of the last two axes when the contracted
   index is last in both operands.
+- Split is one Slice per output (ShuffleNet written with torch.split, or any model that splits
+  channels): each part then gets a generated copy kernel.
 - Gather of one constant index (a vision transformer picking q, k and v out of one projection)
   is a Slice of that index, then a Reshape that drops the axis (a view, no copy).
 """
@@ -27,6 +29,7 @@ def canonicalize(graph: Graph) -> Graph:
             or _gather_one(out, node)
             or _pad_by_nothing(out, node)
             or _einsum_matmul(out, node)
+            or _split(out, node)
             or [node]
         )
     out.nodes = nodes
@@ -145,3 +148,18 @@ def _einsum_matmul(graph: Graph, node: Node) -> list[Node] | None:
             Node(node.name, "MatMul", (node.inputs[0], swapped), node.outputs),
         ]
     return None
+
+
+def _split(graph: Graph, node: Node) -> list[Node] | None:
+    if node.op != "Split" or node.inputs[0] in graph.constants:
+        return None
+    shape = graph.shape(node.inputs[0])
+    axis = node.attrs.get("axis", 0) % len(shape)
+    sizes = [graph.shape(name)[axis] for name in node.outputs]  # shape inference already knows each part
+    nodes, start = [], 0
+    for index, (name, size) in enumerate(zip(node.outputs, sizes)):
+        bounds = (("starts", start), ("ends", start + size), ("axes", axis))
+        constants = [_constant(graph, f"{name}__{b}", [v]) for b, v in bounds]
+        nodes.append(Node(f"{node.name}/{index}", "Slice", (node.inputs[0], *constants), (name,)))
+        start += size
+    return nodes

@@ -42,14 +42,30 @@ class HalideDense(GeneratedImplementation):
 
     def space(self, workload: Workload) -> ConfigSpace:
         n_out = workload.output_shape[-1]
+        rows = int(np.prod(workload.input_shape(0)[:-1]))
+
+        def valid(cfg: Config) -> bool:
+            return (
+                cfg["vec"] * cfg["tile_n"] <= max(n_out, cfg["vec"])
+                and cfg["tile_n"] * cfg["tile_m"] <= MAX_ACCUMULATORS
+                and cfg["tile_m"] <= rows
+            )
+
+        # Many rows (a linear layer over every pixel, ConvNeXt's MLP): a GEMM register tile of
+        # 6 rows x 2 vectors, threads over row tiles. Few rows (a classifier): threads over columns.
+        many = {"vec": max(vector_widths()), "tile_n": 2, "tile_m": 6, "unroll_k": 1, "parallel_rows": True}
+        few = {"vec": max(vector_widths()), "tile_n": 2, "tile_m": 1, "unroll_k": 1, "parallel_rows": False}
         return ConfigSpace(
             (
                 Knob("vec", vector_widths()),
                 Knob("tile_n", (1, 2, 4, 8)),
+                # Rows per register tile: each weight vector loaded once serves tile_m rows.
+                Knob("tile_m", (1, 2, 4, 6, 8)),
                 Knob("unroll_k", (1, 2, 4)),
                 Knob("parallel_rows", (False, True)),
             ),
-            lambda cfg: cfg["vec"] * cfg["tile_n"] <= max(n_out, cfg["vec"]) and cfg["tile_n"] <= MAX_ACCUMULATORS,
+            valid,
+            defaults=tuple(c for c in ((many, few) if rows >= 6 * 4 else (few,)) if valid(c)),
         )
 
     def define(self, workload: Workload, config: Config) -> Definition:
@@ -87,17 +103,19 @@ class HalideDense(GeneratedImplementation):
         out[j, m] = apply_activation(workload, total)
 
         # How to schedule it
-        jo, ji = hl.Var("jo"), hl.Var("ji")
+        jo, ji, mo, mi = hl.Var("jo"), hl.Var("ji"), hl.Var("mo"), hl.Var("mi")
         tile = vec * config["tile_n"] if n_out >= vec * config["tile_n"] else vec
-        out.split(j, jo, ji, tile).reorder(ji, jo, m)
-        acc.compute_at(out, jo)
+        tile_m = config.get("tile_m", 1)  # records from before the knob existed meant 1
+        out.split(j, jo, ji, tile).split(m, mo, mi, tile_m).reorder(ji, mi, jo, mo).unroll(mi)
+        acc.compute_at(out, jo).unroll(m)
+        acc.update().reorder(j, m, r.x).unroll(m)
         if vec > 1:
             out.vectorize(ji, vec)
-            acc.vectorize(j, vec).update().reorder(j, r.x, m).vectorize(j, vec).unroll(j)
+            acc.vectorize(j, vec).update().vectorize(j, vec).unroll(j)
         if config["unroll_k"] > 1 and k % config["unroll_k"] == 0:
             ro, ri = hl.RVar("ro"), hl.RVar("ri")
             acc.update().split(r.x, ro, ri, config["unroll_k"]).unroll(ri)
-        out.parallel(m if config["parallel_rows"] and rows > 1 else jo)
+        out.parallel(mo if config["parallel_rows"] and rows > 1 else jo)
 
         params = [a] + ([residual] if has_residual else []) + [w_param, b_param]
         return Definition(out, params, [weight, bias], flatten=2)
