@@ -53,7 +53,10 @@ class HalideDense(GeneratedImplementation):
 
         # Many rows (a linear layer over every pixel, ConvNeXt's MLP): a GEMM register tile of
         # 6 rows x 2 vectors, threads over row tiles. Few rows (a classifier): threads over columns.
+        # Weights larger than the input: each column panel of weights read once, all row tiles inside it.
+        weights_first = n_out * workload.input_shape(0)[-1] > rows * workload.input_shape(0)[-1]
         many = {"vec": max(vector_widths()), "tile_n": 2, "tile_m": 6, "unroll_k": 1, "parallel_rows": True}
+        many_weights_first = {**many, "parallel_rows": False}
         few = {"vec": max(vector_widths()), "tile_n": 2, "tile_m": 1, "unroll_k": 1, "parallel_rows": False}
         return ConfigSpace(
             (
@@ -62,10 +65,14 @@ class HalideDense(GeneratedImplementation):
                 # Rows per register tile: each weight vector loaded once serves tile_m rows.
                 Knob("tile_m", (1, 2, 4, 6, 8)),
                 Knob("unroll_k", (1, 2, 4)),
+                # True: threads over row tiles, each streaming all the weights; False: threads over
+                # column panels, each reading its panel of weights once for all rows.
                 Knob("parallel_rows", (False, True)),
             ),
             valid,
-            defaults=tuple(c for c in ((many, few) if rows >= 6 * 4 else (few,)) if valid(c)),
+            defaults=tuple(c for c in (many, many_weights_first, few) if valid(c) and (rows >= 24 or c is few))
+            if not weights_first
+            else tuple(c for c in (many_weights_first, many, few) if valid(c) and (rows >= 24 or c is few)),
         )
 
     def define(self, workload: Workload, config: Config) -> Definition:
@@ -106,8 +113,12 @@ class HalideDense(GeneratedImplementation):
         jo, ji, mo, mi = hl.Var("jo"), hl.Var("ji"), hl.Var("mo"), hl.Var("mi")
         tile = vec * config["tile_n"] if n_out >= vec * config["tile_n"] else vec
         tile_m = config.get("tile_m", 1)  # records from before the knob existed meant 1
-        out.split(j, jo, ji, tile).split(m, mo, mi, tile_m).reorder(ji, mi, jo, mo).unroll(mi)
-        acc.compute_at(out, jo).unroll(m)
+        out.split(j, jo, ji, tile).split(m, mo, mi, tile_m).unroll(mi)
+        if config["parallel_rows"]:
+            out.reorder(ji, mi, jo, mo)
+        else:
+            out.reorder(ji, mi, mo, jo)
+        acc.compute_at(out, jo if config["parallel_rows"] else mo).unroll(m)  # one register tile
         acc.update().reorder(j, m, r.x).unroll(m)
         if vec > 1:
             out.vectorize(ji, vec)
