@@ -66,22 +66,22 @@ def _gather_one(graph: Graph, node: Node) -> list[Node] | None:
     axis = node.attrs.get("axis", 0) % len(shape)
     start = int(index.ravel()[0]) % shape[axis]
     target = node.outputs[0]
-    bounds = [
-        _constant(graph, f"{target}__{n}", [v]) for n, v in (("starts", start), ("ends", start + 1), ("axes", axis))
-    ]
     if index.ndim == 1:  # the axis stays, with one entry
-        return [Node(node.name, "Slice", (node.inputs[0], *bounds), (target,))]
+        return [_slice(graph, node.name, node.inputs[0], target, start, start + 1, axis)]
     sliced = f"{target}__slice"
-    graph.values[sliced] = Value(
-        sliced, tuple(1 if a == axis else d for a, d in enumerate(shape)), graph.values[target].dtype
-    )
-    reshape = Node(
-        f"{node.name}/reshape",
-        "Reshape",
-        (sliced, _constant(graph, f"{target}__shape", graph.shape(target))),
-        (target,),
-    )
-    return [Node(node.name, "Slice", (node.inputs[0], *bounds), (sliced,)), reshape]
+    kept = tuple(1 if a == axis else d for a, d in enumerate(shape))
+    graph.values[sliced] = Value(sliced, kept, graph.values[target].dtype)
+    target_shape = _constant(graph, f"{target}__shape", graph.shape(target))
+    return [
+        _slice(graph, node.name, node.inputs[0], sliced, start, start + 1, axis),
+        Node(f"{node.name}/reshape", "Reshape", (sliced, target_shape), (target,)),
+    ]
+
+
+def _slice(graph: Graph, name: str, source: str, target: str, start: int, stop: int, axis: int) -> Node:
+    """A Slice node of [start, stop) along `axis`, its bounds added as constants."""
+    bounds = [_constant(graph, f"{target}__{b}", [v]) for b, v in (("starts", start), ("ends", stop), ("axes", axis))]
+    return Node(name, "Slice", (source, *bounds), (target,))
 
 
 def _constant(graph: Graph, name: str, values) -> str:
@@ -158,8 +158,6 @@ def _split(graph: Graph, node: Node) -> list[Node] | None:
     sizes = [graph.shape(name)[axis] for name in node.outputs]  # shape inference already knows each part
     nodes, start = [], 0
     for index, (name, size) in enumerate(zip(node.outputs, sizes)):
-        bounds = (("starts", start), ("ends", start + size), ("axes", axis))
-        constants = [_constant(graph, f"{name}__{b}", [v]) for b, v in bounds]
-        nodes.append(Node(f"{node.name}/{index}", "Slice", (node.inputs[0], *constants), (name,)))
+        nodes.append(_slice(graph, f"{node.name}/{index}", node.inputs[0], name, start, start + size, axis))
         start += size
     return nodes

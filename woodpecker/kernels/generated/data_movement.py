@@ -47,8 +47,11 @@ class HalideDataMovement(GeneratedImplementation):
         return True
 
     def space(self, workload: Workload) -> ConfigSpace:
-        if workload.blocked:
-            return ConfigSpace((Knob("unroll", (1, 2, 4)),), lambda cfg: cfg["unroll"] <= workload.output_shape[-1])
+        if workload.blocked:  # unrolled along W: the NCHW side's last axis
+            width = (
+                workload.input_shape(0)[-1] if workload.block(workload.node.inputs[0]) else workload.output_shape[-1]
+            )
+            return ConfigSpace((Knob("unroll", (1, 2, 4)),), lambda cfg: cfg["unroll"] <= width)
         inner = workload.output_shape[-1]
         knobs = (Knob("vec", (1, *vector_widths())), Knob("tile", (1, 4, 16)))
         moves_inner = self._moves_innermost(workload)
@@ -56,9 +59,7 @@ class HalideDataMovement(GeneratedImplementation):
 
     @staticmethod
     def _moves_innermost(workload: Workload) -> bool:
-        node = workload.node
-        rank = len(workload.output_shape)
-        return node.op == "Transpose" and list(node.attrs.get("perm", range(rank)[::-1]))[-1] != rank - 1
+        return workload.op == "Transpose" and _perm(workload)[-1] != len(workload.output_shape) - 1
 
     def define(self, workload: Workload, config: Config) -> Definition:
         if workload.blocked:
@@ -71,8 +72,7 @@ class HalideDataMovement(GeneratedImplementation):
         # The algorithm: which input coordinate each output element reads
         coords: list = [None] * rank
         if workload.op == "Transpose":
-            perm = list(workload.node.attrs.get("perm", range(rank)[::-1]))
-            for axis, source in enumerate(perm):  # output axis `axis` is input axis `source`
+            for axis, source in enumerate(_perm(workload)):  # output axis `axis` is input axis `source`
                 coords[rank - 1 - source] = out_vars[rank - 1 - axis]
         elif workload.op == "Slice":
             starts, steps = _slice_starts_steps(workload)
@@ -89,8 +89,7 @@ class HalideDataMovement(GeneratedImplementation):
         guard = hl.TailStrategy.GuardWithIf
         loops = list(out_vars)  # innermost first
         if config["tile"] > 1:  # the output axis contiguous in the input: a strip of it inside the row
-            perm = list(workload.node.attrs.get("perm", range(rank)[::-1]))
-            across, ao, ai = out_vars[rank - 1 - perm.index(rank - 1)], hl.Var("ao"), hl.Var("ai")
+            across, ao, ai = out_vars[rank - 1 - _perm(workload).index(rank - 1)], hl.Var("ao"), hl.Var("ai")
             out.split(across, ao, ai, config["tile"], guard)
             loops = [loops[0], ai, *[ao if v is across else v for v in loops[1:]]]
             out.reorder(*loops)
@@ -102,6 +101,11 @@ class HalideDataMovement(GeneratedImplementation):
         if outer is not None:
             out.parallel(outer)
         return Definition(out, [inp], [])
+
+
+def _perm(workload: Workload) -> list[int]:
+    """Transpose's permutation (ONNX's default reverses the axes)."""
+    return list(workload.node.attrs.get("perm", range(len(workload.output_shape))[::-1]))
 
 
 def _channels_move_whole(workload: Workload) -> bool:
