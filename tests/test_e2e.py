@@ -315,3 +315,23 @@ def test_a_node_may_read_one_value_twice(tmp_path, rng):
     x = rng.standard_normal((1, 16, 5, 6)).astype(np.float32)
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(plan.run({"x": x})["y"], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_whose_output_ignores_its_input_is_flagged(rng):
+    """A zero weight makes every output the bias: the check then compares constants and says so."""
+    from conftest import const, make_model, tensor
+    from onnx import helper
+
+    from woodpecker.plan.choice import Choice
+    from woodpecker.plan.verify import verify
+
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    inits = [const("w", np.zeros((4, 6), np.float32)), const("b", rng.standard_normal(4).astype(np.float32))]
+    model = make_model(nodes, [tensor("x", [2, 6])], [tensor("y", [2, 4])], inits)
+    graph = woodpecker.graph.onnx_import.import_model(model)
+    plan = Plan(graph, [Choice(graph.nodes[0].name, "numpy", {}, "library")])
+    check = verify(plan, model, None)
+    assert check.ok and not check.input_sensitive
+    inits[0] = const("w", rng.standard_normal((4, 6)).astype(np.float32))
+    model = make_model(nodes, [tensor("x", [2, 6])], [tensor("y", [2, 4])], inits)
+    assert verify(Plan(woodpecker.graph.onnx_import.import_model(model), plan.choices), model, None).input_sensitive

@@ -73,7 +73,11 @@ def optimize(
     check = verify(plan, proto, batch, seed=seed + 1234)
     if not check.ok:
         raise PlanError(f"the plan does not match ONNX Runtime: {check.describe()}; not saved")
-    plan.meta["verification"] = {"output_error": check.output_error, "difference_error": check.difference_error}
+    plan.meta["verification"] = {
+        "output_error": check.output_error,
+        "difference_error": check.difference_error,
+        "input_sensitive": check.input_sensitive,
+    }
     plan.meta["summary"]["optimize_seconds"] = round(time.perf_counter() - start, 1)
     return plan
 

@@ -21,6 +21,10 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
         raise WoodpeckerError(f"torchvision has no model '{name}' (try one of {', '.join(KNOWN_MODELS)})")
     torch.manual_seed(seed)
     model = getattr(torchvision.models, name)(weights=None).eval()
+    with torch.no_grad():  # a zero-initialized layer (ViT's classifier) would make every output 0
+        for parameter in model.parameters():
+            if parameter.dim() >= 2 and not parameter.any():
+                parameter.normal_(0.0, 0.02)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
