@@ -38,6 +38,14 @@ class Value:
         return (n, c // self.block, h, w, self.block)
 
 
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether an array of `shape` broadcasts (NumPy's rules) to exactly `target`."""
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Node:
     """One operation. `op` is the ONNX op type; fused epilogues live in `attrs`.

@@ -27,10 +27,9 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
     if node.op not in FUSABLE_OPS or not node.fused:
         return [helper.make_node(node.op, list(node.inputs), list(node.outputs), name=node.name, **attrs)]
     out = node.outputs[0]
-    main_inputs = {"Conv": node.inputs[:3], "Gemm": node.inputs[:3], "MatMul": node.inputs[:2]}.get(
-        node.op, node.inputs
+    main_inputs = list(
+        {"Conv": node.inputs[:3], "Gemm": node.inputs[:3], "MatMul": node.inputs[:2]}.get(node.op, node.inputs)
     )
-    main_inputs = list(main_inputs)
     protos = []
     if node.attrs.get("input_scale"):  # the input multiplied by its per-channel scale first
         scaled = f"{out}__scaled"

@@ -140,7 +140,7 @@ def _fold_known(proto: onnx.ModelProto) -> bool:
     arithmetic on values of known shape) by initializers. ONNX's shape inference stops at a Reshape
     whose target is computed, Shape -> Gather -> Div -> Cast -> Concat (ShuffleNet's channel
     shuffle); folding lets the next round see through it. Returns whether anything was folded."""
-    from onnx.reference import ReferenceEvaluator
+    from woodpecker.graph.passes.fold_constants import evaluate
 
     g = proto.graph
     known = {i.name: numpy_helper.to_array(i) for i in g.initializer}
@@ -168,10 +168,7 @@ def _fold_known(proto: onnx.ModelProto) -> bool:
                 ),
                 opset_imports=opsets,
             )
-            try:
-                results = ReferenceEvaluator(model).run(None, {n: known[n] for n in inputs})
-            except Exception as exc:
-                raise ModelError(f"node {node.name} ({node.op_type}): constant folding failed: {exc}") from None
+            results = evaluate(model, {n: known[n] for n in inputs}, f"{node.name} ({node.op_type})")
         else:
             kept.append(node)
             continue

@@ -97,6 +97,14 @@ def _pad_by_nothing(graph: Graph, node: Node) -> list[Node] | None:
     return [Node(node.name, "Identity", node.inputs[:1], node.outputs)]
 
 
+def pad_value(graph: Graph, node: Node) -> float | None:
+    """A constant-mode Pad's fill value, or None when it is not a plan-time constant."""
+    if len(node.inputs) > 2 and node.inputs[2]:
+        value = graph.constants.get(node.inputs[2])
+        return None if value is None else float(np.ravel(value)[0])
+    return float(node.attrs.get("value", 0.0))  # opset < 11: an attribute
+
+
 def pad_widths(graph: Graph, node: Node) -> list[int] | None:
     """A Pad's begin and end widths per axis (ONNX order) when they are plan-time constants; else None."""
     if node.op != "Pad":

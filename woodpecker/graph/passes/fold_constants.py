@@ -7,6 +7,7 @@ Identity/Transpose and the like become constants. Evaluation uses ONNX's referen
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx.reference import ReferenceEvaluator
 
 from woodpecker.errors import ModelError
@@ -29,10 +30,7 @@ def fold_constants(graph: Graph) -> Graph:
             kept.append(node)
             continue
         model = graph_to_onnx(out, [node], inputs=[], outputs=list(node.outputs))
-        try:
-            results = ReferenceEvaluator(model).run(None, {})
-        except Exception as exc:
-            raise ModelError(f"node {node.name} ({node.op}): constant folding failed: {exc}") from None
+        results = evaluate(model, {}, f"{node.name} ({node.op})")
         if sum(np.asarray(r).nbytes for r in results) > MAX_FOLDED_BYTES:
             kept.append(node)
             continue
@@ -42,6 +40,14 @@ def fold_constants(graph: Graph) -> Graph:
             out.values[name] = Value(name, tuple(array.shape), array.dtype.name)
     out.nodes = kept
     return out
+
+
+def evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray], node: str) -> list:
+    """`model`'s outputs by ONNX's reference runtime; a failure names `node` in a ModelError."""
+    try:
+        return ReferenceEvaluator(model).run(None, feeds)
+    except Exception as exc:
+        raise ModelError(f"node {node}: constant folding failed: {exc}") from None
 
 
 def _foldable(graph: Graph, node) -> bool:

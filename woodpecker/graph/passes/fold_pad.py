@@ -8,7 +8,7 @@ Pad's extra pass over memory disappears.
 from __future__ import annotations
 
 from woodpecker.graph.ir import Graph
-from woodpecker.graph.passes.canonicalize import pad_widths
+from woodpecker.graph.passes.canonicalize import pad_value, pad_widths
 
 
 def fold_pad(graph: Graph) -> Graph:
@@ -20,7 +20,7 @@ def fold_pad(graph: Graph) -> Graph:
         widths = pad_widths(out, pad) if pad is not None else None
         if widths is None or len(widths) != 8 or min(widths) < 0 or widths[:2] != [0, 0] or widths[4:6] != [0, 0]:
             continue
-        if pad.attrs.get("mode", "constant") != "constant" or not _pads_with_zero(out, pad):
+        if pad.attrs.get("mode", "constant") != "constant" or pad_value(out, pad) != 0.0:
             continue
         if len(consumers[pad.outputs[0]]) != 1 or pad.outputs[0] in out.outputs:
             continue
@@ -31,10 +31,3 @@ def fold_pad(graph: Graph) -> Graph:
         pads = [pads[0] + top, pads[1] + left, pads[2] + bottom, pads[3] + right]
         out.nodes[index] = conv.replace(inputs=(pad.inputs[0], *conv.inputs[1:]), attrs={**conv.attrs, "pads": pads})
     return out  # the Pad, now unread, is left to eliminate_dead
-
-
-def _pads_with_zero(graph: Graph, pad) -> bool:
-    if len(pad.inputs) > 2 and pad.inputs[2]:
-        value = graph.constants.get(pad.inputs[2])
-        return value is not None and float(value.ravel()[0]) == 0.0
-    return float(pad.attrs.get("value", 0.0)) == 0.0

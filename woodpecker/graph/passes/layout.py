@@ -24,15 +24,14 @@ neither b nor b/2 divides, stay plain.
 
 from __future__ import annotations
 
-import numpy as np
-
-from woodpecker.graph.ir import Graph, Node, Value
+from woodpecker.graph.ir import Graph, Node, Value, broadcasts_to
 
 ELEMENTWISE_OPS = (
     *("Add", "Sub", "Mul", "Div", "Max", "Min"),
     *("Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Exp", "Neg", "Abs"),
 )
 CHANNELWISE_OPS = ("Add", "Sub", "Mul", "Div")
+TO_CHANNEL_LAST, TO_CHANNEL_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]  # Transposes that move whole channel vectors
 FOLLOW_INPUT_OPS = ("MaxPool", "AveragePool", "BatchNormalization")
 GLOBAL_POOL_OPS = ("GlobalAveragePool", "GlobalMaxPool")
 
@@ -82,9 +81,9 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
         return current, 0
     if node.op == "Transpose" and len(values[0].shape) == 4:
         perm = list(node.attrs.get("perm", ()))
-        if perm == [0, 2, 3, 1]:  # to channel-last: reads blocked as it comes, writes plain
+        if perm == TO_CHANNEL_LAST:  # reads blocked as it comes, writes plain
             return current, 0
-        if perm == [0, 3, 1, 2]:  # to channel-first: reads plain, writes blocked
+        if perm == TO_CHANNEL_FIRST:  # reads plain, writes blocked
             return plain, block_of(outputs[0], block)
     out_block = block_of(outputs[0], block) if len(outputs) == 1 else 0
     if not out_block:
@@ -152,10 +151,7 @@ def channelwise_input(graph: Graph, node: Node) -> int | None:
 
 def is_per_channel(shape: tuple[int, ...], channels: int) -> bool:
     """Whether an array of this shape broadcasts to one value per channel of an NCHW tensor."""
-    try:
-        return np.broadcast_shapes(shape, (1, channels, 1, 1)) == (1, channels, 1, 1)
-    except ValueError:
-        return False
+    return broadcasts_to(shape, (1, channels, 1, 1))
 
 
 def _plain_outputs(graph: Graph) -> Graph:

@@ -64,14 +64,16 @@ class HalideConv2dBlocked(GeneratedImplementation):
         ):
             return False
         block, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
-        residual_ok = not node.attrs.get("residual") or workload.block(node.inputs[3]) == block
-        residual_ok = residual_ok and (not node.attrs.get("input_scale") or workload.block(node.inputs[4]) == in_block)
+        # A fused residual is stored like the output, a fused input scale like the input.
+        fused_ok = (not node.attrs.get("residual") or workload.block(node.inputs[3]) == block) and (
+            not node.attrs.get("input_scale") or workload.block(node.inputs[4]) == in_block
+        )
         p = conv_params(workload)
         if _depthwise(p):
-            return block > 0 and in_block == block and residual_ok
+            return block > 0 and in_block == block and fused_ok
         if p["groups"] > 1:
-            return block > 0 and in_block > 0 and residual_ok and bool(_span(p, in_block, block))
-        return block > 0 and residual_ok  # any input block: `inner` adapts
+            return block > 0 and in_block > 0 and fused_ok and bool(_span(p, in_block, block))
+        return block > 0 and fused_ok  # any input block: `inner` adapts
 
     def space(self, workload: Workload) -> ConfigSpace:
         p = conv_params(workload)

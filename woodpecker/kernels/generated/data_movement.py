@@ -14,7 +14,8 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
-from woodpecker.graph.passes.canonicalize import pad_widths
+from woodpecker.graph.passes.canonicalize import pad_value, pad_widths
+from woodpecker.graph.passes.layout import TO_CHANNEL_FIRST, TO_CHANNEL_LAST
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
@@ -22,7 +23,6 @@ from woodpecker.search.space import Config, ConfigSpace, Knob
 
 MAX_RANK = 6
 PAD_MODES = ("constant", "edge", "reflect")
-TO_CHANNEL_LAST, TO_CHANNEL_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
 
 
 class HalideDataMovement(GeneratedImplementation):
@@ -39,7 +39,7 @@ class HalideDataMovement(GeneratedImplementation):
         if node.op == "Slice":  # opset 10+: bounds are (constant) inputs
             return len(node.inputs) >= 3 and all(n in workload.constants for n in node.inputs[1:] if n)
         if node.op == "Pad":
-            value_ok = len(node.inputs) < 3 or not node.inputs[2] or node.inputs[2] in workload.constants
+            value_ok = pad_value(workload.as_graph(), node) is not None
             widths = pad_widths(workload.as_graph(), node)
             return (
                 value_ok and widths is not None and min(widths) >= 0 and node.attrs.get("mode", "constant") in PAD_MODES
@@ -113,7 +113,7 @@ def _channels_move_whole(workload: Workload) -> bool:
     blocks in, which on blocked values move whole vectors of channels."""
     node = workload.node
     in_block, out_block = workload.block(node.inputs[0]), workload.block(node.outputs[0])
-    perm = list(node.attrs.get("perm", ()))
+    perm = _perm(workload)
     return (perm == TO_CHANNEL_LAST and in_block and not out_block) or (
         perm == TO_CHANNEL_FIRST and out_block and not in_block
     )
@@ -149,11 +149,7 @@ def _padded(workload: Workload, inp: hl.ImageParam) -> hl.Func:
         return hl.BoundaryConditions.repeat_edge(inp, bounds)
     if mode == "reflect":
         return hl.BoundaryConditions.mirror_interior(inp, bounds)
-    value = 0.0
-    if len(node.inputs) > 2 and node.inputs[2]:
-        value = float(np.ravel(workload.constants[node.inputs[2]])[0])
-    elif "value" in node.attrs:  # opset < 11
-        value = float(node.attrs["value"])
+    value = pad_value(workload.as_graph(), node)
     return hl.BoundaryConditions.constant_exterior(inp, hl.f32(value), bounds)
 
 

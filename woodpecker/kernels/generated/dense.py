@@ -53,11 +53,12 @@ class HalideDense(GeneratedImplementation):
 
         # Many rows (a linear layer over every pixel, ConvNeXt's MLP): a GEMM register tile of
         # 6 rows x 2 vectors, threads over row tiles. Few rows (a classifier): threads over columns.
-        # Weights larger than the input: each column panel of weights read once, all row tiles inside it.
-        weights_first = n_out * workload.input_shape(0)[-1] > rows * workload.input_shape(0)[-1]
+        # Weights larger than the input (more columns than rows): first each column panel of weights
+        # read once, all row tiles inside it.
         many = {"vec": max(vector_widths()), "tile_n": 2, "tile_m": 6, "unroll_k": 1, "parallel_rows": True}
         many_weights_first = {**many, "parallel_rows": False}
         few = {"vec": max(vector_widths()), "tile_n": 2, "tile_m": 1, "unroll_k": 1, "parallel_rows": False}
+        starts = (many_weights_first, many, few) if n_out > rows else (many, many_weights_first, few)
         return ConfigSpace(
             (
                 Knob("vec", vector_widths()),
@@ -70,9 +71,7 @@ class HalideDense(GeneratedImplementation):
                 Knob("parallel_rows", (False, True)),
             ),
             valid,
-            defaults=tuple(c for c in (many, many_weights_first, few) if valid(c) and (rows >= 24 or c is few))
-            if not weights_first
-            else tuple(c for c in (many_weights_first, many, few) if valid(c) and (rows >= 24 or c is few)),
+            defaults=tuple(c for c in starts if valid(c) and (rows >= 24 or c is few)),
         )
 
     def define(self, workload: Workload, config: Config) -> Definition:

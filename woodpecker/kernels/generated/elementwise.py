@@ -7,6 +7,7 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
+from woodpecker.graph.ir import broadcasts_to
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
@@ -51,7 +52,7 @@ class HalideElementwise(GeneratedImplementation):
                 else workload.shape(n) == workload.output_shape
                 for n in node.inputs
             )
-        return all(_broadcasts(workload.shape(n), workload.output_shape) for n in node.inputs)
+        return all(broadcasts_to(workload.shape(n), workload.output_shape) for n in node.inputs)
 
     def space(self, workload: Workload) -> ConfigSpace:
         size = int(workload.values[workload.node.outputs[0]].size)
@@ -106,10 +107,3 @@ class HalideElementwise(GeneratedImplementation):
             out.parallel(next((v for d, v in reversed(list(enumerate(dims))) if out_shape[-1 - d] > 1), dims[-1]))
         out.vectorize(inner, config["vec"], guard)
         return Definition(out, params, constants, flatten=1 if flat else 0)
-
-
-def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    try:
-        return np.broadcast_shapes(shape, target) == target
-    except ValueError:
-        return False
