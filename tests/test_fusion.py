@@ -2,6 +2,8 @@
 scaling, standalone BatchNormalization): each fusion against the unfused graph, each kernel against
 ONNX Runtime, and a small SE network optimized end to end with no fallback and no conversion."""
 
+import math
+
 import numpy as np
 import pytest
 from conftest import const, make_model, tensor
@@ -14,6 +16,7 @@ from woodpecker import api
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import fuse_epilogue, optimize_graph
 from woodpecker.graph.passes.layout import block_layout
+from woodpecker.kernels import registry
 from woodpecker.kernels.generated.common import native_vector_width
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.verify import random_feeds
@@ -253,3 +256,105 @@ def test_squeeze_and_excitation_scale_folds_into_the_next_conv(impl, groups, swa
         assert_library_kernel(workload, impl, tolerance=1e-4)
     else:
         assert_kernel_family(workload, impl, n_configs=2)
+
+
+POOL_CASES = {
+    # name: (conv kernel, conv stride, conv pad, pool op, pool attributes, input size)
+    "resnet_stem": (3, 2, 1, "MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, 23),
+    "vgg": (3, 1, 1, "MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, 14),
+    "ceil_mode": (3, 1, 0, "MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, 14),
+    "densenet_transition": (1, 1, 0, "AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}, 12),
+}
+
+
+def conv_pool_model(rng, case, c_in=16, c_out=32, extra_reader=False):
+    k, stride, pad, op, attrs, size = POOL_CASES[case]
+    weight = rng.standard_normal((c_out, c_in, k, k)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node(op, ["r"], ["y"], **attrs),
+    ]
+    conv_size = (size + 2 * pad - k) // stride + 1
+    pool_k, pool_stride, pool_pad = attrs["kernel_shape"][0], attrs["strides"][0], attrs.get("pads", [0])[0]
+    rounding = math.ceil if attrs.get("ceil_mode") else math.floor
+    pool_size = rounding((conv_size + 2 * pool_pad - pool_k) / pool_stride) + 1
+    outputs = [tensor("y", [2, c_out, pool_size, pool_size])]
+    if extra_reader:
+        outputs.append(tensor("r", [2, c_out, conv_size, conv_size]))
+    model = make_model(nodes, [tensor("x", [2, c_in, size, size])], outputs, [const("w", weight), const("b", bias)])
+    return import_model(model)
+
+
+@pytest.mark.parametrize("case", sorted(POOL_CASES))
+def test_pooling_fuses_into_the_conv(case, rng):
+    graph = conv_pool_model(rng, case)
+    fused = optimize_graph(graph)
+    assert [n.op for n in fused.nodes] == ["Conv"]
+    assert fused.nodes[0].fused == ["Relu", POOL_CASES[case][3]]
+    assert_same_function(graph, fused, rng)
+    # The blocked kernel, by strips of rows and whole (both are in its space: the search decides).
+    blocks = {"y": 16} if case == "resnet_stem" else {"x": 16, "y": 16}  # the stem reads plain NCHW
+    workload = with_blocks(Workload.of(fused, fused.nodes[0]), blocks)
+    configs = [
+        {**config, "pool_rows": rows}
+        for config in registry.get("halide.conv2d_blocked").space(workload).defaults[:1]
+        for rows in (0, 1, 4)
+    ]
+    assert_kernel_family(workload, "halide.conv2d_blocked", configs=configs)
+    assert_library_kernel(workload, "openvino", tolerance=1e-4)
+    assert not registry.get("torch").matches(workload) and not registry.get("halide.conv2d").matches(workload)
+
+
+def test_pooling_stays_apart_when_the_conv_output_has_another_reader(rng):
+    graph = optimize_graph(conv_pool_model(rng, "vgg", extra_reader=True))
+    assert sorted(graph.summary()) == ["Conv", "MaxPool"]
+
+
+def depthwise_pointwise_model(rng, stride=1, activation="Clip", residual=False, channels=32, c_out=16, size=9):
+    """MobileNetV2's block end: depthwise 3x3 (+ReLU6) -> 1x1 projection (+ the block's input)."""
+    dw = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32)
+    pw = rng.standard_normal((c_out, channels, 1, 1)).astype(np.float32)
+    inits = [const("dw", dw), const("dwb", rng.standard_normal(channels).astype(np.float32)), const("pw", pw)]
+    inits += [const("lo", np.float32(0.0)), const("hi", np.float32(6.0))]
+    act_inputs = ["d", "lo", "hi"] if activation == "Clip" else ["d"]
+    nodes = [
+        helper.make_node("Conv", ["x", "dw", "dwb"], ["d"], pads=[1, 1, 1, 1], strides=[stride] * 2, group=channels),
+        helper.make_node(activation, act_inputs, ["a"]),
+        helper.make_node("Conv", ["a", "pw"], ["p"]),
+    ]
+    out = (size - 1) // stride + 1
+    inputs = [tensor("x", [2, channels, size, size])]
+    if residual:
+        inputs.append(tensor("r", [2, c_out, out, out]))
+        nodes.append(helper.make_node("Add", ["p", "r"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["p"], ["y"]))
+    return import_model(make_model(nodes, inputs, [tensor("y", [2, c_out, out, out])], inits))
+
+
+@pytest.mark.parametrize(
+    ("stride", "activation", "residual"), [(1, "Clip", True), (2, "Clip", False), (1, "Relu", False)]
+)
+def test_depthwise_conv_fuses_into_the_pointwise_conv(stride, activation, residual, rng):
+    graph = depthwise_pointwise_model(rng, stride, activation, residual)
+    fused = optimize_graph(graph)
+    assert [n.op for n in fused.nodes] == ["Conv"]
+    assert fused.nodes[0].fused == ["Conv(depthwise)", activation] + (["Add"] if residual else [])
+    assert_same_function(graph, fused, rng)
+    workload = with_blocks(Workload.of(fused, fused.nodes[0]), {"x": 16, "r": 16, "y": 16})
+    configs = [
+        {**config, "depthwise_at": at}
+        for config in registry.get("halide.conv2d_blocked").space(workload).defaults[:1]
+        for at in ("rows", "root")
+    ]
+    assert_kernel_family(workload, "halide.conv2d_blocked", configs=configs)
+    assert_library_kernel(workload, "openvino", tolerance=1e-4)
+    assert not registry.get("torch").matches(workload) and not registry.get("halide.conv2d").matches(workload)
+
+
+def test_depthwise_conv_with_another_reader_stays_apart(rng):
+    graph = depthwise_pointwise_model(rng)
+    graph.outputs.append("a")  # the activated depthwise output is read besides the 1x1 convolution
+    assert [n.op for n in optimize_graph(graph).nodes] == ["Conv", "Conv"]

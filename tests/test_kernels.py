@@ -22,13 +22,15 @@ def single_workload(nodes, inputs, outputs, inits):
     return Workload.of(graph, graph.nodes[0])
 
 
-def assert_kernel_family(workload, impl_name, n_configs=3):
+def assert_kernel_family(workload, impl_name, n_configs=3, configs=None):
+    """`n_configs` random configurations of the family (or the `configs` given) against ONNX Runtime."""
     impl = registry.get(impl_name)
     assert impl.matches(workload)
     inputs = random_inputs(workload, seed=np.random.default_rng().integers(1 << 30))
     reference = empty_outputs(workload)
     OnnxRuntimeImplementation().build(workload, {})(inputs, reference)
-    configs = impl.space(workload).sample(n_configs, seed=int(np.random.default_rng().integers(1 << 30)))
+    if configs is None:
+        configs = impl.space(workload).sample(n_configs, seed=int(np.random.default_rng().integers(1 << 30)))
     assert configs, "empty configuration space"
     for config in configs:
         error = check(impl.build(workload, config), inputs, reference)

@@ -52,7 +52,10 @@ class Node:
 
     Fused conv/gemm nodes carry `activation` (a name from `ops.activations`, with its parameters)
     and, for a fused residual add, a fourth input after X, W, B; a Conv whose input was scaled per
-    channel (`input_scale`) reads the scale as its fifth.
+    channel (`input_scale`) reads the scale as its fifth. A Conv may end with a pooling layer
+    (`pool`: the pool's op and ONNX attributes), applied after the activation, and a 1x1 Conv
+    may start with a depthwise one (`depthwise`: its attributes and activation; its weights and
+    bias are its sixth and seventh inputs).
     """
 
     name: str
@@ -68,15 +71,22 @@ class Node:
     def fused(self) -> list[str]:
         """The epilogue operations folded into this node, in order."""
         parts = ["Mul"] if self.attrs.get("input_scale") else []  # a scale of the input, before the op
+        if self.attrs.get("depthwise"):  # a depthwise Conv (and its activation) before the op
+            parts += ["Conv(depthwise)", *self._activation(self.attrs["depthwise"])]
         if self.attrs.get("bias_folded"):
             parts.append("BatchNormalization")
         if self.attrs.get("bias_fused"):
             parts.append("Add")
         if self.attrs.get("residual"):
             parts.append("Add")
-        if self.attrs.get("activation"):
-            parts.append(activations.DISPLAY[self.attrs["activation"]])
+        parts += self._activation(self.attrs)
+        if self.attrs.get("pool"):
+            parts.append(self.attrs["pool"]["op"])
         return parts
+
+    @staticmethod
+    def _activation(attrs: dict[str, Any]) -> list[str]:
+        return [activations.DISPLAY[attrs["activation"]]] if attrs.get("activation") else []
 
 
 @dataclass

@@ -31,6 +31,15 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
         {"Conv": node.inputs[:3], "Gemm": node.inputs[:3], "MatMul": node.inputs[:2]}.get(node.op, node.inputs)
     )
     protos = []
+    if node.attrs.get("depthwise"):  # a depthwise Conv and its activation first
+        stage = node.attrs["depthwise"]
+        conv_attrs = {k: v for k, v in stage.items() if k not in activations.PARAMETERS}
+        dw_inputs = [node.inputs[0], node.inputs[5]] + ([node.inputs[6]] if node.inputs[6] else [])
+        protos.append(helper.make_node("Conv", dw_inputs, [f"{out}__dw"], name=f"{node.name}/depthwise", **conv_attrs))
+        main_inputs[0] = f"{out}__dw"
+        if stage.get("activation"):
+            protos += activations.onnx_nodes(stage, f"{out}__dw", f"{out}__dw_act", f"{node.name}/depthwise")
+            main_inputs[0] = f"{out}__dw_act"
     if node.attrs.get("input_scale"):  # the input multiplied by its per-channel scale first
         scaled = f"{out}__scaled"
         protos.append(helper.make_node("Mul", [node.inputs[0], node.inputs[4]], [scaled], name=f"{node.name}/scale"))
@@ -45,11 +54,15 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
         current = f"{out}__add"
     if node.attrs.get("activation"):
         protos += activations.onnx_nodes(node.attrs, current, f"{out}__act", node.name)
+        current = f"{out}__act"
+    if node.attrs.get("pool"):
+        pool = dict(node.attrs["pool"])
+        protos.append(helper.make_node(pool.pop("op"), [current], [f"{out}__pool"], name=f"{node.name}/pool", **pool))
     protos[-1].output[0] = out
     return protos
 
 
-_WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded", "bias_fused", "input_scale"}
+_WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded", "bias_fused", "input_scale", "pool", "depthwise"}
 
 
 def graph_to_onnx(

@@ -112,8 +112,10 @@ class Workload:
         """Multiply-adds counted as two flops; used to report GFLOPS."""
         out = int(np.prod(self.output_shape))
         if self.op == "Conv":
-            w = self.input_shape(1)
-            return 2.0 * out * int(np.prod(w[1:]))
+            from woodpecker.kernels.generated.conv2d import conv_params  # the output before a fused pool
+
+            p = conv_params(self)
+            return 2.0 * p["n"] * p["c_out"] * p["h_out"] * p["w_out"] * int(np.prod(self.input_shape(1)[1:]))
         if self.op in ("Gemm", "MatMul"):
             return 2.0 * out * self.input_shape(0)[-1]
         return float(out)

@@ -10,8 +10,10 @@ from woodpecker.graph.passes.eliminate_dead import eliminate_dead
 from woodpecker.graph.passes.fold_batchnorm import fold_batchnorm
 from woodpecker.graph.passes.fold_constants import fold_constants
 from woodpecker.graph.passes.fold_pad import fold_pad
+from woodpecker.graph.passes.fuse_depthwise import fuse_depthwise
 from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
 from woodpecker.graph.passes.fuse_input_scale import fuse_input_scale
+from woodpecker.graph.passes.fuse_pool import fuse_pool
 from woodpecker.graph.passes.remove_identity import remove_identity
 
 Pass = Callable[[Graph], Graph]
@@ -24,6 +26,8 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_batchnorm,
     fuse_epilogue,
     fuse_input_scale,
+    fuse_pool,
+    fuse_depthwise,
     eliminate_dead,
 )
 
@@ -41,8 +45,10 @@ __all__ = [
     "fold_batchnorm",
     "fold_constants",
     "fold_pad",
+    "fuse_depthwise",
     "fuse_epilogue",
     "fuse_input_scale",
+    "fuse_pool",
     "optimize_graph",
     "remove_identity",
 ]

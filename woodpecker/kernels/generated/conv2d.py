@@ -24,12 +24,16 @@ from woodpecker.search.space import Config, ConfigSpace, Knob
 
 
 def conv_params(workload: Workload) -> dict:
-    """Normalized Conv attributes and shapes (2-D only)."""
+    """Normalized Conv attributes and shapes (2-D only). h, w are the input's after a fused depthwise
+    Conv (graph/passes/fuse_depthwise.py), h_out, w_out the output's before a fused pool (fuse_pool.py)."""
     n, c_in, h, w = workload.input_shape(0)
     c_out, c_in_group, kh, kw = workload.input_shape(1)
-    _, _, h_out, w_out = workload.output_shape
     attrs = workload.node.attrs
+    if attrs.get("depthwise"):
+        h, w = conv_output_size(h, w, workload.input_shape(5)[2:], attrs["depthwise"])
     pads = attrs.get("pads", [0, 0, 0, 0])
+    strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    h_out, w_out = conv_output_size(h, w, (kh, kw), attrs)
     return dict(
         n=n,
         c_in=c_in,
@@ -42,10 +46,20 @@ def conv_params(workload: Workload) -> dict:
         h_out=h_out,
         w_out=w_out,
         groups=attrs.get("group", 1),
-        strides=attrs.get("strides", [1, 1]),
-        dilations=attrs.get("dilations", [1, 1]),
+        strides=strides,
+        dilations=dilations,
         pad_top=pads[0],
         pad_left=pads[1],
+    )
+
+
+def conv_output_size(h: int, w: int, kernel: tuple[int, int], attrs: dict) -> tuple[int, int]:
+    """Output height and width of a 2-D Conv with these ONNX attributes."""
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    return tuple(
+        (size + pads[i] + pads[i + 2] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1
+        for i, size in enumerate((h, w))
     )
 
 
@@ -80,6 +94,8 @@ class HalideConv2d(GeneratedImplementation):
             and workload.node.inputs[1] in workload.constants
             and workload.node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
             and (not workload.has_input(2) or workload.node.inputs[2] in workload.constants)
+            and not workload.node.attrs.get("pool")  # fused pool or depthwise: halide.conv2d_blocked computes those
+            and not workload.node.attrs.get("depthwise")
         )
 
     def space(self, workload: Workload) -> ConfigSpace:

@@ -30,7 +30,10 @@ from woodpecker.kernels.generated.common import (
 )
 from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops import activations
 from woodpecker.search.space import Config, ConfigSpace, Knob
+
+DEPTHWISE_TILE = 8  # pixels of a fused depthwise stage computed together (one vector each)
 
 
 def _depthwise(p: dict) -> bool:
@@ -69,6 +72,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
             not node.attrs.get("input_scale") or workload.block(node.inputs[4]) == in_block
         )
         p = conv_params(workload)
+        if node.attrs.get("depthwise"):  # the fused depthwise stage reads and writes input blocks
+            return block > 0 and in_block > 0 and fused_ok and p["groups"] == 1
         if _depthwise(p):
             return block > 0 and in_block == block and fused_ok
         if p["groups"] > 1:
@@ -82,10 +87,22 @@ class HalideConv2dBlocked(GeneratedImplementation):
         depthwise = _depthwise(p)
         widen = _can_widen(workload, p)
 
+        pooled, staged = workload.node.attrs.get("pool"), workload.node.attrs.get("depthwise")
+
         def valid(cfg: Config) -> bool:
             # tile_k counts vectors: blocks, or pairs of blocks when wide (the last pair may be half padding)
             vectors_ok = cfg["tile_k"] <= (blocks + 1) // 2 if cfg.get("wide") else blocks % cfg["tile_k"] == 0
-            return vectors_ok and cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS and cfg["tile_x"] <= p["w_out"]
+            # Fused stages computed by rows parallelize over rows (the `parallel` knob is moot).
+            rows_ok = not cfg.get("pool_rows") or (
+                cfg["parallel"] == "y" and cfg["pool_rows"] <= workload.output_shape[2]
+            )
+            rows_ok = rows_ok and (cfg.get("depthwise_at") != "rows" or cfg["parallel"] == "y")
+            return (
+                vectors_ok
+                and rows_ok
+                and cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS
+                and cfg["tile_x"] <= p["w_out"]
+            )
 
         tile_x = 7 if p["w_out"] % 7 == 0 and p["w_out"] % 8 != 0 else 8
         start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "batch_inner": p["n"] > 1}
@@ -109,9 +126,18 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 # Images inside the channel-block loop: a block's weights are read once for the whole batch.
                 Knob("batch_inner", (False, True) if p["n"] > 1 else (False,)),
                 *([Knob("wide", (False, True))] if widen else []),
+                *([Knob("pool_rows", (0, 1, 2, 4, 8))] if pooled else []),
+                *([Knob("depthwise_at", ("rows", "root"))] if staged else []),
             ),
             valid,
-            defaults=_starting_points(start, starts, p["w_out"], [True, False] if widen else [None], valid),
+            defaults=_starting_points(
+                start,
+                starts,
+                p["w_out"],
+                [True, False] if widen else [None],
+                _stage_starts(pooled, staged),
+                valid,
+            ),
         )
 
     def define(self, workload: Workload, config: Config) -> Definition:
@@ -161,6 +187,14 @@ class HalideConv2dBlocked(GeneratedImplementation):
             scaled = hl.Func("scaled")
             scaled[dims] = inp[dims] * scale[[c, 0, 0, k, n] if in_block else [0, 0, c, n]]
             source = scaled
+        stage = node.attrs.get("depthwise")
+        if stage:  # the depthwise Conv whose output this 1x1 convolution reads (fuse_depthwise.py)
+            dw_weight, dw_bias = _depthwise_constants(workload, in_block)
+            dw_w_param, dw_b_param = (
+                hl.ImageParam(hl.Float(32), 4, "dw_weight"),
+                hl.ImageParam(hl.Float(32), 1, "dw_bias"),
+            )
+            source, dw_acc = _depthwise_stage(inp, stage, dw_w_param, dw_b_param, workload, in_block)
         if padded:
             bounds = [hl.Range(0, in_block), *spatial] if in_block else spatial
             source = hl.BoundaryConditions.constant_exterior(source, 0.0, bounds)
@@ -193,6 +227,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
         total = result + residual[c, x, y, k, n] if has_residual else result
         out = hl.Func("conv")
         out[c, x, y, k, n] = apply_activation(workload, total)
+        pool, pool_rows = node.attrs.get("pool"), config.get("pool_rows", 0)
+        pooled = _pool_stage(out, pool, p, c, x, y, k, n) if pool else None
 
         # How to schedule it: vectors of b output channels, a tile_x x tile_k register tile
         out.bound(c, 0, b)
@@ -204,7 +240,10 @@ class HalideConv2dBlocked(GeneratedImplementation):
         else:
             out.split(k, ko, ki, config["tile_k"])
         batch_inner = config.get("batch_inner", False)
+        dw_rows = config.get("depthwise_at") == "rows"
         outer = (y, n, ko) if batch_inner else (y, ko, n)
+        if dw_rows:  # rows outside the output blocks: a row of the depthwise output serves all of them
+            outer = (ko, y, n)
         out.reorder(c, xi, ki, xo, *outer).vectorize(c).unroll(xi).unroll(ki)
         acc.compute_at(out, xo).vectorize(c, lanes).unroll(x).unroll(k)
         if depthwise:
@@ -216,33 +255,124 @@ class HalideConv2dBlocked(GeneratedImplementation):
         acc.update().reorder(c, x, k, *reduction, y, n).vectorize(c, lanes).unroll(x).unroll(k)
         if config["unroll_kw"]:
             acc.update().unroll(rx)
-        if config["parallel"] == "yk":  # rows fused with the loop around them
+        if pool_rows:  # computed a strip of rows at a time, for the strip of pooled rows that reads it
+            yo, yi = hl.Var("yo"), hl.Var("yi")
+            pooled.bound(c, 0, b).vectorize(c).split(y, yo, yi, pool_rows).reorder(c, x, yi, k, yo, n).parallel(yo)
+            out.compute_at(pooled, yo)
+        elif config["parallel"] == "yk":  # rows fused with the loop around them
             out.fuse(y, outer[1], yk).parallel(yk)
         elif config["parallel"] == "k":  # each core streams its own weights once, rows reuse them from L2
             out.parallel(ko)
         else:
             out.parallel(y)
+        if pool and not pool_rows:  # whole, then pooled: the unfused graph's two passes in one call
+            out.compute_root()
+            pooled.bound(c, 0, b).vectorize(c).parallel(y)
+        if stage:
+            _schedule_depthwise(source, dw_acc, out, y, in_block, dw_rows)
         if padded and config["padding"] == "copy":
             copy.compute_root().parallel(y)
             if in_block:
                 copy.bound(c, 0, in_block).vectorize(c)
 
         params = [inp] + ([residual] if has_residual else []) + ([scale] if has_scale else []) + [w_param, b_param]
-        return Definition(out, params, [np.ascontiguousarray(blocked_weight), bias])
+        constants = [np.ascontiguousarray(blocked_weight), bias]
+        if stage:
+            params += [dw_w_param, dw_b_param]
+            constants += [dw_weight, dw_bias]
+        return Definition(pooled if pool else out, params, constants)
 
 
-def _starting_points(start: Config, starts: tuple, width: int, wides: list, valid) -> tuple[Config, ...]:
+def _stage_starts(pool: dict | None, depthwise: dict | None) -> list[Config]:
+    """Fused stages are tried both ways, fused by rows first: whether fusing pays is measured."""
+    if pool:
+        return [{"pool_rows": 4, "parallel": "y"}, {"pool_rows": 0}]
+    if depthwise:
+        return [{"depthwise_at": "rows", "parallel": "y"}, {"depthwise_at": "root"}]
+    return [{}]
+
+
+def _depthwise_constants(workload: Workload, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fused depthwise Conv's weights packed (C/b, KH, KW, b), and its bias (zeros if none)."""
+    weight = workload.constants[workload.node.inputs[5]].astype(np.float32)
+    channels, _, kh, kw = weight.shape
+    packed = np.ascontiguousarray(weight.reshape(channels // block, block, kh, kw).transpose(0, 2, 3, 1))
+    bias_name = workload.node.inputs[6]
+    bias = workload.constants[bias_name].astype(np.float32) if bias_name else np.zeros(channels, np.float32)
+    return packed, bias
+
+
+def _depthwise_stage(inp, stage: dict, weight, bias, workload: Workload, block: int) -> tuple[hl.Func, hl.Func]:
+    """The depthwise Conv plus its activation on the blocked input: (activated output, accumulator)."""
+    c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
+    _, _, h, w = workload.input_shape(0)
+    (kh, kw), (sy, sx) = workload.input_shape(5)[2:], stage.get("strides", [1, 1])
+    (dy, dx), (top, left) = stage.get("dilations", [1, 1]), stage.get("pads", [0, 0, 0, 0])[:2]
+    padded = hl.BoundaryConditions.constant_exterior(inp, 0.0, [hl.Range(0, block), hl.Range(0, w), hl.Range(0, h)])
+    r = hl.RDom([hl.Range(0, kw), hl.Range(0, kh)], "r_dw")
+    acc = hl.Func("depthwise")
+    acc[c, x, y, k, n] = bias[k * block + c]
+    acc[c, x, y, k, n] += weight[c, r.x, r.y, k] * padded[c, x * sx + r.x * dx - left, y * sy + r.y * dy - top, k, n]
+    activated = hl.Func("depthwise_act")
+    activated[c, x, y, k, n] = activations.halide(stage, acc[c, x, y, k, n])
+    return activated, acc
+
+
+def _schedule_depthwise(activated: hl.Func, acc: hl.Func, consumer: hl.Func, y: hl.Var, block: int, rows: bool):
+    """A row of the depthwise output per row of the consumer (`rows`), or all of it first, parallel
+    over blocks; either way DEPTHWISE_TILE pixels of one block accumulate in registers."""
+    c, x, _, k, _ = activated.args()
+    xo, xi = hl.Var("dw_xo"), hl.Var("dw_xi")
+    activated.vectorize(c, block).split(x, xo, xi, DEPTHWISE_TILE, hl.TailStrategy.GuardWithIf).unroll(xi)
+    if rows:
+        activated.compute_at(consumer, y)
+    else:
+        activated.compute_root().parallel(k)
+    acc_c, acc_x = acc.args()[:2]
+    acc.compute_at(activated, xo).vectorize(acc_c, block).unroll(acc_x)
+    acc.update().reorder(acc_c, acc_x).vectorize(acc_c, block).unroll(acc_x)
+
+
+def _pool_stage(conv: hl.Func, pool: dict, p: dict, c, x, y, k, n) -> hl.Func:
+    """A MaxPool or AveragePool (graph/passes/fuse_pool.py) over the convolution's blocked output.
+    Coordinates are clamped into the image: every window holds a pixel of it, so a repeated edge
+    pixel leaves a max unchanged (an average is only fused without padding or overhang)."""
+    (kh, kw), (sy, sx), (top, left) = pool["kernel_shape"], pool["strides"], pool["pads"][:2]
+    taps = [
+        conv[
+            c,
+            hl.clamp(x * sx + i - left, 0, p["w_out"] - 1),
+            hl.clamp(y * sy + j - top, 0, p["h_out"] - 1),
+            k,
+            n,
+        ]
+        for j in range(kh)
+        for i in range(kw)
+    ]
+    value = taps[0]
+    for tap in taps[1:]:
+        value = hl.max(value, tap) if pool["op"] == "MaxPool" else value + tap
+    pooled = hl.Func("pool")
+    pooled[c, x, y, k, n] = value if pool["op"] == "MaxPool" else value * hl.f32(1.0 / (kh * kw))
+    return pooled
+
+
+def _starting_points(
+    start: Config, starts: tuple, width: int, wides: list, pools: list[dict], valid
+) -> tuple[Config, ...]:
     """`start` with each (tile_x, tile_k, parallel) of `starts`, the tile shrunk to fit: tile_k to the
-    largest valid count not above it (3 when 9 blocks refuse 4), tile_x to the width."""
+    largest valid count not above it (3 when 9 blocks refuse 4), tile_x to the width. Each is tried
+    with every entry of `pools` (a fused pool by strips of rows, then whole: measured, not assumed)."""
     configs: list[Config] = []
     for wide in wides:
         for tile_x, tile_k, parallel in starts:
-            config = {**start, "tile_x": min(tile_x, width), "parallel": parallel}
-            if wide is not None:
-                config["wide"] = wide
-            fits = [k for k in range(tile_k, 0, -1) if valid({**config, "tile_k": k})]
-            if fits and {**config, "tile_k": fits[0]} not in configs:
-                configs.append({**config, "tile_k": fits[0]})
+            for pool in pools:
+                config = {**start, "tile_x": min(tile_x, width), "parallel": parallel, **pool}
+                if wide is not None:
+                    config["wide"] = wide
+                fits = [k for k in range(tile_k, 0, -1) if valid({**config, "tile_k": k})]
+                if fits and {**config, "tile_k": fits[0]} not in configs:
+                    configs.append({**config, "tile_k": fits[0]})
     return tuple(configs)
 
 

@@ -24,6 +24,8 @@ class TorchImplementation(LibraryImplementation):
                 and node.inputs[1] in workload.constants
                 and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
                 and (not workload.has_input(2) or node.inputs[2] in workload.constants)
+                and not node.attrs.get("pool")  # fused pool or depthwise: the graph libraries and Halide run those
+                and not node.attrs.get("depthwise")
             )
         if node.op == "Gemm":
             return (
