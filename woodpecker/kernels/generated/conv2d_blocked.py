@@ -33,8 +33,6 @@ from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
-DEPTHWISE_TILE = 8  # pixels of a fused depthwise stage computed together (one vector each)
-
 
 def _depthwise(p: dict) -> bool:
     return p["groups"] > 1 and p["groups"] == p["c_in"] == p["c_out"]
@@ -104,7 +102,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 and cfg["tile_x"] <= p["w_out"]
             )
 
-        tile_x = 7 if p["w_out"] % 7 == 0 and p["w_out"] % 8 != 0 else 8
+        tile_x = _row_tile(p["w_out"])
         start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "batch_inner": p["n"] > 1}
         # Starting points measured on ResNet, MobileNetV2 and SqueezeNet layers (a budget of 6 mostly tries these).
         starts = ((tile_x, 2, "yk"), (tile_x, 2, "k"), (4, 4, "k"), (tile_x, 1, "k"), (4, 4, "yk"))
@@ -194,7 +192,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 hl.ImageParam(hl.Float(32), 4, "dw_weight"),
                 hl.ImageParam(hl.Float(32), 1, "dw_bias"),
             )
-            source, dw_acc = _depthwise_stage(inp, stage, dw_w_param, dw_b_param, workload, in_block)
+            source, dw_acc, dw_r = _depthwise_stage(inp, stage, dw_w_param, dw_b_param, workload, in_block)
         if padded:
             bounds = [hl.Range(0, in_block), *spatial] if in_block else spatial
             source = hl.BoundaryConditions.constant_exterior(source, 0.0, bounds)
@@ -269,7 +267,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             out.compute_root()
             pooled.bound(c, 0, b).vectorize(c).parallel(y)
         if stage:
-            _schedule_depthwise(source, dw_acc, out, y, in_block, dw_rows)
+            _schedule_depthwise(source, dw_acc, dw_r, out, y, _row_tile(p["w"]), dw_rows)
         if padded and config["padding"] == "copy":
             copy.compute_root().parallel(y)
             if in_block:
@@ -302,8 +300,10 @@ def _depthwise_constants(workload: Workload, block: int) -> tuple[np.ndarray, np
     return packed, bias
 
 
-def _depthwise_stage(inp, stage: dict, weight, bias, workload: Workload, block: int) -> tuple[hl.Func, hl.Func]:
-    """The depthwise Conv plus its activation on the blocked input: (activated output, accumulator)."""
+def _depthwise_stage(
+    inp, stage: dict, weight, bias, workload: Workload, block: int
+) -> tuple[hl.Func, hl.Func, hl.RDom]:
+    """The depthwise Conv plus its activation on the blocked input: activated output, accumulator, window."""
     c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
     _, _, h, w = workload.input_shape(0)
     (kh, kw), (sy, sx) = workload.input_shape(5)[2:], stage.get("strides", [1, 1])
@@ -315,22 +315,30 @@ def _depthwise_stage(inp, stage: dict, weight, bias, workload: Workload, block: 
     acc[c, x, y, k, n] += weight[c, r.x, r.y, k] * padded[c, x * sx + r.x * dx - left, y * sy + r.y * dy - top, k, n]
     activated = hl.Func("depthwise_act")
     activated[c, x, y, k, n] = activations.halide(stage, acc[c, x, y, k, n])
-    return activated, acc
+    return activated, acc, r
 
 
-def _schedule_depthwise(activated: hl.Func, acc: hl.Func, consumer: hl.Func, y: hl.Var, block: int, rows: bool):
+def _schedule_depthwise(
+    activated: hl.Func, acc: hl.Func, r: hl.RDom, consumer: hl.Func, y: hl.Var, tile: int, rows: bool
+) -> None:
     """A row of the depthwise output per row of the consumer (`rows`), or all of it first, parallel
-    over blocks; either way DEPTHWISE_TILE pixels of one block accumulate in registers."""
+    over blocks; either way `tile` pixels of one block accumulate in registers, the window's
+    columns unrolled (as the standalone depthwise kernel's best schedules do)."""
     c, x, _, k, _ = activated.args()
     xo, xi = hl.Var("dw_xo"), hl.Var("dw_xi")
-    activated.vectorize(c, block).split(x, xo, xi, DEPTHWISE_TILE, hl.TailStrategy.GuardWithIf).unroll(xi)
+    activated.vectorize(c).split(x, xo, xi, tile, hl.TailStrategy.GuardWithIf).unroll(xi)
     if rows:
         activated.compute_at(consumer, y)
     else:
         activated.compute_root().parallel(k)
     acc_c, acc_x = acc.args()[:2]
-    acc.compute_at(activated, xo).vectorize(acc_c, block).unroll(acc_x)
-    acc.update().reorder(acc_c, acc_x).vectorize(acc_c, block).unroll(acc_x)
+    acc.compute_at(activated, xo).vectorize(acc_c).unroll(acc_x)
+    acc.update().reorder(acc_c, acc_x, r.x, r.y).vectorize(acc_c).unroll(acc_x).unroll(r.x)
+
+
+def _row_tile(width: int) -> int:
+    """Pixels per register tile along a row: 7 for the 7/14/28/56/112-wide layers (no partial tile)."""
+    return 7 if width % 7 == 0 and width % 8 != 0 else 8
 
 
 def _pool_stage(conv: hl.Func, pool: dict, p: dict, c, x, y, k, n) -> hl.Func:
