@@ -358,3 +358,38 @@ def test_depthwise_conv_with_another_reader_stays_apart(rng):
     graph = depthwise_pointwise_model(rng)
     graph.outputs.append("a")  # the activated depthwise output is read besides the 1x1 convolution
     assert [n.op for n in optimize_graph(graph).nodes] == ["Conv", "Conv"]
+
+
+def test_plan_with_fused_pool_and_depthwise_runs_on_generated_kernels(rng, records_path, tmp_path):
+    """Conv + ReLU + MaxPool, then depthwise + ReLU6 + 1x1 + residual: two nodes, each on its generated
+    kernel, checked against ONNX Runtime as a whole plan, compiled ahead of time and loaded back."""
+    weights = {
+        "w0": rng.standard_normal((32, 16, 3, 3)),
+        "dw": rng.standard_normal((32, 1, 3, 3)),
+        "pw": rng.standard_normal((32, 32, 1, 1)) * 0.2,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["p", "dw"], ["d"], pads=[1, 1, 1, 1], group=32),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["a"]),
+        helper.make_node("Conv", ["a", "pw"], ["q"]),
+        helper.make_node("Add", ["q", "p"], ["y"]),
+    ]
+    inits = [const(n, w.astype(np.float32)) for n, w in weights.items()]
+    inits += [const("lo", np.float32(0.0)), const("hi", np.float32(6.0))]
+    model = make_model(nodes, [tensor("x", [1, 16, 20, 20])], [tensor("y", [1, 32, 10, 10])], inits)
+    plan = api.optimize(model, budget=2, records=records_path, libraries=("numpy",), progress=False)
+    fused = [n.fused for n in plan.graph.nodes if n.op == "Conv"]
+    assert fused == [["Relu", "MaxPool"], ["Conv(depthwise)", "Clip", "Add"]]
+    assert {c.impl for c in plan.choices if c.node in {n.name for n in plan.graph.nodes if n.op == "Conv"}} == {
+        "halide.conv2d_blocked"
+    }
+    feeds = random_feeds(plan.input_specs, seed=int(rng.integers(1 << 30)))
+    expected = registry.get("onnxruntime").build_graph(import_model(model))  # the whole model, unfused
+    reference = {"y": np.empty((1, 32, 10, 10), np.float32)}
+    expected([feeds["x"]], [reference["y"]])
+    np.testing.assert_allclose(plan.run(feeds)["y"], reference["y"], rtol=1e-4, atol=1e-4)
+    loaded = api.load(plan.save(tmp_path / "plan"))
+    np.testing.assert_allclose(loaded.run(feeds)["y"], reference["y"], rtol=1e-4, atol=1e-4)
