@@ -14,7 +14,7 @@ from test_passes import assert_same_function
 
 from woodpecker import api
 from woodpecker.graph.onnx_import import import_model
-from woodpecker.graph.passes import fuse_epilogue, optimize_graph
+from woodpecker.graph.passes import BLOCKED_PASSES, fuse_epilogue, optimize_graph
 from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
 from woodpecker.kernels.generated.common import native_vector_width
@@ -290,13 +290,13 @@ def conv_pool_model(rng, case, c_in=16, c_out=32, extra_reader=False):
 @pytest.mark.parametrize("case", sorted(POOL_CASES))
 def test_pooling_fuses_into_the_conv(case, rng):
     graph = conv_pool_model(rng, case)
-    fused = optimize_graph(graph)
-    assert [n.op for n in fused.nodes] == ["Conv"]
-    assert fused.nodes[0].fused == ["Relu", POOL_CASES[case][3]]
+    fused = blocked_and_fused(graph)
+    conv = next(n for n in fused.nodes if n.op == "Conv")
+    assert [n.op for n in fused.nodes] == ["Conv", "Relayout"]  # the output back to NCHW
+    assert conv.fused == ["Relu", POOL_CASES[case][3]]
     assert_same_function(graph, fused, rng)
     # The blocked kernel, by strips of rows and whole (both are in its space: the search decides).
-    blocks = {"y": 16} if case == "resnet_stem" else {"x": 16, "y": 16}  # the stem reads plain NCHW
-    workload = with_blocks(Workload.of(fused, fused.nodes[0]), blocks)
+    workload = Workload.of(fused, conv)
     configs = [
         {**config, "pool_rows": rows}
         for config in registry.get("halide.conv2d_blocked").space(workload).defaults[:1]
@@ -307,25 +307,33 @@ def test_pooling_fuses_into_the_conv(case, rng):
     assert not registry.get("torch").matches(workload) and not registry.get("halide.conv2d").matches(workload)
 
 
+def blocked_and_fused(graph):
+    """The graph as `api.optimize` builds it: passes, 16-lane blocked layout, then the blocked fusions."""
+    return optimize_graph(block_layout(optimize_graph(graph), 16), BLOCKED_PASSES)
+
+
 def test_pooling_stays_apart_when_the_conv_output_has_another_reader(rng):
-    graph = optimize_graph(conv_pool_model(rng, "vgg", extra_reader=True))
-    assert sorted(graph.summary()) == ["Conv", "MaxPool"]
+    graph = blocked_and_fused(conv_pool_model(rng, "vgg", extra_reader=True))
+    assert sorted(graph.summary()) == ["Conv", "MaxPool", "Relayout"]
 
 
 def depthwise_pointwise_model(rng, stride=1, activation="Clip", residual=False, channels=32, c_out=16, size=9):
-    """MobileNetV2's block end: depthwise 3x3 (+ReLU6) -> 1x1 projection (+ the block's input)."""
+    """MobileNetV2's block: 1x1 expansion, depthwise 3x3 (+ReLU6), 1x1 projection (+ a residual)."""
+    expand = rng.standard_normal((channels, 8, 1, 1)).astype(np.float32)
     dw = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32)
     pw = rng.standard_normal((c_out, channels, 1, 1)).astype(np.float32)
     inits = [const("dw", dw), const("dwb", rng.standard_normal(channels).astype(np.float32)), const("pw", pw)]
+    inits.append(const("expand", expand))
     inits += [const("lo", np.float32(0.0)), const("hi", np.float32(6.0))]
     act_inputs = ["d", "lo", "hi"] if activation == "Clip" else ["d"]
     nodes = [
-        helper.make_node("Conv", ["x", "dw", "dwb"], ["d"], pads=[1, 1, 1, 1], strides=[stride] * 2, group=channels),
+        helper.make_node("Conv", ["x", "expand"], ["e"]),
+        helper.make_node("Conv", ["e", "dw", "dwb"], ["d"], pads=[1, 1, 1, 1], strides=[stride] * 2, group=channels),
         helper.make_node(activation, act_inputs, ["a"]),
         helper.make_node("Conv", ["a", "pw"], ["p"]),
     ]
     out = (size - 1) // stride + 1
-    inputs = [tensor("x", [2, channels, size, size])]
+    inputs = [tensor("x", [2, 8, size, size])]
     if residual:
         inputs.append(tensor("r", [2, c_out, out, out]))
         nodes.append(helper.make_node("Add", ["p", "r"], ["y"]))
@@ -339,11 +347,12 @@ def depthwise_pointwise_model(rng, stride=1, activation="Clip", residual=False, 
 )
 def test_depthwise_conv_fuses_into_the_pointwise_conv(stride, activation, residual, rng):
     graph = depthwise_pointwise_model(rng, stride, activation, residual)
-    fused = optimize_graph(graph)
-    assert [n.op for n in fused.nodes] == ["Conv"]
-    assert fused.nodes[0].fused == ["Conv(depthwise)", activation] + (["Add"] if residual else [])
+    fused = blocked_and_fused(graph)
+    conv = [n for n in fused.nodes if n.op == "Conv"][-1]
+    assert [n.op for n in fused.nodes if n.op != "Relayout"] == ["Conv", "Conv"]  # expansion, fused pair
+    assert conv.fused == ["Conv(depthwise)", activation] + (["Add"] if residual else [])
     assert_same_function(graph, fused, rng)
-    workload = with_blocks(Workload.of(fused, fused.nodes[0]), {"x": 16, "r": 16, "y": 16})
+    workload = Workload.of(fused, conv)
     configs = [
         {**config, "depthwise_at": at}
         for config in registry.get("halide.conv2d_blocked").space(workload).defaults[:1]
@@ -357,7 +366,13 @@ def test_depthwise_conv_fuses_into_the_pointwise_conv(stride, activation, residu
 def test_depthwise_conv_with_another_reader_stays_apart(rng):
     graph = depthwise_pointwise_model(rng)
     graph.outputs.append("a")  # the activated depthwise output is read besides the 1x1 convolution
-    assert [n.op for n in optimize_graph(graph).nodes] == ["Conv", "Conv"]
+    assert [n.op for n in blocked_and_fused(graph).nodes if n.op != "Relayout"] == ["Conv", "Conv", "Conv"]
+
+
+def test_depthwise_conv_on_unblocked_channels_stays_apart(rng):
+    """58 channels (ShuffleNet) stay NCHW: the fused kernel is blocked-only, so the pair keeps its kernels."""
+    graph = blocked_and_fused(depthwise_pointwise_model(rng, channels=58, c_out=58))
+    assert [n.op for n in graph.nodes] == ["Conv", "Conv", "Conv"]
 
 
 def test_plan_with_fused_pool_and_depthwise_runs_on_generated_kernels(rng, records_path, tmp_path):

@@ -11,7 +11,7 @@ import onnx
 from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.onnx_import import import_model, load_onnx
-from woodpecker.graph.passes import optimize_graph
+from woodpecker.graph.passes import BLOCKED_PASSES, optimize_graph
 from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
 from woodpecker.kernels.generated.common import native_vector_width
@@ -121,7 +121,7 @@ def with_layout(graph: Graph, layout: str) -> Graph:
         return graph
     if layout != "blocked":
         raise WoodpeckerError(f"unknown layout '{layout}'; choose from {', '.join(LAYOUTS)}")
-    return block_layout(graph, native_vector_width())
+    return optimize_graph(block_layout(graph, native_vector_width()), BLOCKED_PASSES)
 
 
 def _options(

@@ -26,10 +26,11 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_batchnorm,
     fuse_epilogue,
     fuse_input_scale,
-    fuse_pool,
-    fuse_depthwise,
     eliminate_dead,
 )
+# Fusions whose kernel reads and writes the blocked layout: they run after it (api.with_layout) and
+# fuse only blocked values, so a value left NCHW keeps its unfused nodes and their kernels.
+BLOCKED_PASSES: tuple[Pass, ...] = (fuse_pool, fuse_depthwise)
 
 
 def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> Graph:
@@ -39,6 +40,7 @@ def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> G
 
 
 __all__ = [
+    "BLOCKED_PASSES",
     "DEFAULT_PASSES",
     "canonicalize",
     "eliminate_dead",

@@ -7,7 +7,8 @@ MobileNet-style blocks (MobileNetV2/V3, MNASNet, EfficientNet, ShuffleNet) end i
 The 1x1 convolution needs every channel of one pixel, so the depthwise output can be computed
 a row at a time, right before the rows of the 1x1 that read it, and never written out; the
 kernel's schedule space also holds the unfused order (the whole depthwise output first), so
-the search measures which is faster (kernels/generated/conv2d_blocked.py).
+the search measures which is faster (kernels/generated/conv2d_blocked.py). Runs after the layout
+pass and fuses blocked values only: the fused kernel exists in the blocked layout only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def fuse_depthwise(graph: Graph) -> Graph:
         depthwise = producers.get(pointwise.inputs[0])
         if depthwise is None or not _is_depthwise(out, depthwise) or depthwise.outputs[0] in out.outputs:
             continue
-        if len(consumers[depthwise.outputs[0]]) != 1:
+        if len(consumers[depthwise.outputs[0]]) != 1 or not _blocked_alike(
+            out, depthwise.inputs[0], depthwise.outputs[0]
+        ):
             continue
         inputs = list(pointwise.inputs) + [""] * (DEPTHWISE_BIAS + 1 - len(pointwise.inputs))
         inputs[0] = depthwise.inputs[0]
@@ -41,6 +44,12 @@ def fuse_depthwise(graph: Graph) -> Graph:
         gone.add(id(depthwise))
     out.nodes = [n for n in out.nodes if id(n) not in gone]
     return out
+
+
+def _blocked_alike(graph: Graph, *names: str) -> bool:
+    """The fused kernel reads the depthwise input blocked as the depthwise output was."""
+    blocks = {graph.values[n].block for n in names}
+    return len(blocks) == 1 and 0 not in blocks
 
 
 def _is_pointwise(graph: Graph, node: Node) -> bool:

@@ -2,11 +2,12 @@
 
     Conv(+epilogue) -> MaxPool   becomes   Conv(..., pool={"op": "MaxPool", kernel_shape, strides, pads})
 
-The kernel then decides, by measurement, whether to compute the convolution a strip of rows at
-a time right before the pool reads it (the convolution's full output is never written: ResNet's
+The kernel decides, by measurement, whether to compute the convolution a strip of rows at a
+time right before the pool reads it (the convolution's full output is never written: ResNet's
 stem, VGG's five blocks, AlexNet, GoogLeNet) or whole, as the unfused graph would: its schedule
 space holds both (see kernels/generated/conv2d_blocked.py), so fusing here never costs speed.
-Pools whose windows may hold no pixel of the image, or average over padding, are left alone.
+Runs after the layout pass and fuses blocked values only (the fused kernel's layout). Pools
+whose windows may hold no pixel of the image, or average over padding, are left alone.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ def fuse_pool(graph: Graph) -> Graph:
             continue
         if len(consumers[conv.outputs[0]]) != 1 or conv.outputs[0] in out.outputs:
             continue
-        if len(out.shape(conv.outputs[0])) != 4:
-            continue
+        if (
+            not out.values[conv.outputs[0]].block
+            or out.values[pool.outputs[0]].block != out.values[conv.outputs[0]].block
+        ):
+            continue  # the fused kernel computes blocked values only
         attrs = {
             "op": pool.op,
             "kernel_shape": list(pool.attrs["kernel_shape"]),

@@ -115,8 +115,8 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
 
 
 def _conv_blocks(in_block: int, out_block: int, count: int) -> list[int]:
-    """A Conv's inputs X, W, B, residual (like the output), input scale (like X), fused depthwise W, B."""
-    return [in_block, 0, 0, out_block, in_block, 0, 0][:count]
+    """A Conv's inputs X, W, B, residual (like the output), input scale (like X)."""
+    return [in_block, 0, 0, out_block, in_block][:count]
 
 
 def grouped_span(c_in: int, c_out: int, groups: int, in_block: int, out_block: int) -> int:
