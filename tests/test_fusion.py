@@ -408,3 +408,54 @@ def test_plan_with_fused_pool_and_depthwise_runs_on_generated_kernels(rng, recor
     np.testing.assert_allclose(plan.run(feeds)["y"], reference["y"], rtol=1e-4, atol=1e-4)
     loaded = api.load(plan.save(tmp_path / "plan"))
     np.testing.assert_allclose(loaded.run(feeds)["y"], reference["y"], rtol=1e-4, atol=1e-4)
+
+
+def layer_scale_model(rng, gamma_shape=(16, 1, 1), through_transpose=True, activation=False):
+    """ConvNeXt's block end: Linear (MatMul + bias) on NHWC, back to NCHW, times gamma, plus the input."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["nhwc", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["l"]),
+        helper.make_node("Relu" if activation else "Identity", ["l"], ["a"]),
+        helper.make_node("Transpose", ["a"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", ["gamma", "nchw"], ["s"]),
+        helper.make_node("Add", ["s", "x"], ["y"]),
+    ]
+    inits = [
+        const("w", rng.standard_normal((16, 16)).astype(np.float32) / 4),
+        const("b", rng.standard_normal(16).astype(np.float32)),
+        const("gamma", rng.uniform(0.1, 2.0, gamma_shape).astype(np.float32)),
+    ]
+    shape = [1, 16, 5, 6]
+    return import_model(make_model(nodes, [tensor("x", shape)], [tensor("y", shape)], inits))
+
+
+def test_layer_scale_folds_into_the_linear_layer_through_the_transpose(rng):
+    graph = layer_scale_model(rng)
+    folded = optimize_graph(graph)
+    assert [n.op for n in folded.nodes] == ["Transpose", "MatMul", "Transpose", "Add"]
+    assert_same_function(graph, folded, rng)
+
+
+@pytest.mark.parametrize(("gamma_shape", "activation"), [((16, 5, 1), False), ((16, 1, 1), True)])
+def test_scale_stays_when_it_is_not_per_channel_or_follows_an_activation(gamma_shape, activation, rng):
+    graph = layer_scale_model(rng, gamma_shape, activation=activation)
+    folded = optimize_graph(graph)
+    assert "Mul" in [n.op for n in folded.nodes]
+    assert_same_function(graph, folded, rng)
+
+
+def test_per_channel_scale_folds_into_the_conv(rng):
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "gamma"], ["y"]),
+    ]
+    inits = [
+        const("w", rng.standard_normal((16, 8, 3, 3)).astype(np.float32)),
+        const("b", rng.standard_normal(16).astype(np.float32)),
+        const("gamma", rng.uniform(0.5, 2.0, (16, 1, 1)).astype(np.float32)),
+    ]
+    graph = import_model(make_model(nodes, [tensor("x", [1, 8, 9, 9])], [tensor("y", [1, 16, 9, 9])], inits))
+    folded = optimize_graph(graph)
+    assert [n.op for n in folded.nodes] == ["Conv"]
+    assert_same_function(graph, folded, rng)

@@ -10,6 +10,7 @@ from woodpecker.graph.passes.eliminate_dead import eliminate_dead
 from woodpecker.graph.passes.fold_batchnorm import fold_batchnorm
 from woodpecker.graph.passes.fold_constants import fold_constants
 from woodpecker.graph.passes.fold_pad import fold_pad
+from woodpecker.graph.passes.fold_scale import fold_scale
 from woodpecker.graph.passes.fuse_depthwise import fuse_depthwise
 from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
 from woodpecker.graph.passes.fuse_input_scale import fuse_input_scale
@@ -25,6 +26,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_pad,
     fold_batchnorm,
     fuse_epilogue,
+    fold_scale,  # after fuse_epilogue: a linear layer's bias is then part of it
     fuse_input_scale,
     eliminate_dead,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "fold_batchnorm",
     "fold_constants",
     "fold_pad",
+    "fold_scale",
     "fuse_depthwise",
     "fuse_epilogue",
     "fuse_input_scale",
