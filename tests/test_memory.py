@@ -54,7 +54,7 @@ def per_node_choices(graph, elementwise_config=None):
 )
 def test_live_values_never_share_memory_on_real_models(name, layout, exported, rng):
     proto = with_static_inputs(load_onnx(exported(name)), 1)
-    graph = api.with_layout(optimize_graph(import_model(proto)), layout)
+    graph, _ = api.graph_variants(import_model(proto), layout)  # with the pool and depthwise fusions
     executor = Executor(graph, per_node_choices(graph))
     steps, buffers = executor.steps, executor.buffers
     # Lifetimes recomputed here from the steps and the graph, independently of the executor's planner.

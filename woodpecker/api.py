@@ -16,6 +16,7 @@ from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
 from woodpecker.kernels.generated.common import native_vector_width
 from woodpecker.measure.runner import LocalRunner
+from woodpecker.plan.choice import Choice
 from woodpecker.plan.explore import ExploreOptions, explore, summarize
 from woodpecker.plan.plan import Plan
 from woodpecker.plan.select import select_plan
@@ -49,10 +50,13 @@ def optimize(
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
     proto = load_onnx(model)
     graph = import_model(proto, batch)
-    optimized = with_layout(optimize_graph(graph), layout)
-    choices = _explore(optimized, options, records, threads, timeout_s, ray)
-    best, timed = select_plan(optimized, choices, options.libraries, seed, options.progress, threads)
-    choices = best.choices
+    fused, unfused = graph_variants(graph, layout)
+    explored = _explore([fused, unfused] if unfused else [fused], options, records, threads, timeout_s, ray)
+    alternatives = {"unfused": (unfused, explored[1])} if unfused else None
+    best, timed = select_plan(
+        fused, explored[0], options.libraries, seed, options.progress, threads, alternatives=alternatives
+    )
+    optimized, choices = best.graph, best.choices
     meta = {
         "source_model": str(Path(model).resolve()) if isinstance(model, str | Path) else None,
         "batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
@@ -102,9 +106,9 @@ def tune(
     """Measure every distinct workload of a model into the records; no plan is written."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
-    optimized = with_layout(optimize_graph(import_model(model, batch)), layout)
-    choices = _explore(optimized, options, records, threads, timeout_s, ray)
-    best = {c.workload: c for c in choices}
+    fused, unfused = graph_variants(import_model(model, batch), layout)
+    explored = _explore([fused, unfused] if unfused else [fused], options, records, threads, timeout_s, ray)
+    best = {c.workload: c for choices in explored for c in choices}
     return {
         "workloads": len(best),
         "measured_candidates": sum(len(c.candidates) for c in best.values()),
@@ -121,7 +125,16 @@ def with_layout(graph: Graph, layout: str) -> Graph:
         return graph
     if layout != "blocked":
         raise WoodpeckerError(f"unknown layout '{layout}'; choose from {', '.join(LAYOUTS)}")
-    return optimize_graph(block_layout(graph, native_vector_width()), BLOCKED_PASSES)
+    return block_layout(graph, native_vector_width())
+
+
+def graph_variants(graph: Graph, layout: str) -> tuple[Graph, Graph | None]:
+    """The optimized graph with the blocked fusions (pool and depthwise stages), and without them
+    when they changed anything (None otherwise): select_plan times both, since whether a fused
+    kernel beats the two it replaces shows only in whole runs."""
+    unfused = with_layout(optimize_graph(graph), layout)
+    fused = optimize_graph(unfused, BLOCKED_PASSES) if layout == "blocked" else unfused
+    return fused, (unfused if fused.nodes != unfused.nodes else None)
 
 
 def _options(
@@ -152,7 +165,10 @@ def _options(
     )
 
 
-def _explore(graph, options: ExploreOptions, records, threads: int | None, timeout_s: float, ray: str | None):
+def _explore(
+    graphs: list[Graph], options: ExploreOptions, records, threads: int | None, timeout_s: float, ray: str | None
+) -> list[list[Choice]]:
+    """Each graph explored in turn with one runner; workloads they share are measured once (records)."""
     store = Records(records)
     try:
         if ray:
@@ -162,7 +178,7 @@ def _explore(graph, options: ExploreOptions, records, threads: int | None, timeo
         else:
             runner = LocalRunner(threads=threads, timeout_s=timeout_s, seed=options.seed)
         with runner:
-            return explore(graph, options, runner, store)
+            return [explore(graph, options, runner, store) for graph in graphs]
     finally:
         store.close()
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from woodpecker.graph.onnx_import import import_model
-from woodpecker.graph.passes import optimize_graph
 from woodpecker.kernels import registry
 from woodpecker.kernels.workload import Workload
 
 
 def inspect_model(model: str | Path, batch: int | None = None, layout: str = "blocked") -> dict:
-    from woodpecker.api import with_layout
+    from woodpecker.api import graph_variants
 
     graph = import_model(model, batch)
-    optimized = with_layout(optimize_graph(graph), layout)
+    optimized, _ = graph_variants(graph, layout)  # with the fusions; the plan may be built without them
     rows = []
     for node in optimized.nodes:
         workload = Workload.of(optimized, node)

@@ -42,7 +42,8 @@ def time_executor(executor, feeds: dict[str, np.ndarray], warmup: int, runs: int
 
 
 def main() -> None:
-    directory, name, threads, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    directory, graph_file, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    threads, seed = int(sys.argv[4]), int(sys.argv[5])
     configure_threads(threads)
     from woodpecker.errors import WoodpeckerError
     from woodpecker.plan.choice import Choice
@@ -50,7 +51,7 @@ def main() -> None:
     from woodpecker.plan.verify import random_feeds
     from woodpecker.runtime.executor import Executor
 
-    data = json.loads((directory / "graph.json").read_text())
+    data = json.loads((directory / graph_file).read_text())
     graph = graph_from_data(data, SavedConstants(directory / "constants.npz", data["constants"]))
     choices = [Choice.from_json(c) for c in json.loads((directory / f"{name}.json").read_text())]
     feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, seed)

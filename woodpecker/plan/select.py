@@ -9,7 +9,10 @@ candidate plans, times each end to end on random input in a process of its own (
   in "per-node". Libraries' thread pools slow the kernels around them (ONNX Runtime's pool
   on a ResNet-18 global pool cost 1.5 ms of Halide time), which isolated timings cannot see;
 - "all-<library>": every node on one graph library, i.e. that library running the whole
-  optimized graph. It is what the per-node plan must beat, and it wins while it is faster.
+  optimized graph. It is what the per-node plan must beat, and it wins while it is faster;
+- "per-node-<label>", "generated-<label>": the same two on an alternative graph, e.g. without the
+  pool and depthwise fusions ("unfused"): whether a fused kernel beats the two it replaces shows
+  only in whole runs (timed alone, the unfused pair's second kernel reads a warm input).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
 class PlanCandidate:
     name: str
     choices: list[Choice]
+    graph: Graph | None = None
     executor: object | None = None
     median_s: float | None = None
     error: str | None = None
@@ -50,7 +54,7 @@ class PlanCandidate:
 
 def candidate_choices(choices: list[Choice], libraries: tuple[str, ...]) -> dict[str, list[Choice]]:
     candidates = {"per-node": choices}
-    generated = [_on_generated(c) for c in choices]
+    generated = [on_generated(c) for c in choices]
     if generated != choices:
         candidates["generated"] = generated
     for library in MERGEABLE:
@@ -59,7 +63,7 @@ def candidate_choices(choices: list[Choice], libraries: tuple[str, ...]) -> dict
     return candidates
 
 
-def _on_generated(choice: Choice) -> Choice:
+def on_generated(choice: Choice) -> Choice:
     ok = [c for c in choice.candidates if c["error"] is None and registry.get(c["impl"]).kind == "generated"]
     if not ok or registry.get(choice.impl).kind == "generated":
         return choice
@@ -94,23 +98,35 @@ def select_plan(
     progress: bool = False,
     threads: int | None = None,
     rounds: int = ROUNDS,
+    alternatives: dict[str, tuple[Graph, list[Choice]]] | None = None,
 ) -> tuple[PlanCandidate, list[PlanCandidate]]:
     """Time every candidate plan in its own process, the candidates' rounds interleaved; return the
-    fastest (best round; with its executor built here) and all candidates with their times or errors."""
+    fastest (best round; with its graph and the executor built here) and all candidates with their
+    times or errors. `alternatives`: label -> (graph, choices) of other graphs of the same model,
+    whose weights are among `graph`'s; they add their own-kernel candidates."""
     from woodpecker.runtime.executor import Executor
 
     threads = configure_threads(threads)
-    candidates = candidate_choices(choices, libraries)
+    candidates = {name: (graph, c) for name, c in candidate_choices(choices, libraries).items()}
+    for label, (other, other_choices) in (alternatives or {}).items():  # library plans do not change
+        candidates |= {f"{name}-{label}": (other, c) for name, c in candidate_choices(other_choices, ()).items()}
     with tempfile.TemporaryDirectory(prefix="wpk-candidates-") as tmp:
         directory = Path(tmp)
-        (directory / "graph.json").write_text(json.dumps(graph_to_data(graph)))
-        save_constants(graph, directory / "constants.npz")
+        names = save_constants(graph, directory / "constants.npz")
+        graph_files: dict[int, str] = {}
+        for candidate_graph, _ in candidates.values():
+            if id(candidate_graph) not in graph_files:
+                graph_files[id(candidate_graph)] = f"graph{len(graph_files)}.json"
+                data = graph_to_data(candidate_graph) | {"constants": names}  # the weights file's keys
+                (directory / graph_files[id(candidate_graph)]).write_text(json.dumps(data))
         workers: dict[str, _Worker] = {}
         errors: dict[str, str] = {}
         try:
-            for name, candidate in tqdm(candidates.items(), desc="build plans", unit="plan", disable=not progress):
+            for name, (candidate_graph, candidate) in tqdm(
+                candidates.items(), desc="build plans", unit="plan", disable=not progress
+            ):
                 (directory / f"{name}.json").write_text(json.dumps([c.to_json() for c in candidate]))
-                worker = _Worker(directory, name, threads, seed)
+                worker = _Worker(directory, graph_files[id(candidate_graph)], name, threads, seed)
                 workers[name] = worker
                 error = worker.wait_ready()
                 if error:
@@ -132,27 +148,29 @@ def select_plan(
         PlanCandidate(
             name,
             candidate,
+            candidate_graph,
             median_s=min(times[name]) if times.get(name) and name not in errors else None,
             error=errors.get(name),
         )
-        for name, candidate in candidates.items()
+        for name, (candidate_graph, candidate) in candidates.items()
     ]
     ok = [c for c in timed if c.median_s is not None]
     if not ok:
         raise WoodpeckerError("no candidate plan could be built: " + "; ".join(f"{c.name}: {c.error}" for c in timed))
     best = min(ok, key=lambda c: c.median_s)
-    return replace(best, executor=Executor(graph, best.choices, progress)), timed
+    return replace(best, executor=Executor(best.graph, best.choices, progress)), timed
 
 
 class _Worker:
     """A candidate plan built in its own process (plan/candidate_worker.py), timed on request."""
 
-    def __init__(self, directory: Path, name: str, threads: int, seed: int):
+    def __init__(self, directory: Path, graph_file: str, name: str, threads: int, seed: int):
         command = [
             sys.executable,
             "-m",
             "woodpecker.plan.candidate_worker",
             str(directory),
+            graph_file,
             name,
             str(threads),
             str(seed),

@@ -30,7 +30,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fuse_input_scale,
     eliminate_dead,
 )
-# Fusions whose kernel reads and writes the blocked layout: they run after it (api.with_layout) and
+# Fusions whose kernel reads and writes the blocked layout: they run after it (api.graph_variants) and
 # fuse only blocked values, so a value left NCHW keeps its unfused nodes and their kernels.
 BLOCKED_PASSES: tuple[Pass, ...] = (fuse_pool, fuse_depthwise)
 
