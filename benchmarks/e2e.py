@@ -79,8 +79,9 @@ def format_row(report: dict) -> str:
         peak = _result(report, runtime).get("peak_mib")
         cells.append(f"{peak:>9.0f}" if peak is not None else f"{'-':>9}")
     meta = json.loads((Path(report["target"]) / "plan.json").read_text())["meta"]
-    for name in ("per-node", "generated"):
-        median = meta["plan_candidates"].get(name, {}).get("median_ms")
+    candidates = {name: c.get("median_ms") for name, c in meta["plan_candidates"].items()}
+    unfused = [m for name, m in candidates.items() if name.endswith("-unfused") and m]
+    for median in (candidates.get("per-node"), candidates.get("generated"), min(unfused, default=None)):
         cells.append(f"{median:>10.2f}" if median else f"{'-':>10}")
     cells.append(f"  {meta['selected']:<14}")
     cells.append(f"{report['tuning_s']:>7.0f}")
@@ -92,13 +93,14 @@ def format_table(rows: list[dict], batch: int, budget: int) -> str:
         f"{'model':<14}"
         + "".join(f"{h:>10}" for h in ["wpk ms", "ORT ms", "OV f32 ms", "torch ms", "t.comp ms", "OV bf16"])
         + f"{'vs best':>10}  {'best fp32':<14}{'img/s':>8}{'wpk MiB':>9}{'ORT MiB':>9}"
-        + f"{'per-node':>10}{'generated':>10}  {'selected plan':<14}{'tune s':>7}"
+        + f"{'per-node':>10}{'generated':>10}{'unfused':>10}  {'selected plan':<14}{'tune s':>7}"
     )
     lines = [
         f"batch {batch}, budget {budget}: medians in ms; 'vs best' = best fp32 peer median / Woodpecker median;",
         "img/s = Woodpecker throughput; MiB = peak resident memory added by the model (after library imports);",
         "'per-node' / 'generated' = candidate plans (per-node winners / every node on its generated kernel",
-        "where one is correct), timed by the optimizer in a process of their own; 'selected' = the fastest",
+        "where one is correct), 'unfused' = the faster of those two without the pool and depthwise fusions,",
+        "each timed by the optimizer in a process of its own; 'selected' = the fastest",
         header,
         "-" * len(header),
     ]

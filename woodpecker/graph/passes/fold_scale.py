@@ -33,6 +33,8 @@ def _fold_once(graph: Graph) -> bool:
         for feature, constant in (mul.inputs, mul.inputs[::-1]):
             if constant not in graph.constants or feature in graph.constants:
                 continue
+            if graph.shape(feature) != graph.shape(mul.outputs[0]):  # the constant would broadcast it up
+                continue
             path = _path(graph, feature, producers, consumers)
             if path is None:
                 continue

@@ -253,9 +253,11 @@ class HalideConv2dBlocked(GeneratedImplementation):
         acc.update().reorder(c, x, k, *reduction, y, n).vectorize(c, lanes).unroll(x).unroll(k)
         if config["unroll_kw"]:
             acc.update().unroll(rx)
+        if pool:
+            pooled.bound(c, 0, b).vectorize(c)
         if pool_rows:  # computed a strip of rows at a time, for the strip of pooled rows that reads it
             yo, yi = hl.Var("yo"), hl.Var("yi")
-            pooled.bound(c, 0, b).vectorize(c).split(y, yo, yi, pool_rows).reorder(c, x, yi, k, yo, n).parallel(yo)
+            pooled.split(y, yo, yi, pool_rows).reorder(c, x, yi, k, yo, n).parallel(yo)
             out.compute_at(pooled, yo)
         elif config["parallel"] == "yk":  # rows fused with the loop around them
             out.fuse(y, outer[1], yk).parallel(yk)
@@ -265,7 +267,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             out.parallel(y)
         if pool and not pool_rows:  # whole, then pooled: the unfused graph's two passes in one call
             out.compute_root()
-            pooled.bound(c, 0, b).vectorize(c).parallel(y)
+            pooled.parallel(y)
         if stage:
             _schedule_depthwise(source, dw_acc, dw_r, out, y, _row_tile(p["w"]), dw_rows)
         if padded and config["padding"] == "copy":
@@ -282,7 +284,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
 
 
 def _stage_starts(pool: dict | None, depthwise: dict | None) -> list[Config]:
-    """Fused stages are tried both ways, fused by rows first: whether fusing pays is measured."""
+    """A fused stage is tried by rows first, then whole (the two passes of the unfused graph in one call)."""
     if pool:
         return [{"pool_rows": 4, "parallel": "y"}, {"pool_rows": 0}]
     if depthwise:
@@ -366,16 +368,16 @@ def _pool_stage(conv: hl.Func, pool: dict, p: dict, c, x, y, k, n) -> hl.Func:
 
 
 def _starting_points(
-    start: Config, starts: tuple, width: int, wides: list, pools: list[dict], valid
+    start: Config, starts: tuple, width: int, wides: list, stages: list[Config], valid
 ) -> tuple[Config, ...]:
     """`start` with each (tile_x, tile_k, parallel) of `starts`, the tile shrunk to fit: tile_k to the
     largest valid count not above it (3 when 9 blocks refuse 4), tile_x to the width. Each is tried
-    with every entry of `pools` (a fused pool by strips of rows, then whole: measured, not assumed)."""
+    with every entry of `stages` (a fused stage by rows, then whole; see `_stage_starts`)."""
     configs: list[Config] = []
     for wide in wides:
         for tile_x, tile_k, parallel in starts:
-            for pool in pools:
-                config = {**start, "tile_x": min(tile_x, width), "parallel": parallel, **pool}
+            for stage in stages:
+                config = {**start, "tile_x": min(tile_x, width), "parallel": parallel, **stage}
                 if wide is not None:
                     config["wide"] = wide
                 fits = [k for k in range(tile_k, 0, -1) if valid({**config, "tile_k": k})]
