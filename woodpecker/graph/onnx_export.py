@@ -9,6 +9,9 @@ the executor's blocked buffers and pays for the conversion in its own measured t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -17,6 +20,17 @@ from woodpecker.graph.ir import Graph, Node
 from woodpecker.ops import activations
 
 FUSABLE_OPS = ("Conv", "Gemm", "MatMul", "BatchNormalization")
+
+
+@dataclass(frozen=True)
+class ExternalTensor:
+    """Where a weight's bytes sit in a file: what an initializer stored as ONNX external data records."""
+
+    location: str  # the file's name, relative to the model that refers to it
+    offset: int
+    length: int
+    dtype: str
+    shape: tuple[int, ...]
 
 
 def expand_node(node: Node) -> list[onnx.NodeProto]:
@@ -66,9 +80,14 @@ _WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded", "bias_fused", 
 
 
 def graph_to_onnx(
-    graph: Graph, nodes: list[Node] | None = None, inputs: list[str] | None = None, outputs: list[str] | None = None
+    graph: Graph,
+    nodes: list[Node] | None = None,
+    inputs: list[str] | None = None,
+    outputs: list[str] | None = None,
+    external: Mapping[str, ExternalTensor] | None = None,
 ) -> onnx.ModelProto:
-    """A model of `nodes` (default: all). Constants they read become initializers."""
+    """A model of `nodes` (default: all). Constants they read become initializers; those in
+    `external` refer to their bytes in a weights file instead of holding a copy."""
     nodes = graph.nodes if nodes is None else nodes
     inputs = graph.inputs if inputs is None else inputs
     outputs = graph.outputs if outputs is None else outputs
@@ -88,9 +107,19 @@ def graph_to_onnx(
     # Weights go straight into the model, one at a time: make_graph and make_model each copy what
     # they are given, which for ResNet-50 held the weights four times over at once.
     for name in sorted(used):
-        if name in graph.constants and name not in inputs:
+        if external and name in external and name not in inputs:
+            model.graph.initializer.append(_external_initializer(name, external[name]))
+        elif name in graph.constants and name not in inputs:
             model.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.asarray(graph.constants[name]), name))
     return model
+
+
+def _external_initializer(name: str, place: ExternalTensor) -> onnx.TensorProto:
+    tensor = onnx.TensorProto(name=name, dims=place.shape, data_location=onnx.TensorProto.EXTERNAL)
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(np.dtype(place.dtype))
+    for key, value in (("location", place.location), ("offset", place.offset), ("length", place.length)):
+        tensor.external_data.add(key=key, value=str(value))
+    return tensor
 
 
 def node_model(graph: Graph, node: Node) -> onnx.ModelProto:

@@ -47,16 +47,19 @@ def main() -> None:
     configure_threads(threads)
     from woodpecker.errors import WoodpeckerError
     from woodpecker.plan.choice import Choice
-    from woodpecker.plan.serialize import SavedConstants, graph_from_data
+    from woodpecker.plan.compiled import save_library_models
+    from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data
     from woodpecker.plan.verify import random_feeds
     from woodpecker.runtime.executor import Executor
 
     data = json.loads((directory / graph_file).read_text())
-    graph = graph_from_data(data, SavedConstants(directory / "constants.npz", data["constants"]))
+    graph = graph_from_data(data, SavedConstants(directory / CONSTANTS, data["constants"]))
     choices = [Choice.from_json(c) for c in json.loads((directory / f"{name}.json").read_text())]
     feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, seed)
     try:
-        executor = Executor(graph, choices)
+        # Library segments read their weights from the file, as they will in the saved plan.
+        models = save_library_models(graph, choices, directory / CONSTANTS, data["constants"], prefix=f"{name}-library")
+        executor = Executor(graph, choices, library_models={label: directory / m for label, m in models.items()})
         executor.run(feeds)
     except WoodpeckerError as exc:  # e.g. a library that cannot compile the whole graph
         answer({"error": str(exc)[:300]})

@@ -1,12 +1,13 @@
 """The inference plan: the optimized graph plus, per node, the chosen kernel and its measurements.
 
-On disk a plan is a directory: plan.json (graph, choices, metadata), constants.npz (weights,
-read with allow_pickle=False), kernels/ (the generated kernels compiled ahead of time into one
-shared library, their weights pre-packed; see plan/compiled.py) and manifest.json (SHA-256 of
-each file). Loading checks the manifest and the CPU the kernels were compiled for; the only
-code it runs from the plan is that library, and only once its checksum matched. Saving
-writes a temporary directory first, checks that the compiled plan computes what the plan in
-memory computes, and renames it into place, so no half-written plan is ever left behind.
+On disk a plan is a directory: plan.json (graph, choices, metadata), constants.safetensors
+(weights; no pickle), kernels/ (the generated kernels compiled ahead of time into one shared
+library, their weights pre-packed), library<i>.onnx (each graph-library segment, its weights
+referred to in constants.safetensors; see plan/compiled.py) and manifest.json (SHA-256 of each
+file). Loading checks the manifest and the CPU the kernels were compiled for; the only code it
+runs from the plan is that library, and only once its checksum matched. Saving writes a
+temporary directory first, checks that the saved plan computes what the plan in memory
+computes, and renames it into place, so no half-written plan is ever left behind.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels.generated.aot import KernelLibrary, compiler, compiler_available
 from woodpecker.plan.choice import Choice
-from woodpecker.plan.compiled import KERNELS_DIR, compile_plan_kernels
-from woodpecker.plan.serialize import SavedConstants, graph_from_data, graph_to_data, save_constants
+from woodpecker.plan.compiled import KERNELS_DIR, compile_plan_kernels, save_library_models
+from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data, graph_to_data, save_constants
 
-FORMAT_VERSION = 2
-FILES = ("plan.json", "constants.npz")
-SAVE_CHECK_TOLERANCE = 1e-5  # compiled ahead of time vs JIT: same code, so only rounding may differ
+FORMAT_VERSION = 3
+FILES = ("plan.json", CONSTANTS)
+SAVE_CHECK_TOLERANCE = 1e-5  # compiled ahead of time vs JIT, libraries from files: only rounding may differ
 
 
 class Plan:
@@ -43,12 +44,14 @@ class Plan:
         executor=None,
         library: KernelLibrary | None = None,
         kernels: dict[str, str] | None = None,
+        library_models: dict[str, Path] | None = None,
     ):
         self.graph = graph
         self.choices = choices
         self.meta = meta or {}
         self._executor = executor  # built lazily: loading a plan only reads files
         self.library, self.kernels = library, kernels or {}  # compiled kernels (node -> entry), once saved
+        self.library_models = library_models or {}  # segment label -> ONNX file, once saved
 
     @property
     def input_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -58,7 +61,9 @@ class Plan:
         if self._executor is None:
             from woodpecker.runtime.executor import Executor
 
-            self._executor = Executor(self.graph, self.choices, progress, self.library, self.kernels)
+            self._executor = Executor(
+                self.graph, self.choices, progress, self.library, self.kernels, self.library_models
+            )
         return self._executor
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,7 +74,8 @@ class Plan:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            names = save_constants(self.graph, staging / "constants.npz")
+            names = save_constants(self.graph, staging / CONSTANTS)
+            models = save_library_models(self.graph, self.choices, staging / CONSTANTS, names)
             if compiler_available():
                 kernels = compile_plan_kernels(self.graph, self.choices, staging / KERNELS_DIR, progress)
             else:
@@ -82,30 +88,32 @@ class Plan:
                 "constant_keys": names,
                 "choices": [c.to_json() for c in self.choices],
                 "kernels": kernels,
+                "library_models": models,
                 "meta": self.meta,
             }
             (staging / "plan.json").write_text(json.dumps(data, indent=1, default=_json_default))
             files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
             manifest = {name: _sha256(staging / name) for name in files}
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            if kernels:
-                self._check_compiled(Plan.load(staging))
+            if kernels or models:
+                self._check_saved(Plan.load(staging))
             _replace_dir(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
 
-    def _check_compiled(self, compiled: Plan) -> None:
-        """The saved plan must compute what this (verified) plan computes."""
+    def _check_saved(self, saved: Plan) -> None:
+        """The saved plan (compiled kernels, library segments from their files) must compute what
+        this (verified) plan computes."""
         from woodpecker.measure.timing import relative_error
         from woodpecker.plan.verify import random_feeds
 
         feeds = random_feeds(self.input_specs, seed=4321)
-        expected, actual = self.run(feeds), compiled.run(feeds)
+        expected, actual = self.run(feeds), saved.run(feeds)
         error = max(relative_error(actual[n], expected[n]) for n in expected)
         if not error <= SAVE_CHECK_TOLERANCE:
-            raise PlanError(f"the compiled kernels differ from the verified plan (max relative error {error:.2e})")
+            raise PlanError(f"the saved plan differs from the verified plan (max relative error {error:.2e})")
 
     @staticmethod
     def load(directory: str | Path) -> Plan:
@@ -126,7 +134,7 @@ class Plan:
             raise PlanError(
                 f"{path}: plan format {data.get('format')} is not {FORMAT_VERSION}; optimize the model again"
             )
-        graph = graph_from_data(data["graph"], SavedConstants(path / "constants.npz", data["constant_keys"]))
+        graph = graph_from_data(data["graph"], SavedConstants(path / CONSTANTS, data["constant_keys"]))
         library = None
         if data["kernels"]:
             try:
@@ -134,7 +142,8 @@ class Plan:
             except WoodpeckerError as exc:
                 raise PlanError(str(exc)) from None
         choices = [Choice.from_json(c) for c in data["choices"]]
-        return Plan(graph, choices, data["meta"], library=library, kernels=data["kernels"])
+        models = {label: path / name for label, name in data["library_models"].items()}
+        return Plan(graph, choices, data["meta"], library=library, kernels=data["kernels"], library_models=models)
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

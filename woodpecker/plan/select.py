@@ -36,7 +36,7 @@ from woodpecker.measure.threads import configure_threads
 from woodpecker.plan.candidate_worker import PREFIX
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import MERGEABLE
-from woodpecker.plan.serialize import graph_to_data, save_constants
+from woodpecker.plan.serialize import CONSTANTS, graph_to_data, save_constants
 
 CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) or timing one whole plan
 ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
@@ -112,7 +112,7 @@ def select_plan(
         candidates |= {f"{name}-{label}": (other, c) for name, c in candidate_choices(other_choices, ()).items()}
     with tempfile.TemporaryDirectory(prefix="wpk-candidates-") as tmp:
         directory = Path(tmp)
-        names = save_constants(graph, directory / "constants.npz")
+        names = save_constants(graph, directory / CONSTANTS)
         graph_files: dict[int, str] = {}
         for candidate_graph, _ in candidates.values():
             if id(candidate_graph) not in graph_files:

@@ -1,15 +1,25 @@
-"""Graph <-> JSON-safe data. Plans hold no pickle: arrays go to .npz (loaded with allow_pickle=False)."""
+"""Graph <-> JSON-safe data, weights <-> safetensors. Plans hold no pickle.
+
+Weights go to one safetensors file: a JSON header then each array's raw bytes at a recorded
+offset, so a library can map them straight from the file (ONNX external data, see
+`external_tensors`) instead of receiving a copy through Python.
+"""
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from woodpecker.errors import PlanError
 from woodpecker.graph.ir import Graph, Node, Value
+from woodpecker.graph.onnx_export import ExternalTensor
 
 
 def graph_to_data(graph: Graph) -> dict[str, Any]:
@@ -47,30 +57,59 @@ def graph_from_data(data: dict[str, Any], constants: Mapping[str, np.ndarray]) -
     return Graph(nodes, values, list(data["inputs"]), list(data["outputs"]), constants, data["opset"], data["name"])
 
 
+CONSTANTS = "constants.safetensors"
+
+
 def save_constants(graph: Graph, path: Path) -> list[str]:
-    """The weights as .npz, keys c0, c1, ... for the names in sorted order (returned)."""
+    """The weights as safetensors, keys c0, c1, ... for the names in sorted order (returned)."""
     names = sorted(graph.constants)
-    np.savez(path, **{f"c{i}": np.asarray(graph.constants[n]) for i, n in enumerate(names)})
+    save_file({f"c{i}": np.ascontiguousarray(graph.constants[n]) for i, n in enumerate(names)}, str(path))
     return names
+
+
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32", "I8": "int8"}
+_DTYPES |= {"U8": "uint8", "BOOL": "bool"}
+
+
+def external_tensors(path: Path, names: list[str]) -> dict[str, ExternalTensor]:
+    """Each weight's place in a file written by `save_constants` (safetensors: an 8-byte little-endian
+    header length, the JSON header with offsets relative to its end, then the data)."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    places = {}
+    for i, name in enumerate(names):
+        entry = header[f"c{i}"]
+        if entry["dtype"] not in _DTYPES:
+            continue
+        start, stop = entry["data_offsets"]
+        places[name] = ExternalTensor(
+            path.name, 8 + size + start, stop - start, _DTYPES[entry["dtype"]], tuple(entry["shape"])
+        )
+    return places
 
 
 class SavedConstants(Mapping[str, np.ndarray]):
     """Weights saved by `save_constants`, read from the file each time one is asked for, never kept.
 
-    Why: library kernels copy the weights they need into their own memory and compiled generated
-    kernels carry theirs pre-packed, so holding every array here as well would add a copy of the
-    model's weights to a loaded plan's peak memory (ResNet-50: 100 MB, VGG-16: 550 MB).
+    Why: library kernels copy the weights they need into their own memory (or map them from the
+    file) and compiled generated kernels carry theirs pre-packed, so holding every array here as
+    well would add a copy of the model's weights to a loaded plan's peak memory (ResNet-50:
+    100 MB, VGG-16: 550 MB).
     """
 
     def __init__(self, path: Path, names: list[str]):
-        self._npz = np.load(path, allow_pickle=False)  # reads the zip directory only
+        try:
+            self._file = safe_open(str(path), framework="numpy")  # reads the header only
+        except (SafetensorError, OSError) as exc:
+            raise PlanError(f"{path}: unreadable weights ({exc})") from None
         self._keys = {name: f"c{i}" for i, name in enumerate(names)}
-        missing = [key for key in self._keys.values() if key not in self._npz.files]
+        missing = sorted(set(self._keys.values()) - set(self._file.keys()))
         if missing:
             raise PlanError(f"{path}: {len(missing)} weights missing (e.g. {missing[0]})")
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self._npz[self._keys[name]]
+        return self._file.get_tensor(self._keys[name])
 
     def __contains__(self, name: object) -> bool:
         return name in self._keys

@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -21,7 +22,7 @@ from woodpecker.kernels.generated.aot import KernelLibrary
 from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
-from woodpecker.plan.segments import Segment, segments
+from woodpecker.plan.segments import MERGEABLE, Segment, segments
 from woodpecker.runtime.memory import Lifetime, MemoryPlan, plan_memory
 
 
@@ -40,7 +41,8 @@ IN_PLACE = ("halide.elementwise", "halide.channelwise")  # kernels that read eac
 
 class Executor:
     """`library` and `kernels` (node -> entry point) supply kernels compiled ahead of time;
-    generated kernels missing from them are JIT-compiled."""
+    generated kernels missing from them are JIT-compiled. `library_models` (segment label -> ONNX
+    file) are a saved plan's graph-library segments, read by the library from disk."""
 
     def __init__(
         self,
@@ -49,9 +51,11 @@ class Executor:
         progress: bool = False,
         library: KernelLibrary | None = None,
         kernels: dict[str, str] | None = None,
+        library_models: dict[str, Path] | None = None,
     ):
         self.graph = graph
         self.library, self.kernels = library, kernels or {}
+        self.library_models = library_models or {}
         parts = [(segment, *self._io(segment)) for segment in segments(graph, choices)]
         self.concat_slices = _concats_in_place(graph, parts)
         self.memory, slots = self._plan_memory(parts)
@@ -72,7 +76,7 @@ class Executor:
 
     def _io(self, segment: Segment) -> tuple[list[str], list[str]]:
         """The run-time values a segment reads and writes."""
-        if len(segment.nodes) == 1:
+        if len(segment.nodes) == 1 and segment.impl not in MERGEABLE:
             node = segment.nodes[0]
             return Workload.of(self.graph, node).dynamic_inputs, [n for n in node.outputs if n]
         subgraph = segment.subgraph(self.graph)
@@ -131,13 +135,13 @@ class Executor:
     def _build_step(self, segment: Segment, inputs: list[str], outputs: list[str]) -> Step:
         first = segment.nodes[0]
         try:
-            if len(segment.nodes) == 1:
-                if self.library is not None and first.name in self.kernels:
-                    kernel = self.library.kernel(self.kernels[first.name])
-                else:
-                    kernel = registry.get(segment.impl).build(Workload.of(self.graph, first), segment.config)
+            if segment.impl in MERGEABLE:  # a graph library runs the segment as one model
+                model_file = self.library_models.get(segment.label)
+                kernel = registry.get(segment.impl).build_graph(segment.subgraph(self.graph), model_file)
+            elif self.library is not None and first.name in self.kernels:
+                kernel = self.library.kernel(self.kernels[first.name])
             else:
-                kernel = registry.get(segment.impl).build_graph(segment.subgraph(self.graph))
+                kernel = registry.get(segment.impl).build(Workload.of(self.graph, first), segment.config)
         except Exception as exc:
             raise PlanError(f"{segment.label} ({first.op}): building {segment.impl} failed: {exc}") from None
         arrays = [self.buffers[n] for n in inputs], [self.buffers[n] for n in outputs]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
@@ -26,10 +28,9 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 class OnnxRuntimeKernel:
     """Runs a small graph, reading and writing the caller's arrays in place (IO binding)."""
 
-    def __init__(self, graph: Graph, threads: int | None = None):
-        self.session = ort.InferenceSession(
-            graph_to_onnx(graph).SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
-        )
+    def __init__(self, graph: Graph, threads: int | None = None, model_file: Path | None = None):
+        model = str(model_file) if model_file is not None else graph_to_onnx(graph).SerializeToString()
+        self.session = ort.InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])
         self.input_names, self.output_names = graph.inputs, graph.outputs
         self._binding = None
         self._bound: tuple[int, ...] = ()
@@ -55,5 +56,6 @@ class OnnxRuntimeImplementation(LibraryImplementation):
     def build(self, workload: Workload, config: Config) -> OnnxRuntimeKernel:
         return per_use(workload, self.build_graph(workload.as_graph()))
 
-    def build_graph(self, graph: Graph) -> OnnxRuntimeKernel:
-        return OnnxRuntimeKernel(graph)
+    def build_graph(self, graph: Graph, model_file: Path | None = None) -> OnnxRuntimeKernel:
+        """`model_file`: the graph saved as ONNX (a saved plan's, weights read from its file)."""
+        return OnnxRuntimeKernel(graph, model_file=model_file)

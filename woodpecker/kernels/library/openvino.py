@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from woodpecker.graph.ir import Graph
@@ -23,11 +25,15 @@ class OpenVinoImplementation(LibraryImplementation):
     def build(self, workload: Workload, config: Config):
         return per_use(workload, self.build_graph(workload.as_graph()))
 
-    def build_graph(self, graph: Graph):
+    def build_graph(self, graph: Graph, model_file: Path | None = None):
+        """`model_file`: the graph saved as ONNX (a saved plan's, weights mapped from its file)."""
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(graph_to_onnx(graph).SerializeToString(), b"")  # the bytes die here
+        if model_file is not None:
+            model = core.read_model(str(model_file))
+        else:
+            model = core.read_model(graph_to_onnx(graph).SerializeToString(), b"")  # the bytes die here
         compiled = core.compile_model(model, "CPU", FP32_CONFIG)
         del model  # the compiled model holds its own (re-packed) weights
         request = compiled.create_infer_request()
