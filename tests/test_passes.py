@@ -71,6 +71,23 @@ def test_fold_batchnorm(rng):
     assert_same_function(graph, out, rng)
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_fold_batchnorm_into_gemm(trans_b, rng):
+    """The output-channel axis of a Gemm's weight depends on transB; alpha and beta fold too."""
+    w = rng.standard_normal((5, 6) if trans_b else (6, 5)).astype(np.float32)
+    bn = [rng.uniform(0.5, 2, 5), rng.standard_normal(5), rng.standard_normal(5), rng.uniform(0.5, 2, 5)]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "c"], ["g"], transB=trans_b, alpha=0.5, beta=2.0),
+        helper.make_node("BatchNormalization", ["g", "s", "b", "m", "v"], ["y"], epsilon=1e-5),
+    ]
+    inits = [const("w", w), const("c", rng.standard_normal(5).astype(np.float32))]
+    inits += [const(n, a.astype(np.float32)) for n, a in zip("sbmv", bn)]
+    graph = import_model(make_model(nodes, [tensor("x", [3, 6])], [tensor("y", [3, 5])], inits))
+    out = fold_batchnorm(graph)
+    assert [n.op for n in out.nodes] == ["Gemm"] and out.nodes[0].attrs["alpha"] == 1.0
+    assert_same_function(graph, out, rng)
+
+
 def test_fuse_residual_add_and_relu_into_conv(rng):
     graph = fold_batchnorm(remove_identity(resblock(rng)))
     out = fuse_epilogue(graph)

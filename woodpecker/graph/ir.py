@@ -121,6 +121,11 @@ class Graph:
                     users.setdefault(name, []).append(node)
         return users
 
+    def single_use(self, name: str, consumers: dict[str, list[Node]]) -> bool:
+        """`name` is read once, by one node, and is no graph output: the node producing it can be
+        merged into that reader without the value being needed anywhere else."""
+        return len(consumers.get(name, [])) == 1 and name not in self.outputs
+
     def is_constant(self, name: str) -> bool:
         return name in self.constants
 

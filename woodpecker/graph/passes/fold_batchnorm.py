@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from woodpecker.graph.ir import Graph, Node, Value
+from woodpecker.graph.ir import Graph, Node
+from woodpecker.graph.passes.weights import add_constant, scale_output_channels
 
 
 def fold_batchnorm(graph: Graph) -> Graph:
@@ -25,7 +26,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
         producer = producers.get(bn.inputs[0])
         if producer is None or producer.name in replaced or producer.op not in ("Conv", "Gemm"):
             continue
-        if len(consumers.get(bn.inputs[0], [])) != 1 or bn.inputs[0] in out.outputs:
+        if not out.single_use(bn.inputs[0], consumers):
             continue
         if producer.inputs[1] not in out.constants or (
             len(producer.inputs) > 2 and producer.inputs[2] and producer.inputs[2] not in out.constants
@@ -35,25 +36,17 @@ def fold_batchnorm(graph: Graph) -> Graph:
             continue
         gamma, beta, mean, var = (out.constants[n].astype(np.float64) for n in bn.inputs[1:5])
         scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
-        weight = out.constants[producer.inputs[1]].astype(np.float64)
+        weight = scale_output_channels(producer, out.constants[producer.inputs[1]].astype(np.float64), scale)
         n_out = scale.shape[0]
-        if producer.op == "Conv":
-            weight = weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
-        elif producer.attrs.get("transB", 0):
-            weight = weight * scale[:, None]
-        else:
-            weight = weight * scale[None, :]
         has_bias = len(producer.inputs) > 2 and producer.inputs[2]
         bias = out.constants[producer.inputs[2]].astype(np.float64) if has_bias else np.zeros(n_out)
         if producer.op == "Gemm":
             alpha, beta_g = producer.attrs.get("alpha", 1.0), producer.attrs.get("beta", 1.0)
             weight, bias = weight * alpha, bias * beta_g
         bias = (bias - mean) * scale + beta
-        w_name, b_name = f"{producer.name}/folded_W", f"{producer.name}/folded_B"
         dtype = out.constants[producer.inputs[1]].dtype
-        for name, array in ((w_name, weight.astype(dtype)), (b_name, bias.astype(dtype))):
-            out.constants[name] = array
-            out.values[name] = Value(name, array.shape, array.dtype.name)
+        w_name = add_constant(out, f"{producer.name}/folded_W", weight.astype(dtype))
+        b_name = add_constant(out, f"{producer.name}/folded_B", bias.astype(dtype))
         attrs = dict(producer.attrs, bias_folded=True)
         if producer.op == "Gemm":
             attrs.update(alpha=1.0, beta=1.0)

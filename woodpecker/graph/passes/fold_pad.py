@@ -22,7 +22,7 @@ def fold_pad(graph: Graph) -> Graph:
             continue
         if pad.attrs.get("mode", "constant") != "constant" or pad_value(out, pad) != 0.0:
             continue
-        if len(consumers[pad.outputs[0]]) != 1 or pad.outputs[0] in out.outputs:
+        if not out.single_use(pad.outputs[0], consumers):
             continue
         if conv.attrs.get("auto_pad", "NOTSET") != "NOTSET":
             continue

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from woodpecker.graph.ir import Graph, Node, Value
+from woodpecker.graph.ir import Graph, Node
+from woodpecker.graph.passes.weights import add_constant, scale_output_channels
 
 FOLDED_ATTRS = ("activation", "residual", "pool", "depthwise")
 
@@ -57,10 +58,10 @@ def _path(graph: Graph, name: str, producers, consumers) -> tuple[Node, Node | N
     transpose = None
     if node is not None and node.op == "Transpose":
         transpose, name = node, node.inputs[0]
-        if len(consumers.get(transpose.outputs[0], [])) != 1 or transpose.outputs[0] in graph.outputs:
+        if not graph.single_use(transpose.outputs[0], consumers):
             return None
         node = producers.get(name)
-    if node is None or len(consumers.get(name, [])) != 1 or name in graph.outputs:
+    if node is None or not graph.single_use(name, consumers):
         return None
     if node.op not in ("Conv", "MatMul") or any(node.attrs.get(k) for k in FOLDED_ATTRS):
         return None
@@ -96,21 +97,12 @@ def _scale_host(graph: Graph, host: Node, scale: np.ndarray) -> Node:
     """The host, in place in the graph, reading its weights (and bias) times `scale` (one value per
     output channel) as new constants."""
     inputs = list(host.inputs)
-    weight = np.asarray(graph.constants[inputs[1]], np.float32)
-    scaled = weight * (scale.reshape(-1, 1, 1, 1) if host.op == "Conv" else scale)
-    names = [_add_constant(graph, f"{inputs[1]}__scaled", scaled)]
+    scaled = scale_output_channels(host, np.asarray(graph.constants[inputs[1]], np.float32), scale)
+    names = [add_constant(graph, f"{inputs[1]}__scaled", scaled.astype(np.float32))]
     if len(inputs) > 2 and inputs[2]:
-        names.append(_add_constant(graph, f"{inputs[2]}__scaled", np.asarray(graph.constants[inputs[2]]) * scale))
+        bias = np.asarray(graph.constants[inputs[2]]) * scale
+        names.append(add_constant(graph, f"{inputs[2]}__scaled", bias.astype(np.float32)))
     inputs[1 : 1 + len(names)] = names
     scaled_host = host.replace(inputs=tuple(inputs))
     graph.nodes[graph.nodes.index(host)] = scaled_host
     return scaled_host
-
-
-def _add_constant(graph: Graph, base: str, array: np.ndarray) -> str:
-    name, i = base, 1
-    while name in graph.values:
-        name, i = f"{base}{i}", i + 1
-    graph.constants[name] = array.astype(np.float32)
-    graph.values[name] = Value(name, array.shape, "float32")
-    return name

@@ -29,11 +29,13 @@ def fuse_depthwise(graph: Graph) -> Graph:
         if not _is_pointwise(out, pointwise):
             continue
         depthwise = producers.get(pointwise.inputs[0])
-        if depthwise is None or not _is_depthwise(out, depthwise) or depthwise.outputs[0] in out.outputs:
-            continue
-        if len(consumers[depthwise.outputs[0]]) != 1 or not _blocked_alike(
-            out, depthwise.inputs[0], depthwise.outputs[0]
+        if (
+            depthwise is None
+            or not _is_depthwise(out, depthwise)
+            or not out.single_use(depthwise.outputs[0], consumers)
         ):
+            continue
+        if not _blocked_alike(out, depthwise.inputs[0], depthwise.outputs[0]):
             continue
         inputs = list(pointwise.inputs) + [""] * (DEPTHWISE_BIAS + 1 - len(pointwise.inputs))
         inputs[0] = depthwise.inputs[0]

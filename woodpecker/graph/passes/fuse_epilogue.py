@@ -135,7 +135,7 @@ def _gelu(graph: Graph, last: Node, producers, consumers) -> Fusion | None:
         if div.inputs[0] != name:  # sqrt(2) / y is not GELU
             continue
         chain = (times, plus, erf, div)
-        if any(len(consumers.get(n.outputs[0], [])) != 1 or n.outputs[0] in graph.outputs for n in chain):
+        if not all(graph.single_use(n.outputs[0], consumers) for n in chain):
             continue
         if {id(n) for n in consumers.get(name, [])} != {id(times), id(div)}:
             continue

@@ -24,9 +24,9 @@ def fuse_input_scale(graph: Graph) -> Graph:
         if conv.op != "Conv" or conv.attrs.get("input_scale") or conv.inputs[1] not in out.constants:
             continue
         mul = producers.get(conv.inputs[0])
-        if mul is None or mul.op != "Mul" or len(mul.inputs) != 2 or mul.outputs[0] in out.outputs:
+        if mul is None or mul.op != "Mul" or len(mul.inputs) != 2 or not out.single_use(mul.outputs[0], consumers):
             continue
-        if len(consumers[mul.outputs[0]]) != 1 or any(n in out.constants for n in mul.inputs):
+        if any(n in out.constants for n in mul.inputs):
             continue
         shape = out.shape(mul.outputs[0])
         scale_shape = (shape[0], shape[1], 1, 1) if len(shape) == 4 else None

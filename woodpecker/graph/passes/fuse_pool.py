@@ -28,7 +28,7 @@ def fuse_pool(graph: Graph) -> Graph:
             continue
         if not _fusable(pool):
             continue
-        if len(consumers[conv.outputs[0]]) != 1 or conv.outputs[0] in out.outputs:
+        if not out.single_use(conv.outputs[0], consumers):
             continue
         if (
             not out.values[conv.outputs[0]].block
