@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
+from woodpecker.models import torchvision_name
 
 PEERS = ("onnxruntime", "openvino", "openvino-bf16", "torch", "torch-compile")
+ONNX_PEERS = ("onnxruntime", "openvino", "openvino-bf16")
 REDUCED_PRECISION = ("openvino-bf16",)
 
 
@@ -49,8 +52,15 @@ def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict
             raise WoodpeckerError(f"cannot time peer {peer}: the plan's source model {model} is not available")
         runtimes.append((peer, model))
     results = []
-    for name, path in tqdm(runtimes, desc="bench", unit="runtime", leave=False, disable=not sys.stderr.isatty()):
-        results.append(_run_isolated(name, path, batch, settings))
+    with tempfile.TemporaryDirectory(prefix="wpk-bench-") as tmp:
+        # Peers start from files as their users' code would: ONNX peers from a copy of the model
+        # with the batch fixed, PyTorch from its torchvision name. Preparing either inside the
+        # timed process would add a copy of the model to the peer's peak memory.
+        static, inputs = _with_batch(model, batch, Path(tmp)) if peers else (None, {})
+        torchvision = torchvision_name(model) if set(peers) & {"torch", "torch-compile"} else None
+        for name, path in tqdm(runtimes, desc="bench", unit="runtime", leave=False, disable=not sys.stderr.isatty()):
+            source = static if name in ONNX_PEERS else torchvision if name.startswith("torch") else path
+            results.append(_run_isolated(name, source, batch, settings, inputs))
     base = next((r for r in results if r["runtime"] == "woodpecker" and r.get("median_ms")), None)
     fp32_peers = [r for r in results if r["runtime"] not in ("woodpecker", *REDUCED_PRECISION) and r.get("median_ms")]
     for r in results:
@@ -67,7 +77,30 @@ def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict
     }
 
 
-def _run_isolated(runtime: str, path: str, batch: int, settings: BenchSettings) -> dict:
+def _with_batch(model: str, batch: int, directory: Path) -> tuple[str, dict]:
+    """A copy of the ONNX model with its inputs' batch fixed, for the ONNX peers to load, and its
+    inputs (name -> (shape, dtype)) for the peers' random feeds."""
+    import onnx
+
+    from woodpecker.graph.onnx_import import load_onnx, with_static_inputs
+
+    path = directory / "model.onnx"
+    proto = with_static_inputs(load_onnx(model), batch)
+    weights = {t.name for t in proto.graph.initializer}
+    inputs = {
+        i.name: ([d.dim_value for d in i.type.tensor_type.shape.dim], "float32")
+        for i in proto.graph.input
+        if i.name not in weights
+    }
+    onnx.save(proto, path, save_as_external_data=proto.ByteSize() > 2**31 - 2**26)  # protobuf's 2 GB limit
+    return str(path), inputs
+
+
+def _run_isolated(runtime: str, path: str | None, batch: int, settings: BenchSettings, inputs: dict) -> dict:
+    """`path`: the plan, the model with its batch fixed (ONNX peers) or the torchvision name;
+    `inputs`: the peers' inputs (name -> (shape, dtype))."""
+    if path is None:
+        return {"runtime": runtime, "error": "model not exported by `wpk export` (torchvision name unknown)"}
     args = {
         "runtime": runtime,
         "path": path,
@@ -76,6 +109,7 @@ def _run_isolated(runtime: str, path: str, batch: int, settings: BenchSettings) 
         "runs": settings.runs,
         "min_seconds": settings.min_seconds,
         "threads": settings.threads,
+        "inputs": inputs,
     }
     try:
         proc = subprocess.run(

@@ -18,7 +18,7 @@ def main() -> None:
     threads = configure_threads(args["threads"])
     _import_runtime(args["runtime"])
     baseline = _rss_mib()  # the libraries are loaded; what follows is the model's own memory
-    run, feeds = _prepare(args["runtime"], args["path"], args["batch"], threads)
+    run, feeds = _prepare(args["runtime"], args["path"], args["inputs"], threads)
     for _ in range(args["warmup"]):
         run(feeds)
     times: list[float] = []
@@ -72,7 +72,7 @@ def _peak_rss_mib() -> float:
     return int(line.split()[1]) / 1024  # kB
 
 
-def _prepare(runtime: str, path: str, batch: int, threads: int):
+def _prepare(runtime: str, path: str, inputs: dict, threads: int):
     from woodpecker.plan.verify import random_feeds
 
     if runtime == "woodpecker":
@@ -80,27 +80,21 @@ def _prepare(runtime: str, path: str, batch: int, threads: int):
 
         plan = Plan.load(path)
         return plan.executor().run, random_feeds(plan.input_specs, seed=0)
-    from woodpecker.graph.onnx_import import load_onnx, with_static_inputs
-
-    proto = with_static_inputs(load_onnx(path), batch)
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    specs = {i.name: (tuple(d.dim_value for d in i.type.tensor_type.shape.dim), "float32") for i in inputs}
-    feeds = random_feeds(specs, seed=0)
+    # Peers: `path` is the model with its batch fixed (ONNX), or the torchvision name (PyTorch).
+    feeds = random_feeds({name: (tuple(shape), dtype) for name, (shape, dtype) in inputs.items()}, seed=0)
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
         from woodpecker.kernels.library.onnxruntime import session_options
 
-        session = ort.InferenceSession(
-            proto.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        session = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
         return (lambda f: session.run(None, f)), feeds
     if runtime.startswith("openvino"):
         import openvino as ov
 
         precision = "bf16" if runtime.endswith("bf16") else "f32"
         compiled = ov.Core().compile_model(
-            ov.Core().read_model(proto.SerializeToString(), b""),
+            path,
             "CPU",
             {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads},
         )
@@ -110,13 +104,8 @@ def _prepare(runtime: str, path: str, batch: int, threads: int):
         import torch
         import torchvision
 
-        from woodpecker.models import torchvision_name
-
-        name = torchvision_name(path)
-        if name is None:
-            raise SystemExit("torch peer needs a model exported by `wpk export` (torchvision name unknown)")
         torch.set_num_threads(threads)
-        model = getattr(torchvision.models, name)(weights=None).eval()
+        model = getattr(torchvision.models, path)(weights=None).eval()
         if runtime == "torch-compile":
             model = torch.compile(model)  # compiled by the warm-up runs, before timing
         tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
