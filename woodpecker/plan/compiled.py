@@ -5,7 +5,7 @@ Saved plans then load without a JIT or a search: `Plan.load` maps the library (w
 Halide runtime) and the pre-packed weights, and the first run is an ordinary run. A library
 segment's ONNX file refers to its weights in the plan's weights file (ONNX external data), so
 OpenVINO maps them from disk and ONNX Runtime reads them itself: serializing VGG-16's weights
-into a model in memory and parsing it back took 8 of the 9.7 s of its first run.
+into a model in memory and parsing it back took about 7 s of its 7-10 s first run (now 0.4 s).
 """
 
 from __future__ import annotations
