@@ -7,7 +7,7 @@ from onnx import helper
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import segments
-from woodpecker.plan.select import candidate_choices, select_plan
+from woodpecker.plan.select import PlanCandidate, candidate_choices, pick, select_plan
 from woodpecker.runtime.executor import Executor
 
 
@@ -68,9 +68,20 @@ def test_candidate_plans_are_timed_apart_and_a_broken_one_is_reported(rng):
     assert set(by_name) == {"per-node", "all-onnxruntime"}
     assert by_name["per-node"].median_s is None and "no-such-kernel" in by_name["per-node"].error
     assert best.name == "all-onnxruntime" and best.median_s > 0
+    assert best.resident_mib is not None and best.resident_mib >= 0  # what its process added by building and running it
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
     a = 1 / (1 + np.exp(-x))
     np.testing.assert_allclose(best.executor.run({"x": x})["y"], (a + np.tanh(a)) * x, rtol=1e-5, atol=1e-6)
+
+
+def test_plans_within_two_percent_of_the_fastest_are_a_tie_that_less_memory_wins():
+    def plan(name, ms, mib):
+        return PlanCandidate(name, [], median_s=ms / 1e3, resident_mib=mib)
+
+    fastest, close_and_small, slow_and_smaller = plan("a", 10.0, 900), plan("b", 10.15, 500), plan("c", 10.5, 100)
+    assert pick([fastest, close_and_small, slow_and_smaller]).name == "b"
+    assert pick([fastest, slow_and_smaller]).name == "a"  # 5 % slower is not a tie
+    assert pick([plan("a", 10.0, None), plan("b", 10.1, None)]).name == "a"  # no memory figures: the fastest
 
 
 def test_generated_candidate_puts_every_node_with_a_correct_generated_kernel_on_it(rng):

@@ -67,7 +67,12 @@ def optimize(
         "summary": summarize(graph, optimized, choices, time.perf_counter() - start),
     }
     meta["plan_candidates"] = {
-        c.name: {"median_ms": c.median_s * 1e3 if c.median_s else None, "error": c.error} for c in timed
+        c.name: {
+            "median_ms": c.median_s * 1e3 if c.median_s else None,
+            "resident_mib": c.resident_mib,
+            "error": c.error,
+        }
+        for c in timed
     }
     meta["selected"] = best.name
     memory = best.executor.memory

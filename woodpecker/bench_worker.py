@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 import statistics
@@ -16,8 +17,8 @@ from woodpecker.measure.threads import configure_threads
 def main() -> None:
     args = json.loads(sys.argv[1])
     threads = configure_threads(args["threads"])
-    _import_runtime(args["runtime"])
-    baseline = _rss_mib()  # the libraries are loaded; what follows is the model's own memory
+    import_runtime(args["runtime"])
+    baseline = rss_mib()  # the libraries are loaded; what follows is the model's own memory
     run, feeds = _prepare(args["runtime"], args["path"], args["inputs"], threads)
     for _ in range(args["warmup"]):
         run(feeds)
@@ -40,13 +41,13 @@ def main() -> None:
                 "runs": len(times),
                 "throughput": args["batch"] / median,
                 "threads": threads,
-                "peak_mib": _peak_rss_mib() - baseline,
+                "peak_mib": peak_rss_mib() - baseline,
             }
         )
     )
 
 
-def _import_runtime(runtime: str) -> None:
+def import_runtime(runtime: str) -> None:
     """Import what the runtime needs before the memory baseline (a plan may use any library)."""
     modules = {
         "woodpecker": ["onnxruntime", "openvino", "halide", "woodpecker.plan.plan", "woodpecker.runtime.executor"],
@@ -57,15 +58,16 @@ def _import_runtime(runtime: str) -> None:
         "torch-compile": ["torch", "torchvision"],
     }
     for module in modules.get(runtime, []):
-        __import__(module)
+        if importlib.util.find_spec(module) is not None:  # OpenVINO and PyTorch are optional
+            __import__(module)
 
 
-def _rss_mib() -> float:
+def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """This process's peak resident memory (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
     with open("/proc/self/status") as f:
         line = next(line for line in f if line.startswith("VmHWM:"))

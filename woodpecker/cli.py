@@ -168,10 +168,15 @@ def _optimize(args) -> int:
         f"{summary['optimize_seconds']} s in all"
     )
     timings = ", ".join(
-        f"{name} {c['median_ms']:.2f} ms" if c["median_ms"] else f"{name} failed"
+        f"{name} {c['median_ms']:.2f} ms"
+        + (f" / {c['resident_mib']:.0f} MiB" if c.get("resident_mib") is not None else "")
+        if c["median_ms"]
+        else f"{name} failed"
         for name, c in plan.meta["plan_candidates"].items()
     )
-    print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']}")
+    from woodpecker.plan.select import TIE
+
+    print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']} (within {TIE:.0%}: less memory wins)")
     m = plan.meta["memory"]
     print(
         f"  memory: {m['arena_bytes'] / 2**20:.1f} MiB of activations in one arena "

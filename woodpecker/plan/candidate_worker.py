@@ -4,13 +4,15 @@ Each candidate gets a fresh process so that no thread pool left by another libra
 an earlier candidate) slows it down: timed side by side in the optimizing process, the
 per-node plan and the all-ONNX-Runtime plan were picked over a faster all-OpenVINO plan.
 Protocol (one JSON object per line after PREFIX, since libraries may print to stdout too): the
-worker prints {"ready": true} or {"error": ...} once built, then answers every "time" line on
-stdin with {"median_s": ...}, until stdin closes.
+worker prints {"ready": true, "resident_mib": ...} or {"error": ...} once built and run once, then
+answers every "time" line on stdin with {"median_s": ...}, until stdin closes.
 The optimizer interleaves the candidates' rounds, so a slow spell of the machine hits all.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import statistics
 import sys
@@ -45,6 +47,10 @@ def main() -> None:
     directory, graph_file, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     threads, seed = int(sys.argv[4]), int(sys.argv[5])
     configure_threads(threads)
+    from woodpecker.bench_worker import import_runtime, rss_mib
+
+    import_runtime("woodpecker")  # every library a plan may use, before the memory baseline
+    baseline = rss_mib()
     from woodpecker.errors import WoodpeckerError
     from woodpecker.plan.choice import Choice
     from woodpecker.plan.compiled import save_library_models
@@ -64,7 +70,13 @@ def main() -> None:
     except WoodpeckerError as exc:  # e.g. a library that cannot compile the whole graph
         answer({"error": str(exc)[:300]})
         return
-    answer({"ready": True})
+    # Resident after building and one run, not the peak: a JIT-compiled candidate's build makes
+    # passing copies of its weights that a saved plan, loading them pre-packed, never makes; the
+    # heap they leave free is handed back first so that only what the plan holds counts.
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    answer({"ready": True, "resident_mib": rss_mib() - baseline})
     for line in sys.stdin:
         if line.strip() == "time":
             answer({"median_s": time_executor(executor, feeds, warmup=3, runs=10, max_seconds=5.0)})

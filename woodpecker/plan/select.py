@@ -3,7 +3,7 @@
 Per node, isolated timings miss what happens between nodes (layout conversions inside a
 library, cold caches, thread-pool wake-ups). The explorer therefore builds a few complete
 candidate plans, times each end to end on random input in a process of its own (like
-`wpk bench` times peers; see plan/candidate_worker.py), and keeps the fastest:
+`wpk bench` times peers; see plan/candidate_worker.py), and keeps the fastest (see TIE below):
 - "per-node": every node's fastest measured kernel (library runs merged into one call);
 - "generated": every node that has a correct generated kernel on its fastest one, the rest as
   in "per-node". Libraries' thread pools slow the kernels around them (ONNX Runtime's pool
@@ -13,6 +13,8 @@ candidate plans, times each end to end on random input in a process of its own (
 - "per-node-<label>", "generated-<label>": the same two on an alternative graph, e.g. without the
   pool and depthwise fusions ("unfused"): whether a fused kernel beats the two it replaces shows
   only in whole runs (timed alone, the unfused pair's second kernel reads a warm input).
+Each candidate's process also reports the memory the plan holds once built; plans within TIE
+(2 %) of the fastest count as equally fast, and the one holding the least memory is kept.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from woodpecker.plan.serialize import CONSTANTS, graph_to_data, save_constants
 
 CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) or timing one whole plan
 ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
+# Plans within this fraction of the fastest are a tie, which the smaller resident memory wins: two
+# runs of the same plans here differ by more than this, so the speed given up is noise.
+TIE = 0.02
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class PlanCandidate:
     graph: Graph | None = None
     executor: object | None = None
     median_s: float | None = None
+    resident_mib: float | None = None  # memory its process holds after building and running it once
     error: str | None = None
 
 
@@ -101,9 +107,10 @@ def select_plan(
     alternatives: dict[str, tuple[Graph, list[Choice]]] | None = None,
 ) -> tuple[PlanCandidate, list[PlanCandidate]]:
     """Time every candidate plan in its own process, the candidates' rounds interleaved; return the
-    fastest (best round; with its graph and the executor built here) and all candidates with their
-    times or errors. `alternatives`: label -> (graph, choices) of other graphs of the same model,
-    whose weights are among `graph`'s; they add their own-kernel candidates."""
+    fastest (best round; with its graph and the executor built here; a tie within TIE goes to the
+    smaller resident memory) and all candidates with their times, memory or errors. `alternatives`:
+    label -> (graph, choices) of other graphs of the same model, whose weights are among `graph`'s;
+    they add their own-kernel candidates."""
     from woodpecker.runtime.executor import Executor
 
     threads = configure_threads(threads)
@@ -121,6 +128,7 @@ def select_plan(
                 (directory / graph_files[id(candidate_graph)]).write_text(json.dumps(data))
         workers: dict[str, _Worker] = {}
         errors: dict[str, str] = {}
+        memory: dict[str, float] = {}
         try:
             for name, (candidate_graph, candidate) in tqdm(
                 candidates.items(), desc="build plans", unit="plan", disable=not progress
@@ -128,11 +136,13 @@ def select_plan(
                 (directory / f"{name}.json").write_text(json.dumps([c.to_json() for c in candidate]))
                 worker = _Worker(directory, graph_files[id(candidate_graph)], name, threads, seed)
                 workers[name] = worker
-                error = worker.wait_ready()
-                if error:
-                    errors[name] = error
+                ready = worker.wait_ready()
+                if "error" in ready:
+                    errors[name] = ready["error"]
                     worker.close()
                     del workers[name]
+                else:
+                    memory[name] = ready.get("resident_mib")
             times: dict[str, list[float]] = {name: [] for name in workers}
             for _ in tqdm(range(rounds), desc="time plans", unit="round", disable=not progress):
                 for name, worker in workers.items():
@@ -150,6 +160,7 @@ def select_plan(
             candidate,
             candidate_graph,
             median_s=min(times[name]) if times.get(name) and name not in errors else None,
+            resident_mib=memory.get(name),
             error=errors.get(name),
         )
         for name, (candidate_graph, candidate) in candidates.items()
@@ -157,8 +168,15 @@ def select_plan(
     ok = [c for c in timed if c.median_s is not None]
     if not ok:
         raise WoodpeckerError("no candidate plan could be built: " + "; ".join(f"{c.name}: {c.error}" for c in timed))
-    best = min(ok, key=lambda c: c.median_s)
+    best = pick(ok)
     return replace(best, executor=Executor(best.graph, best.choices, progress)), timed
+
+
+def pick(timed: list[PlanCandidate]) -> PlanCandidate:
+    """The fastest candidate, or among those within TIE of it the one holding the least memory."""
+    fastest = min(timed, key=lambda c: c.median_s)
+    tied = [c for c in timed if c.median_s <= fastest.median_s * (1 + TIE) and c.resident_mib is not None]
+    return min(tied, key=lambda c: (c.resident_mib, c.median_s)) if tied else fastest
 
 
 class _Worker:
@@ -189,9 +207,9 @@ class _Worker:
                 self.answers.put(line[len(PREFIX) :])
         self.answers.put("")
 
-    def wait_ready(self) -> str | None:
-        result = self._read()
-        return result.get("error")
+    def wait_ready(self) -> dict:
+        """{"ready": true, "resident_mib": ...} or {"error": ...}."""
+        return self._read()
 
     def time(self) -> dict:
         try:
