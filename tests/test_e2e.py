@@ -144,10 +144,11 @@ def test_cli_run_inspect_and_bench(small_plan, tmp_path):
     inspect = wpk("inspect", small_plan / "model.onnx", "--json")
     report = json.loads(inspect.stdout)
     assert report["nodes"][0]["fused"] == ["Relu"] and report["fallback"] == []
-    bench = wpk("bench", small_plan / "plan", "--vs", "onnxruntime", "--runs", "5", "--json")
+    bench = wpk("bench", small_plan / "plan", "--vs", "onnxruntime", "--runs", "5", "--rounds", "2", "--json")
     figures = json.loads(bench.stdout)
     assert {r["runtime"] for r in figures["results"]} == {"woodpecker", "onnxruntime"}
-    assert all(r["median_ms"] > 0 for r in figures["results"])
+    assert all(r["median_ms"] > 0 and len(r["round_medians_ms"]) == 2 for r in figures["results"])
+    assert figures["speedup_vs_best_fp32_peer"] > 0
 
 
 @pytest.mark.parametrize("content", [None, b"", b"\x08\x07garbage-not-onnx"])

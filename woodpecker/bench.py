@@ -2,12 +2,17 @@
 
 Timing peers in separate processes keeps one library's thread pool from slowing another's.
 Reported figures are medians over many runs after a warm-up; ratios are peer / Woodpecker
-(above 1: Woodpecker is faster).
+(above 1: Woodpecker is faster). On a shared machine one process can run 20-40 % slower than
+the next for reasons of its own, so every runtime is timed in `rounds` fresh processes, the
+runtimes' order rotating from round to round; a runtime's median is the median of its rounds',
+and a ratio is the median of the ratios within each round (runtimes timed minutes apart do not
+share a slow spell, those in one round more often do).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +35,7 @@ class BenchSettings:
     warmup: int = 5
     runs: int = 30
     min_seconds: float = 1.0
+    rounds: int = 3
     threads: int | None = None
     timeout_s: float = 900.0
 
@@ -51,29 +57,70 @@ def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict
         if not model or not Path(model).exists():
             raise WoodpeckerError(f"cannot time peer {peer}: the plan's source model {model} is not available")
         runtimes.append((peer, model))
-    results = []
+    rounds: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="wpk-bench-") as tmp:
         # Peers start from files as their users' code would: ONNX peers from a copy of the model
         # with the batch fixed, PyTorch from its torchvision name. Preparing either inside the
         # timed process would add a copy of the model to the peer's peak memory.
         static, inputs = _with_batch(model, batch, Path(tmp)) if peers else (None, {})
         torchvision = torchvision_name(model) if set(peers) & {"torch", "torch-compile"} else None
-        for name, path in tqdm(runtimes, desc="bench", unit="runtime", leave=False, disable=not sys.stderr.isatty()):
-            source = static if name in ONNX_PEERS else torchvision if name.startswith("torch") else path
-            results.append(_run_isolated(name, source, batch, settings, inputs))
-    base = next((r for r in results if r["runtime"] == "woodpecker" and r.get("median_ms")), None)
-    fp32_peers = [r for r in results if r["runtime"] not in ("woodpecker", *REDUCED_PRECISION) and r.get("median_ms")]
-    for r in results:
-        if base and r.get("median_ms"):
-            r["ratio_vs_woodpecker"] = round(r["median_ms"] / base["median_ms"], 3)
-    best = min(fp32_peers, key=lambda r: r["median_ms"]) if fp32_peers else None
+        sources = {
+            name: static if name in ONNX_PEERS else torchvision if name.startswith("torch") else path
+            for name, path in runtimes
+        }
+        names = list(sources)
+        with tqdm(
+            total=settings.rounds * len(names), desc="bench", unit="run", leave=False, disable=not sys.stderr.isatty()
+        ) as bar:
+            for i in range(settings.rounds):
+                rounds.append({})
+                for name in names[i % len(names) :] + names[: i % len(names)]:
+                    rounds[-1][name] = _run_isolated(name, sources[name], batch, settings, inputs)
+                    bar.update()
+    results, best = summarize(rounds, batch)
     return {
         "target": str(target),
         "model": model,
         "batch": batch,
         "results": results,
         "best_fp32_peer": best["runtime"] if best else None,
-        "speedup_vs_best_fp32_peer": round(best["median_ms"] / base["median_ms"], 3) if base and best else None,
+        "speedup_vs_best_fp32_peer": best.get("ratio_vs_woodpecker") if best else None,
+        "rounds": settings.rounds,
+    }
+
+
+def summarize(rounds: list[dict[str, dict]], batch: int) -> tuple[list[dict], dict | None]:
+    """Each runtime's rounds as one result, with its ratio to the plan (median of the ratios within
+    each round); and the fastest fp32 peer."""
+    results = [_over_rounds(name, [r[name] for r in rounds], batch) for name in rounds[0]]
+    for r in results:
+        paired = [one[r["runtime"]]["median_ms"] / one["woodpecker"]["median_ms"] for one in rounds if _ok(one, r)]
+        if paired:
+            r["ratio_vs_woodpecker"] = round(statistics.median(paired), 3)
+    fp32_peers = [r for r in results if r["runtime"] not in ("woodpecker", *REDUCED_PRECISION) and r.get("median_ms")]
+    return results, min(fp32_peers, key=lambda r: r["median_ms"]) if fp32_peers else None
+
+
+def _ok(one_round: dict[str, dict], result: dict) -> bool:
+    """Both this runtime and the plan were timed in this round."""
+    return all(one_round.get(name, {}).get("median_ms") for name in (result["runtime"], "woodpecker"))
+
+
+def _over_rounds(runtime: str, runs: list[dict], batch: int) -> dict:
+    """One runtime's rounds as one result: median of the medians, the highest peak memory; a round
+    that failed makes the result an error (a runtime that only sometimes works is reported)."""
+    failed = [r for r in runs if r.get("error")]
+    if failed:
+        return {"runtime": runtime, "error": failed[0]["error"]}
+    median = statistics.median(r["median_ms"] for r in runs)
+    return runs[0] | {
+        "median_ms": median,
+        "p10_ms": statistics.median(r["p10_ms"] for r in runs),
+        "p90_ms": statistics.median(r["p90_ms"] for r in runs),
+        "round_medians_ms": [round(r["median_ms"], 3) for r in runs],
+        "runs": sum(r["runs"] for r in runs),
+        "throughput": batch / median * 1e3,
+        "peak_mib": max(r["peak_mib"] for r in runs),
     }
 
 
@@ -140,7 +187,10 @@ def format_table(report: dict) -> str:
             f"{r['runtime']:<16}{r['median_ms']:>11.2f}{r['p90_ms']:>10.2f}{r['throughput']:>10.1f}"
             f"{r['peak_mib']:>10.0f}{(f'{ratio:.2f}x' if ratio else '-'):>9}  {note}"
         )
-    lines.append("ratio = peer median / Woodpecker median (above 1: Woodpecker is faster)")
+    lines.append(
+        f"medians of {report['rounds']} rounds, each runtime in a fresh process per round; ratio = median over"
+        " rounds of peer / Woodpecker (above 1: Woodpecker is faster)"
+    )
     lines.append("peak MiB = peak resident memory after the runtime's libraries were imported (model, buffers, runs)")
     if report.get("speedup_vs_best_fp32_peer"):
         lines.append(f"vs best fp32 peer ({report['best_fp32_peer']}): {report['speedup_vs_best_fp32_peer']:.2f}x")

@@ -82,7 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="plan directory or .onnx model")
     p.add_argument("--vs", default="onnxruntime", help=f"peers, comma-separated, from: {','.join(_peers())}")
     p.add_argument("--batch", type=int, help="batch size for an .onnx target (plans know theirs)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per runtime (median reported)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per runtime and round (median reported)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="fresh processes per runtime, order rotating (median of their medians)"
+    )
     p.add_argument("--threads", type=int, help="threads for every runtime (default: all cores)")
     p.add_argument("--json", metavar="FILE", nargs="?", const="-", help="write the figures as JSON (to FILE or stdout)")
     p.set_defaults(handler=_bench)
@@ -176,7 +179,8 @@ def _optimize(args) -> int:
     )
     from woodpecker.plan.select import TIE
 
-    print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']} (within {TIE:.0%}: less memory wins)")
+    rule = f"the fastest, or within {TIE:.0%} of it the least memory"
+    print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']} ({rule})")
     m = plan.meta["memory"]
     print(
         f"  memory: {m['arena_bytes'] / 2**20:.1f} MiB of activations in one arena "
@@ -275,7 +279,9 @@ def _run(args) -> int:
 def _bench(args) -> int:
     from woodpecker.bench import BenchSettings, bench, format_table
 
-    settings = BenchSettings(batch=args.batch, runs=args.runs, threads=args.threads)
+    if args.rounds < 1:
+        raise WoodpeckerError("--rounds must be at least 1")
+    settings = BenchSettings(batch=args.batch, runs=args.runs, rounds=args.rounds, threads=args.threads)
     report = bench(args.target, [p for p in args.vs.split(",") if p], settings)
     if args.json == "-":
         print(json.dumps(report, indent=1))
