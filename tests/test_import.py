@@ -110,3 +110,16 @@ def test_reshape_targets_computed_from_shapes_are_folded_at_import(rng):
     graph = import_model(channel_shuffle_model(), batch=3)
     assert [n.op for n in graph.nodes] == ["Reshape", "Transpose", "Reshape"]
     assert graph.shape("split") == (3, 2, 4, 4, 4) and graph.shape("y") == (3, 8, 4, 4)
+
+
+def test_import_time_folding_leaves_a_node_whose_result_would_be_huge():
+    """As the folding pass does: a 67 MB ConstantOfShape stays a node instead of becoming a weight."""
+    model = channel_shuffle_model()
+    shape = helper.make_node("Constant", [], ["big_shape"], value=const("big_shape", np.array([4097, 4096])))
+    fill = helper.make_node("ConstantOfShape", ["big_shape"], ["big"], value=const("one", np.ones(1, np.float32)))
+    total = helper.make_node("ReduceSum", ["big"], ["big_sum"], keepdims=0)
+    model.graph.node.extend([shape, fill, total])
+    model.graph.output.append(tensor("big_sum", []))
+    graph = import_model(model, batch=2)
+    assert "ConstantOfShape" in [n.op for n in graph.nodes] and "big" not in graph.constants
+    assert graph.shape("split") == (2, 2, 4, 4, 4)  # the small shape arithmetic still folded

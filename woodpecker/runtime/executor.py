@@ -56,6 +56,7 @@ class Executor:
         self.graph = graph
         self.library, self.kernels = library, kernels or {}
         self.library_models = library_models or {}
+        self.subgraphs: dict[str, Graph] = {}  # a graph-library segment's nodes as a graph, by label
         parts = [(segment, *self._io(segment)) for segment in segments(graph, choices)]
         self.concat_slices = _concats_in_place(graph, parts)
         self.memory, slots = self._plan_memory(parts)
@@ -79,7 +80,7 @@ class Executor:
         if len(segment.nodes) == 1 and segment.impl not in MERGEABLE:
             node = segment.nodes[0]
             return Workload.of(self.graph, node).dynamic_inputs, [n for n in node.outputs if n]
-        subgraph = segment.subgraph(self.graph)
+        subgraph = self.subgraphs[segment.label] = segment.subgraph(self.graph)
         return subgraph.inputs, subgraph.outputs
 
     def _plan_memory(self, parts: list) -> tuple[MemoryPlan, dict[str, str]]:
@@ -137,7 +138,7 @@ class Executor:
         try:
             if segment.impl in MERGEABLE:  # a graph library runs the segment as one model
                 model_file = self.library_models.get(segment.label)
-                kernel = registry.get(segment.impl).build_graph(segment.subgraph(self.graph), model_file)
+                kernel = registry.get(segment.impl).build_graph(self.subgraphs[segment.label], model_file)
             elif self.library is not None and first.name in self.kernels:
                 kernel = self.library.kernel(self.kernels[first.name])
             else:
