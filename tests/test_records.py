@@ -102,3 +102,25 @@ def test_transfer_returns_the_best_configs_of_the_nearest_workloads(tmp_path):
     assert store.transfer("Conv-new", target, "halide.conv2d", k=3) == [{"tile": 7}, {"tile": 9}]
     assert store.transfer("Conv-new", target, "halide.dense") == []
     assert store.transfer("Conv-new", {**target, "op": "MaxPool"}, "halide.conv2d") == []
+
+
+def test_a_kernel_revision_hides_the_measurements_of_its_older_code(tmp_path, monkeypatch):
+    from woodpecker.kernels import registry
+    from woodpecker.plan.explore import measure_with_records
+
+    class Runner:
+        measured = 0
+
+        def measure_batch(self, workload, impl, configs):
+            Runner.measured += len(configs)
+            return [MeasureResult(impl, c, None, 0.1, (1e-3,)) for c in configs]
+
+    records = Records(tmp_path / "r.sqlite")
+    configs = [{"tile": 1}, {"tile": 2}]
+    measure_with_records(None, "Conv-abc", "halide.conv2d", configs, Runner(), records)
+    measure_with_records(None, "Conv-abc", "halide.conv2d", configs, Runner(), records)
+    assert Runner.measured == 2  # the second time from the records
+    monkeypatch.setattr(registry.get("halide.conv2d"), "revision", 2)
+    results = measure_with_records(None, "Conv-abc", "halide.conv2d", configs, Runner(), records)
+    assert Runner.measured == 4 and all(r.impl == "halide.conv2d" for r in results)
+    assert {s["impl"] for s in records.summary()} == {"halide.conv2d", "halide.conv2d@2"}

@@ -21,6 +21,7 @@ Kernel = Callable[[list[np.ndarray], list[np.ndarray]], None]
 class Implementation(Protocol):
     name: str
     kind: str  # "generated" or "library"
+    revision: int  # bumped when recorded measurements of the same config stop applying (registry.record_name)
 
     def matches(self, workload: Workload) -> bool: ...
 
@@ -34,6 +35,7 @@ class LibraryImplementation:
 
     name = "library"
     kind = "library"
+    revision = 1  # a library's own version is in the hardware fingerprint
 
     def space(self, workload: Workload) -> ConfigSpace:
         return EMPTY_SPACE

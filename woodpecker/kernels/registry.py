@@ -54,3 +54,10 @@ def candidates(workload: Workload, libraries: tuple[str, ...] = LIBRARIES) -> li
 
 def get(name: str) -> Implementation:
     return IMPLEMENTATIONS[name]
+
+
+def record_name(name: str) -> str:
+    """The name `name`'s measurements are recorded under: with its revision once its code changed
+    what a recorded config computes or how fast it runs, so that the older records are not read."""
+    revision = get(name).revision
+    return name if revision == 1 else f"{name}@{revision}"

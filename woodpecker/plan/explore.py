@@ -98,14 +98,14 @@ def _tune(
     """Propose, measure, observe in batches until the budget (trials or seconds) is spent, the strategy
     has nothing new, or `patience` batches in a row brought no improvement."""
     if records is not None:  # a workload tuned before is never searched again
-        known = records.results(key, impl)
+        known = records.results(key, registry.record_name(impl))
         if len(known) >= options.budget:
             bar.update(options.budget)
             return known
     if options.transfer and records is not None:
         description = workload.description()
         records.describe(key, description)
-        space = space.starting_from(records.transfer(key, description, impl), options.seed)
+        space = space.starting_from(records.transfer(key, description, registry.record_name(impl)), options.seed)
     strategy = STRATEGIES[options.strategy](space, options.seed)
     deadline = time.monotonic() + options.seconds if options.seconds else math.inf
     results: list[MeasureResult] = []
@@ -130,13 +130,14 @@ def measure_with_records(
 ) -> list[MeasureResult]:
     """Measure what the records do not know yet, as one batch (a Ray cluster runs it in parallel),
     and record it."""
-    known = {i: records.lookup(key, impl, c) for i, c in enumerate(configs)} if records is not None else {}
+    name = registry.record_name(impl) if records is not None else None
+    known = {i: records.lookup(key, name, c) for i, c in enumerate(configs)} if name else {}
     missing = [i for i in range(len(configs)) if known.get(i) is None]
     fresh = runner.measure_batch(workload, impl, [configs[i] for i in missing]) if missing else []
     for i, result in zip(missing, fresh):
         known[i] = result
-        if records is not None:
-            records.add(key, result)  # failures too: a config that crashed or hung is never tried again
+        if name:
+            records.add(key, result, name)  # failures too: a config that crashed or hung is never tried again
     return [known[i] for i in range(len(configs))]
 
 

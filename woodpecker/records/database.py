@@ -114,7 +114,8 @@ class Records:
                 configs.append(config)
         return configs[:k]
 
-    def add(self, workload: str, result: MeasureResult) -> None:
+    def add(self, workload: str, result: MeasureResult, impl: str | None = None) -> None:
+        """`impl`: the name to record it under (registry.record_name), if not `result.impl`."""
         payload = {
             "impl": result.impl,
             "config": result.config,
@@ -126,7 +127,7 @@ class Records:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                INSERT_MEASUREMENT, _row(self.hardware, workload, result.impl, result, payload, time.time())
+                INSERT_MEASUREMENT, _row(self.hardware, workload, impl or result.impl, result, payload, time.time())
             )
 
     def summary(self) -> list[dict]:

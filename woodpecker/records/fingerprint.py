@@ -12,6 +12,7 @@ from importlib import metadata
 LIBRARIES = ("halide", "onnxruntime", "openvino", "torch", "numpy")
 # Bumped when measurements stop being comparable with recorded ones (2: large weights timed cold;
 # 3: pooling schedules changed under the same configs, so recorded pool timings no longer apply).
+# One kernel's change bumps that kernel's `revision` instead (registry.record_name).
 MEASUREMENT_METHOD = 3
 
 

@@ -50,6 +50,7 @@ class GeneratedImplementation:
 
     name = "halide"
     kind = "generated"
+    revision = 1
 
     def define(self, workload: Workload, config: dict) -> Definition:
         raise NotImplementedError
