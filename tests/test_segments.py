@@ -1,5 +1,7 @@
 """Consecutive library nodes become one sub-graph call with the right boundary values."""
 
+from dataclasses import replace
+
 import numpy as np
 from conftest import const, make_model, tensor
 from onnx import helper
@@ -81,15 +83,17 @@ def test_plans_within_two_percent_of_the_fastest_are_a_tie_that_less_memory_wins
     fastest, close_and_small, slow_and_smaller = plan("a", 10.0, 900), plan("b", 10.15, 500), plan("c", 10.5, 100)
     assert pick([fastest, close_and_small, slow_and_smaller]).name == "b"
     assert pick([fastest, slow_and_smaller]).name == "a"  # 5 % slower is not a tie
+    assert pick([fastest, slow_and_smaller], tie=0.06).name == "c"  # unless the user trades that much
     assert pick([plan("a", 10.0, None), plan("b", 10.1, None)]).name == "a"  # no memory figures: the fastest
+
+
+def measured(impl, seconds, error=None):
+    config = {"vec": 4, "chunk": 1024} if impl.startswith("halide") else {}
+    return {"impl": impl, "config": config, "median_s": seconds, "compile_s": 0.1, "error": error}
 
 
 def test_generated_candidate_puts_every_node_with_a_correct_generated_kernel_on_it(rng):
     graph = branchy_graph(rng)
-
-    def measured(impl, seconds, error=None):
-        config = {"vec": 4, "chunk": 1024} if impl.startswith("halide") else {}
-        return {"impl": impl, "config": config, "median_s": seconds, "compile_s": 0.1, "error": error}
 
     choices = [
         Choice(
@@ -122,3 +126,30 @@ def test_generated_candidate_puts_every_node_with_a_correct_generated_kernel_on_
     np.testing.assert_allclose(
         Executor(graph, generated).run({"x": x})["y"], (a + np.tanh(a)) * x, rtol=1e-5, atol=1e-6
     )
+
+
+def test_library_plus_generated_moves_only_plain_nodes_whose_generated_kernel_was_faster(rng):
+    graph = branchy_graph(rng)
+    halide = {"vec": 4, "chunk": 1024}
+    choices = [
+        Choice("n0", "halide.elementwise", halide, "generated", 0.5e-5,
+               candidates=[measured("onnxruntime", 1e-5), measured("halide.elementwise", 0.5e-5)]),
+        Choice("n1", "onnxruntime", {}, "library", 1e-5,
+               candidates=[measured("onnxruntime", 1e-5), measured("halide.elementwise", None, "wrong result")]),
+        Choice("n2", "onnxruntime", {}, "library", 1e-5,
+               candidates=[measured("onnxruntime", 1e-5), measured("halide.elementwise", 2e-5)]),
+        Choice("n3", "halide.elementwise", halide, "generated", 0.5e-5,
+               candidates=[measured("onnxruntime", 1e-5), measured("halide.elementwise", 0.5e-5)]),
+    ]  # fmt: skip
+    hybrid = candidate_choices(choices, ("onnxruntime",), graph)["onnxruntime+generated"]
+    assert [c.impl for c in hybrid] == ["halide.elementwise", "onnxruntime", "onnxruntime", "halide.elementwise"]
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    a = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(Executor(graph, hybrid).run({"x": x})["y"], (a + np.tanh(a)) * x, rtol=1e-5, atol=1e-6)
+    # a node reading a blocked value stays on the library: its isolated time there includes the
+    # library's own layout conversions
+    blocked = graph.copy()
+    blocked.values["y"] = replace(blocked.values["y"], block=16)
+    hybrid = candidate_choices(choices, ("onnxruntime",), blocked)["onnxruntime+generated"]
+    assert [c.impl for c in hybrid] == ["halide.elementwise", "onnxruntime", "onnxruntime", "onnxruntime"]
+    assert "onnxruntime+generated" not in candidate_choices(choices, ("onnxruntime",))  # no graph, no hybrid

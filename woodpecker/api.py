@@ -19,7 +19,7 @@ from woodpecker.measure.runner import LocalRunner
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.explore import ExploreOptions, explore, summarize
 from woodpecker.plan.plan import Plan
-from woodpecker.plan.select import select_plan
+from woodpecker.plan.select import TIE, select_plan
 from woodpecker.plan.verify import verify
 from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
@@ -44,8 +44,11 @@ def optimize(
     timeout_s: float = 120.0,
     ray: str | None = None,
     layout: str = "blocked",
+    tie: float = TIE,
 ) -> Plan:
-    """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime."""
+    """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime.
+    `tie`: whole plans within this fraction of the fastest count as equally fast, and the one
+    holding the least memory is kept."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
     proto = load_onnx(model)
@@ -54,7 +57,7 @@ def optimize(
     explored = _explore([fused, unfused] if unfused else [fused], options, records, threads, timeout_s, ray)
     alternatives = {"unfused": (unfused, explored[1])} if unfused else None
     best, timed = select_plan(
-        fused, explored[0], options.libraries, seed, options.progress, threads, alternatives=alternatives
+        fused, explored[0], options.libraries, seed, options.progress, threads, alternatives=alternatives, tie=tie
     )
     optimized, choices = best.graph, best.choices
     meta = {
@@ -74,7 +77,7 @@ def optimize(
         }
         for c in timed
     }
-    meta["selected"] = best.name
+    meta["selected"], meta["tie"] = best.name, tie
     memory = best.executor.memory
     weights = sum(a.nbytes for a in optimized.constants.values())
     meta["memory"] = {"arena_bytes": memory.arena_bytes, "unplanned_bytes": memory.total_bytes, "weight_bytes": weights}

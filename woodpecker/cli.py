@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", required=True, help="plan directory to write")
     _search_options(p)
+    p.add_argument(
+        "--tie",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="whole plans within PERCENT of the fastest count as equally fast; the one holding the least memory"
+        " is kept (default 3; raise it to trade speed for memory)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_optimize)
 
@@ -151,7 +159,10 @@ def _peers() -> tuple[str, ...]:
 def _optimize(args) -> int:
     from woodpecker.api import optimize
 
-    plan = optimize(args.model, **_search_kwargs(args))
+    if args.tie is not None and args.tie < 0:
+        raise WoodpeckerError(f"--tie must not be negative, got {args.tie}")
+    tie = {"tie": args.tie / 100} if args.tie is not None else {}  # else the optimizer's default
+    plan = optimize(args.model, **tie, **_search_kwargs(args))
     plan.save(args.output, progress=sys.stderr.isatty())
     summary = plan.meta["summary"]
     if args.json:
@@ -177,9 +188,7 @@ def _optimize(args) -> int:
         else f"{name} failed"
         for name, c in plan.meta["plan_candidates"].items()
     )
-    from woodpecker.plan.select import TIE
-
-    rule = f"the fastest, or within {TIE:.0%} of it the least memory"
+    rule = f"the fastest, or within {plan.meta['tie']:.0%} of it the least memory"
     print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']} ({rule})")
     m = plan.meta["memory"]
     print(

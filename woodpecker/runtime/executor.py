@@ -23,7 +23,7 @@ from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import MERGEABLE, Segment, segments
-from woodpecker.runtime.memory import Lifetime, MemoryPlan, plan_memory
+from woodpecker.runtime.memory import Lifetime, MemoryPlan, aligned_empty, plan_memory
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Executor:
         parts = [(segment, *self._io(segment)) for segment in segments(graph, choices)]
         self.concat_slices = _concats_in_place(graph, parts)
         self.memory, slots = self._plan_memory(parts)
-        self.arena = np.empty(self.memory.arena_bytes, np.uint8)
+        self.arena = aligned_empty(self.memory.arena_bytes)
         self.buffers = {
             name: self._view(name, self.memory.offsets[root])
             for name, root in slots.items()
