@@ -22,6 +22,7 @@ import woodpecker
 from woodpecker.bench import BenchSettings, bench
 from woodpecker.errors import WoodpeckerError
 from woodpecker.models import KNOWN_MODELS, export_torchvision
+from woodpecker.plan.select import TIE
 
 PEERS = ["onnxruntime", "openvino", "torch", "torch-compile", "openvino-bf16"]
 
@@ -117,7 +118,7 @@ def format_table(rows: list[dict], batch: int, budget: int) -> str:
         "'per-node' / 'generated' = candidate plans (per-node winners / every node on its generated kernel",
         "where one is correct), 'unfused' = the faster of those two without the pool and depthwise fusions,",
         "'library' = the fastest plan running the whole graph on one library; each timed by the optimizer",
-        "in a process of its own; 'selected' = the fastest, or within 2 % of it the one with least memory",
+        f"in a process of its own; 'selected' = the fastest, or within {TIE:.0%} of it the one with least memory",
         header,
         "-" * len(header),
     ]
