@@ -51,6 +51,8 @@ def optimize(
     holding the least memory is kept."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
+    if tie < 0:
+        raise WoodpeckerError(f"--tie must not be negative, got {tie * 100:g}")
     proto = load_onnx(model)
     graph = import_model(proto, batch)
     fused, unfused = graph_variants(graph, layout)

@@ -41,6 +41,8 @@ class BenchSettings:
 
 
 def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict:
+    if settings.rounds < 1:
+        raise WoodpeckerError(f"--rounds must be at least 1, got {settings.rounds}")
     target = Path(target)
     if target.is_dir():
         from woodpecker.plan.plan import Plan

@@ -159,8 +159,6 @@ def _peers() -> tuple[str, ...]:
 def _optimize(args) -> int:
     from woodpecker.api import optimize
 
-    if args.tie is not None and args.tie < 0:
-        raise WoodpeckerError(f"--tie must not be negative, got {args.tie}")
     tie = {"tie": args.tie / 100} if args.tie is not None else {}  # else the optimizer's default
     plan = optimize(args.model, **tie, **_search_kwargs(args))
     plan.save(args.output, progress=sys.stderr.isatty())
@@ -288,8 +286,6 @@ def _run(args) -> int:
 def _bench(args) -> int:
     from woodpecker.bench import BenchSettings, bench, format_table
 
-    if args.rounds < 1:
-        raise WoodpeckerError("--rounds must be at least 1")
     settings = BenchSettings(batch=args.batch, runs=args.runs, rounds=args.rounds, threads=args.threads)
     report = bench(args.target, [p for p in args.vs.split(",") if p], settings)
     if args.json == "-":

@@ -140,7 +140,7 @@ def _fold_known(proto: onnx.ModelProto) -> bool:
     arithmetic on values of known shape) by initializers. ONNX's shape inference stops at a Reshape
     whose target is computed, Shape -> Gather -> Div -> Cast -> Concat (ShuffleNet's channel
     shuffle); folding lets the next round see through it. Returns whether anything was folded."""
-    from woodpecker.graph.passes.fold_constants import MAX_FOLDED_BYTES, evaluate
+    from woodpecker.graph.passes.fold_constants import evaluate, too_large
 
     g = proto.graph
     known = {i.name: numpy_helper.to_array(i) for i in g.initializer}
@@ -169,7 +169,7 @@ def _fold_known(proto: onnx.ModelProto) -> bool:
                 opset_imports=opsets,
             )
             results = evaluate(model, {n: known[n] for n in inputs}, f"{node.name} ({node.op_type})")
-            if sum(np.asarray(r).nbytes for r in results) > MAX_FOLDED_BYTES:  # as fold_constants: left a node
+            if too_large(results):  # left a node, as the folding pass does
                 kept.append(node)
                 continue
         else:

@@ -98,14 +98,15 @@ def _tune(
     """Propose, measure, observe in batches until the budget (trials or seconds) is spent, the strategy
     has nothing new, or `patience` batches in a row brought no improvement."""
     if records is not None:  # a workload tuned before is never searched again
-        known = records.results(key, registry.record_name(impl))
+        name = registry.record_name(impl)
+        known = records.results(key, name)
         if len(known) >= options.budget:
             bar.update(options.budget)
             return known
     if options.transfer and records is not None:
         description = workload.description()
         records.describe(key, description)
-        space = space.starting_from(records.transfer(key, description, registry.record_name(impl)), options.seed)
+        space = space.starting_from(records.transfer(key, description, name), options.seed)
     strategy = STRATEGIES[options.strategy](space, options.seed)
     deadline = time.monotonic() + options.seconds if options.seconds else math.inf
     results: list[MeasureResult] = []

@@ -31,7 +31,7 @@ def fold_constants(graph: Graph) -> Graph:
             continue
         model = graph_to_onnx(out, [node], inputs=[], outputs=list(node.outputs))
         results = evaluate(model, {}, f"{node.name} ({node.op})")
-        if sum(np.asarray(r).nbytes for r in results) > MAX_FOLDED_BYTES:
+        if too_large(results):
             kept.append(node)
             continue
         for name, result in zip(node.outputs, results):
@@ -40,6 +40,11 @@ def fold_constants(graph: Graph) -> Graph:
             out.values[name] = Value(name, tuple(array.shape), array.dtype.name)
     out.nodes = kept
     return out
+
+
+def too_large(results: list) -> bool:
+    """Whether folded results would exceed MAX_FOLDED_BYTES (the node is then kept)."""
+    return sum(np.asarray(r).nbytes for r in results) > MAX_FOLDED_BYTES
 
 
 def evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray], node: str) -> list:
