@@ -1,5 +1,8 @@
 """Each generated kernel family against ONNX Runtime on random shapes, over several configurations."""
 
+import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -319,3 +322,13 @@ def test_resize(mode, coordinates, nearest, scales, out_hw):
     node = helper.make_node("Resize", names, ["y"], **attrs)
     graph = import_model(make_model([node], [tensor("x", [2, 3, 6, 7])], [tensor("y", out_shape)], inits))
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.resize", n_configs=2)
+
+
+def test_the_shared_runtime_builds_in_an_empty_cache(tmp_path):
+    """On a fresh machine nothing is cached yet: loading the shared runtime builds runtime.o under
+    the same lock file and used to wait on itself forever."""
+    script = "from woodpecker.kernels.generated.aot import load_runtime; load_runtime()"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.rglob("libhalide_runtime.so"))

@@ -79,7 +79,8 @@ def runtime_object() -> Path:
 
 def load_runtime() -> None:
     """Load the shared runtime that libraries built `with_runtime=False` link against."""
-    path = str(_cached("libhalide_runtime.so", lambda out: _link(out, [runtime_object()])))
+    runtime = runtime_object()  # built before the library's lock is taken: _cached's lock is not re-entrant
+    path = str(_cached("libhalide_runtime.so", lambda out: _link(out, [runtime])))
     if path not in _loaded_runtimes:
         _loaded_runtimes[path] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
 
