@@ -285,12 +285,15 @@ def test_saved_plan_runs_compiled_kernels_in_a_fresh_process(generated_plan):
         f"y = plan.run({{'x': np.load({str(generated_plan / 'x.npy')!r})}})['y']\n"
         "print(time.perf_counter() - start)\n"
         "print(sum(isinstance(s.kernel, AotKernel) for s in plan.executor().steps))\n"
+        "print(','.join(type(call).__name__ for call in plan.executor().calls))\n"
         f"np.save({str(generated_plan / 'y.npy')!r}, y)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    seconds, compiled_steps = result.stdout.split()
+    seconds, compiled_steps, calls = result.stdout.split()
     assert int(compiled_steps) == len(kernels)
+    # Pool and conv in one native call, the Flatten (on ONNX Runtime in this plan), the dense layer.
+    assert calls == "NativeRun,partial,NativeRun"
     reference = ort.InferenceSession(str(generated_plan / "model.onnx"), providers=["CPUExecutionProvider"])
     assert rel(np.load(generated_plan / "y.npy"), reference.run(None, {"x": x})[0]) <= 1e-4
     print(f"load + first run in a fresh process: {float(seconds):.3f} s")

@@ -331,4 +331,4 @@ def test_the_shared_runtime_builds_in_an_empty_cache(tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert list(tmp_path.rglob("libhalide_runtime.so"))
+    assert list(tmp_path.rglob("libhalide_runtime*.so"))

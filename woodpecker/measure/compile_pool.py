@@ -16,6 +16,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from woodpecker.kernels.workload import Workload
 
 ENTRY = "wpk_candidate"
@@ -48,6 +50,52 @@ def compile_candidate(workload: Workload, impl_name: str, config: dict, director
     except Exception as exc:
         return Compiled(None, f"compile: {short_error(exc)}", time.perf_counter() - start)
     return Compiled(Path(directory), None, time.perf_counter() - start)
+
+
+def compile_objects(
+    jobs: dict[Path, tuple[Workload, str, dict, str]], progress: bool = False, timeout_s: float = 600.0
+) -> None:
+    """Compile each (workload, implementation, config, function name) to the object file it is keyed by,
+    in parallel processes; a file appears only once complete. A kernel that fails to compile (it did
+    compile when it was measured) or a worker that dies raises an error naming the node."""
+    if not jobs:
+        return
+    from woodpecker.errors import WoodpeckerError
+
+    items = list(jobs.items())
+    bar = tqdm(total=len(items), desc="compile kernels", unit="kernel", leave=False, disable=not progress)
+    pool = mp.get_context("spawn").Pool(min(default_processes(), len(items)), initializer=_start_compile_process)
+    try:
+        pending = [(item, pool.apply_async(_compile_object, (item,))) for item in items]
+        deadline = time.monotonic() + timeout_s
+        for (_, (workload, impl_name, _, _)), job in pending:
+            try:
+                job.get(timeout=max(0.0, deadline - time.monotonic()))
+            except mp.TimeoutError:
+                raise WoodpeckerError(
+                    f"{workload.node.name} ({workload.op}): compiling {impl_name} did not finish in {timeout_s:.0f} s"
+                ) from None
+            bar.update()
+    finally:
+        bar.close()
+        pool.terminate()
+        pool.join()
+
+
+def _compile_object(item: tuple[Path, tuple[Workload, str, dict, str]]) -> None:
+    from woodpecker.errors import WoodpeckerError
+    from woodpecker.kernels import registry
+    from woodpecker.kernels.generated.aot import compile_object
+
+    path, (workload, impl_name, config, function) = item
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        try:
+            compile_object(registry.get(impl_name).define(workload, config), function, Path(tmp) / path.name)
+        except Exception as exc:
+            raise WoodpeckerError(
+                f"{workload.node.name} ({workload.op}): compiling {impl_name} failed: {short_error(exc)}"
+            ) from None
+        os.replace(Path(tmp) / path.name, path)
 
 
 class CompilePool:

@@ -52,6 +52,7 @@ def main() -> None:
     import_runtime("woodpecker")  # every library a plan may use, before the memory baseline
     baseline = rss_mib()
     from woodpecker.errors import WoodpeckerError
+    from woodpecker.kernels.generated.aot import KernelLibrary
     from woodpecker.plan.choice import Choice
     from woodpecker.plan.compiled import save_library_models
     from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data
@@ -60,12 +61,20 @@ def main() -> None:
 
     data = json.loads((directory / graph_file).read_text())
     graph = graph_from_data(data, SavedConstants(directory / CONSTANTS, data["constants"]))
-    choices = [Choice.from_json(c) for c in json.loads((directory / f"{name}.json").read_text())]
+    plan = json.loads((directory / f"{name}.json").read_text())
+    choices = [Choice.from_json(c) for c in plan["choices"]]
     feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, seed)
     try:
         # Library segments read their weights from the file, as they will in the saved plan.
         models = save_library_models(graph, choices, directory / CONSTANTS, data["constants"], prefix=f"{name}-library")
-        executor = Executor(graph, choices, library_models={label: directory / m for label, m in models.items()})
+        library = KernelLibrary(directory / f"{name}-kernels") if plan["kernels"] else None
+        executor = Executor(
+            graph,
+            choices,
+            library=library,
+            kernels=plan["kernels"],
+            library_models={label: directory / m for label, m in models.items()},
+        )
         executor.run(feeds)
     except WoodpeckerError as exc:  # e.g. a library that cannot compile the whole graph
         answer({"error": str(exc)[:300]})

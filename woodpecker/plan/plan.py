@@ -30,7 +30,7 @@ from woodpecker.plan.choice import Choice
 from woodpecker.plan.compiled import KERNELS_DIR, compile_plan_kernels, save_library_models
 from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data, graph_to_data, save_constants
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 FILES = ("plan.json", CONSTANTS)
 SAVE_CHECK_TOLERANCE = 1e-5  # compiled ahead of time vs JIT, libraries from files: only rounding may differ
 

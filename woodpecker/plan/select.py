@@ -21,6 +21,9 @@ candidate plans, times each end to end on random input in a process of its own (
   only in whole runs (timed alone, the unfused pair's second kernel reads a warm input).
 Each candidate's process also reports the memory the plan holds once built; plans within TIE
 (3 %) of the fastest count as equally fast, and the one holding the least memory is kept.
+Candidates run their generated kernels as the saved plan will: compiled ahead of time into one
+library with the native runtime (through the object cache, so the kernels that candidates share,
+and the saved plan, compile once); JIT-compiled only where no C compiler is available.
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ from woodpecker.errors import WoodpeckerError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
 from woodpecker.kernels.base import importable
+from woodpecker.kernels.generated.aot import KernelLibrary, compiler_available
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.threads import configure_threads
 from woodpecker.plan.candidate_worker import PREFIX
 from woodpecker.plan.choice import Choice
+from woodpecker.plan.compiled import compile_plan_kernels
 from woodpecker.plan.segments import MERGEABLE
 from woodpecker.plan.serialize import CONSTANTS, graph_to_data, save_constants
 
@@ -158,11 +163,18 @@ def select_plan(
         workers: dict[str, _Worker] = {}
         errors: dict[str, str] = {}
         memory: dict[str, float] = {}
+        kernels: dict[str, dict[str, str]] = {}  # candidate -> its compiled kernels (node -> entry)
         try:
             for name, (candidate_graph, candidate) in tqdm(
                 candidates.items(), desc="build plans", unit="plan", disable=not progress
             ):
-                (directory / f"{name}.json").write_text(json.dumps([c.to_json() for c in candidate]))
+                try:
+                    kernels[name] = _compile(candidate_graph, candidate, directory / f"{name}-kernels", progress)
+                except WoodpeckerError as exc:
+                    errors[name] = str(exc)[:300]
+                    continue
+                plan = {"choices": [c.to_json() for c in candidate], "kernels": kernels[name]}
+                (directory / f"{name}.json").write_text(json.dumps(plan))
                 worker = _Worker(directory, graph_files[id(candidate_graph)], name, threads, seed)
                 workers[name] = worker
                 ready = worker.wait_ready()
@@ -183,22 +195,31 @@ def select_plan(
         finally:
             for worker in workers.values():
                 worker.close()
-    timed = [
-        PlanCandidate(
-            name,
-            candidate,
-            candidate_graph,
-            median_s=min(times[name]) if times.get(name) and name not in errors else None,
-            resident_mib=memory.get(name),
-            error=errors.get(name),
-        )
-        for name, (candidate_graph, candidate) in candidates.items()
-    ]
-    ok = [c for c in timed if c.median_s is not None]
-    if not ok:
-        raise WoodpeckerError("no candidate plan could be built: " + "; ".join(f"{c.name}: {c.error}" for c in timed))
-    best = pick(ok, tie)
-    return replace(best, executor=Executor(best.graph, best.choices, progress)), timed
+        timed = [
+            PlanCandidate(
+                name,
+                candidate,
+                candidate_graph,
+                median_s=min(times[name]) if times.get(name) and name not in errors else None,
+                resident_mib=memory.get(name),
+                error=errors.get(name),
+            )
+            for name, (candidate_graph, candidate) in candidates.items()
+        ]
+        ok = [c for c in timed if c.median_s is not None]
+        if not ok:
+            raise WoodpeckerError(
+                "no candidate plan could be built: " + "; ".join(f"{c.name}: {c.error}" for c in timed)
+            )
+        best = pick(ok, tie)
+        library = KernelLibrary(directory / f"{best.name}-kernels") if kernels[best.name] else None
+        executor = Executor(best.graph, best.choices, progress, library, kernels[best.name])
+    return replace(best, executor=executor), timed
+
+
+def _compile(graph: Graph, choices: list[Choice], directory: Path, progress: bool) -> dict[str, str]:
+    """The candidate's generated kernels compiled into `directory` (node -> entry); none without a compiler."""
+    return compile_plan_kernels(graph, choices, directory, progress) if compiler_available() else {}
 
 
 def pick(timed: list[PlanCandidate], tie: float = TIE) -> PlanCandidate:

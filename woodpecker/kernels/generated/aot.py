@@ -1,13 +1,17 @@
-"""Ahead-of-time Halide kernels: compile a definition to a shared library, load it with ctypes.
+"""Ahead-of-time Halide kernels: compile definitions to objects, link them into a shared library,
+load it with ctypes.
 
 Why: a candidate can be compiled in one process and timed in another (the tuner compiles
 in parallel while timing stays serialized), and a saved plan loads without any JIT.
 Tuning candidates link against one shared Halide runtime per target, loaded once per
-process with RTLD_GLOBAL, so they share one thread pool (the runtime honours
-HL_NUM_THREADS); a plan's library carries its own copy of the runtime.
+process with RTLD_GLOBAL, so they share one thread pool; a plan's library carries its own
+copy of the runtime. Both carry Woodpecker's native runtime (native_runtime.c): a spinning
+pool for the kernels' parallel loops, sized by HL_NUM_THREADS, an error handler that keeps a
+failing kernel's message (Halide's own aborts the process), and `wpk_run`, which calls a plan's
+kernels one after another without returning to Python (runtime/executor.py).
 
 A kernel library directory holds `kernels.so`, `kernels.npz` (packed weights, no pickle)
-and `kernels.json` (target, entry points, argument counts).
+and `kernels.json` (target, and per entry its function, constant count and view rank).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import _ctypes
 import ctypes
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import halide as hl
@@ -31,6 +38,10 @@ from woodpecker.errors import WoodpeckerError
 from woodpecker.kernels.generated.common import Definition, as_views, jit_target
 
 LIBRARY, CONSTANTS, INDEX = "kernels.so", "kernels.npz", "kernels.json"
+NATIVE_SOURCE = Path(__file__).with_name("native_runtime.c")
+# Pool workers spin this long after a parallel loop before they sleep: the next kernel of a
+# plan starts within a few microseconds, and a sleeping worker takes tens of them to wake.
+SPIN_US = 200
 _loaded_runtimes: dict[str, ctypes.CDLL] = {}
 
 
@@ -77,12 +88,44 @@ def runtime_object() -> Path:
     return _cached("runtime.o", lambda path: hl.compile_standalone_runtime(str(path), aot_target()))
 
 
-def load_runtime() -> None:
-    """Load the shared runtime that libraries built `with_runtime=False` link against."""
-    runtime = runtime_object()  # built before the library's lock is taken: _cached's lock is not re-entrant
-    path = str(_cached("libhalide_runtime.so", lambda out: _link(out, [runtime])))
+def native_object() -> Path:
+    """native_runtime.c compiled once per version of its source."""
+    digest = hashlib.sha256(NATIVE_SOURCE.read_bytes()).hexdigest()[:12]
+    return _cached(f"native-{digest}.o", lambda path: _compile_c(NATIVE_SOURCE, path))
+
+
+def runtime_objects() -> list[Path]:
+    """What a self-contained kernel library links beside its kernels."""
+    return [runtime_object(), native_object()]
+
+
+def load_runtime() -> ctypes.CDLL:
+    """Load the shared runtime that libraries built `with_runtime=False` link against, and start its pool."""
+    objects = runtime_objects()  # built before the library's lock is taken: _cached's lock is not re-entrant
+    name = f"libhalide_runtime-{objects[1].stem}.so"
+    path = str(_cached(name, lambda out: _link(out, objects)))
     if path not in _loaded_runtimes:
         _loaded_runtimes[path] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        start_native(_loaded_runtimes[path])
+    return _loaded_runtimes[path]
+
+
+def pool_threads() -> int:
+    return int(os.environ.get("HL_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+
+
+def start_native(handle: ctypes.CDLL) -> None:
+    """Keep kernels' error messages, and run their parallel loops on the native pool (on Halide's
+    own if no thread starts)."""
+    handle.wpk_start(pool_threads(), SPIN_US)
+    handle.wpk_last_error.restype = ctypes.c_char_p
+
+
+def compile_object(definition: Definition, function: str, path: Path) -> None:
+    """One pipeline as an object file whose entry point is `function` (and `function`_argv)."""
+    pipeline = hl.Pipeline(definition.output)
+    target = aot_target().with_feature(hl.TargetFeature.NoRuntime)
+    pipeline.compile_to_object(str(path), definition.arguments(), function, target)
 
 
 def compile_library(
@@ -90,30 +133,49 @@ def compile_library(
 ) -> Path:
     """Compile each definition (entry point = its key) into one shared library in `directory`.
 
-    `with_runtime` puts the Halide runtime inside (a self-contained plan); without it the
-    library needs `load_runtime()` first (tuning candidates, which share one runtime).
+    `with_runtime` puts the Halide and native runtimes inside (a self-contained plan); without
+    them the library needs `load_runtime()` first (tuning candidates, which share one runtime).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    target = aot_target()
-    objects, index, constants = [], {}, {}
-    bar = tqdm(definitions.items(), desc="compile kernels", unit="kernel", leave=False, disable=not progress)
-    for entry, definition in bar:
-        obj = directory / f"{entry}.o"
-        pipeline = hl.Pipeline(definition.output)
-        pipeline.compile_to_object(
-            str(obj), definition.arguments(), entry, target.with_feature(hl.TargetFeature.NoRuntime)
-        )
-        objects.append(obj)
-        index[entry] = {"constants": len(definition.constants), "flatten": int(definition.flatten)}
-        constants.update({f"{entry}.{i}": np.ascontiguousarray(c) for i, c in enumerate(definition.constants)})
-    _link(directory / LIBRARY, objects + ([runtime_object()] if with_runtime else []))
+    objects = []
+    for entry, definition in tqdm(
+        definitions.items(), desc="compile kernels", unit="kernel", leave=False, disable=not progress
+    ):
+        objects.append(directory / f"{entry}.o")
+        compile_object(definition, entry, objects[-1])
+    entries = {
+        entry: LibraryEntry(entry, definition.constants, definition.flatten)
+        for entry, definition in definitions.items()
+    }
+    link_library(directory, objects, entries, with_runtime)
     for obj in objects:
         obj.unlink()
-    np.savez(directory / CONSTANTS, **constants)
-    meta = {"target": str(target), "with_runtime": with_runtime, "kernels": index}
-    (directory / INDEX).write_text(json.dumps(meta, indent=1))
     return directory
+
+
+@dataclass(frozen=True)
+class LibraryEntry:
+    """An entry point of a kernel library: the compiled function it calls, with its constant buffers."""
+
+    function: str
+    constants: list[np.ndarray]
+    flatten: int
+
+
+def link_library(directory: Path, objects: list[Path], entries: dict[str, LibraryEntry], with_runtime: bool) -> None:
+    """Link `objects` into `directory`/kernels.so and write the entries' constants and index beside it."""
+    _link(directory / LIBRARY, list(dict.fromkeys(objects)) + (runtime_objects() if with_runtime else []))
+    constants = {
+        f"{name}.{i}": np.ascontiguousarray(c) for name, entry in entries.items() for i, c in enumerate(entry.constants)
+    }
+    np.savez(directory / CONSTANTS, **constants)
+    index = {
+        name: {"function": e.function, "constants": len(e.constants), "flatten": int(e.flatten)}
+        for name, e in entries.items()
+    }
+    meta = {"target": str(aot_target()), "with_runtime": with_runtime, "kernels": index}
+    (directory / INDEX).write_text(json.dumps(meta, indent=1))
 
 
 def compiler() -> str:
@@ -126,14 +188,23 @@ def compiler_available() -> bool:
 
 
 def _link(output: Path, objects: list[Path]) -> None:
+    _run_compiler(
+        ["-shared", "-o", str(output), *map(str, objects), "-lpthread", "-ldl", "-lm"], f"linking {output.name}"
+    )
+
+
+def _compile_c(source: Path, output: Path) -> None:
+    _run_compiler(["-O2", "-fPIC", "-c", str(source), "-o", str(output)], f"compiling {source.name}")
+
+
+def _run_compiler(arguments: list[str], what: str) -> None:
     compiler_ = compiler()
-    command = [compiler_, "-shared", "-o", str(output), *map(str, objects), "-lpthread", "-ldl", "-lm"]
     try:
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        subprocess.run([compiler_, *arguments], check=True, capture_output=True, text=True)
     except FileNotFoundError:
-        raise WoodpeckerError(f"ahead-of-time kernels need a C compiler to link; {compiler_!r} was not found") from None
+        raise WoodpeckerError(f"ahead-of-time kernels need a C compiler; {compiler_!r} was not found") from None
     except subprocess.CalledProcessError as exc:
-        raise WoodpeckerError(f"linking {output.name} failed: {exc.stderr.strip()[-500:]}") from None
+        raise WoodpeckerError(f"{what} failed: {exc.stderr.strip()[-500:]}") from None
 
 
 class _Dimension(ctypes.Structure):
@@ -183,7 +254,8 @@ def _buffer(array: np.ndarray) -> _Buffer:
 
 
 class KernelLibrary:
-    """A library written by `compile_library`, loaded; refuses one built for another CPU."""
+    """A library written by `compile_library`/`link_library`, loaded; refuses one built for another CPU.
+    A self-contained library starts its own pool, which `close` stops."""
 
     def __init__(self, directory: str | Path):
         directory = Path(directory)
@@ -194,9 +266,12 @@ class KernelLibrary:
                 f"{directory}: kernels compiled for {meta['target']}; this CPU lacks {', '.join(missing)}. "
                 "Optimize the model again on this machine."
             )
-        if not meta["with_runtime"]:
-            load_runtime()
+        self.with_runtime = meta["with_runtime"]
+        shared = None if self.with_runtime else load_runtime()
         self.handle: ctypes.CDLL | None = ctypes.CDLL(str(directory / LIBRARY))
+        if self.with_runtime:
+            start_native(self.handle)
+        self._runtime = shared or self.handle  # the native runtime its kernels report errors to
         self.entries: dict[str, dict] = meta["kernels"]
         with np.load(directory / CONSTANTS, allow_pickle=False) as data:
             self._constants = {name: data[name] for name in data.files}
@@ -204,11 +279,32 @@ class KernelLibrary:
     def kernel(self, entry: str) -> AotKernel:
         info = self.entries[entry]
         constants = [self._constants[f"{entry}.{i}"] for i in range(info["constants"])]
-        return AotKernel(self, getattr(self.handle, entry), constants, info["flatten"])
+        function = info["function"]
+        return AotKernel(
+            self, getattr(self.handle, function), getattr(self.handle, f"{function}_argv"), constants, info["flatten"]
+        )
+
+    def native_runner(self) -> Callable:
+        """`wpk_run(n, entries, arguments, failed)` of the native runtime linked into this library."""
+        run = self.handle.wpk_run
+        run.restype = ctypes.c_int
+        run.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+        return run
+
+    def error(self, code: int) -> WoodpeckerError:
+        message = self._runtime.wpk_last_error().decode(errors="replace").strip()
+        return WoodpeckerError(f"Halide kernel returned error code {code}: {message}")
+
+    def pool_sleep(self) -> None:
+        """Let the pool's workers sleep now instead of spinning (another library is about to run)."""
+        if self.with_runtime and self.handle is not None:
+            self.handle.wpk_pool_sleep()
 
     def close(self) -> None:
         """Unload the library; none of its kernels may be called afterwards."""
         if self.handle is not None:
+            if self.with_runtime:
+                self.handle.wpk_pool_stop()  # no worker may run the library's code once it is unmapped
             _ctypes.dlclose(self.handle._handle)
             self.handle = None
 
@@ -216,10 +312,11 @@ class KernelLibrary:
 class AotKernel:
     """One entry point of a loaded KernelLibrary, with its constant buffers bound."""
 
-    def __init__(self, library: KernelLibrary, function, constants: list[np.ndarray], flatten: int):
+    def __init__(self, library: KernelLibrary, function, argv_function, constants: list[np.ndarray], flatten: int):
         self.library = library  # keeps the library loaded
         self._function = function
         self._function.restype = ctypes.c_int
+        self._argv_function = argv_function
         self._flatten = int(flatten)
         self._constants = constants
         self._constant_buffers = [_buffer(c) for c in constants]
@@ -240,4 +337,20 @@ class AotKernel:
         buffers = [*map(self._view, inputs), *self._constant_buffers, *map(self._view, outputs)]
         code = self._function(*[ctypes.byref(b) for b in buffers])
         if code != 0:
-            raise WoodpeckerError(f"Halide kernel returned error code {code}")
+            raise self.library.error(code)
+
+    def bind(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> BoundCall:
+        """This kernel on fixed arrays, as the native runner calls it (the arrays must stay alive)."""
+        buffers = [_buffer(a) for a in as_views(inputs, self._flatten) + as_views(outputs, self._flatten)]
+        buffers[len(inputs) : len(inputs)] = self._constant_buffers
+        arguments = (ctypes.c_void_p * len(buffers))(*[ctypes.addressof(b) for b in buffers])
+        return BoundCall(ctypes.cast(self._argv_function, ctypes.c_void_p).value, arguments, buffers)
+
+
+@dataclass(frozen=True)
+class BoundCall:
+    """An `_argv` entry point and its argument array (pointers to `buffers`, kept alive here)."""
+
+    function: int
+    arguments: ctypes.Array
+    buffers: list[_Buffer]

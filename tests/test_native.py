@@ -1,0 +1,110 @@
+"""The native runtime: compiled kernels called from C in one go, their loops on the spinning pool,
+and the object cache that lets candidate plans and the saved plan compile each kernel once."""
+
+import os
+from functools import partial
+
+import numpy as np
+import pytest
+from test_segments import branchy_graph
+
+from woodpecker.errors import PlanError
+from woodpecker.kernels.generated.aot import KernelLibrary, pool_threads
+from woodpecker.kernels.workload import Workload
+from woodpecker.measure import compile_pool
+from woodpecker.plan.choice import Choice
+from woodpecker.plan.compiled import compile_plan_kernels, kernel_key
+from woodpecker.runtime.executor import Executor, NativeRun
+
+ELEMENTWISE = {"vec": 4, "chunk": 1024}
+
+
+def compiled_executor(graph, impls, directory):
+    choices = [
+        Choice(n.name, impl, ELEMENTWISE if impl.startswith("halide") else {}, "library")
+        for n, impl in zip(graph.nodes, impls)
+    ]
+    kernels = compile_plan_kernels(graph, choices, directory)
+    return Executor(graph, choices, library=KernelLibrary(directory), kernels=kernels), choices
+
+
+def expected_output(x):
+    a = 1 / (1 + np.exp(-x))
+    return (a + np.tanh(a)) * x
+
+
+def test_runs_of_compiled_kernels_are_one_native_call_each(rng, tmp_path):
+    graph = branchy_graph(rng)
+    impls = ["halide.elementwise", "halide.elementwise", "onnxruntime", "halide.elementwise"]
+    executor, choices = compiled_executor(graph, impls, tmp_path / "kernels")
+    kinds = [type(call) for call in executor.calls]
+    assert kinds == [NativeRun, partial, NativeRun]
+    first, last = executor.calls[0], executor.calls[2]
+    assert first.nodes == ["n0", "n1"] and last.nodes == ["n3"]
+    # Before ONNX Runtime's threads take the cores the pool's workers stop spinning; at the end they may spin.
+    assert first.pool_sleep and not last.pool_sleep
+    jit = Executor(graph, choices)
+    for _ in range(20):  # fresh input each time: the pool's loops must cover every element every run
+        x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+        y = executor.run({"x": x})["y"]
+        np.testing.assert_allclose(y, expected_output(x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(y, jit.run({"x": x})["y"], rtol=1e-6, atol=1e-7)
+
+
+def test_a_kernel_failing_inside_a_native_run_names_its_node(rng, tmp_path):
+    graph = branchy_graph(rng)
+    executor, _ = compiled_executor(graph, ["halide.elementwise"] * 4, tmp_path / "kernels")
+    (run,) = executor.calls
+    run._bound[1].buffers[0].dim[0].extent = 3  # n1's input now looks too small: Halide's bounds check fails
+    # Halide's message reaches the caller, and the process lives on (Halide's own handler aborts it).
+    with pytest.raises(PlanError, match=r"^n1: Halide kernel returned error code -\d+: Input buffer .* beyond the max"):
+        executor.run({"x": rng.standard_normal((2, 3, 5, 5)).astype(np.float32)})
+
+
+def test_closing_a_library_stops_its_pool(rng, tmp_path):
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
+    graph = branchy_graph(rng)
+    before = threads()
+    executor, _ = compiled_executor(graph, ["halide.elementwise"] * 4, tmp_path / "kernels")
+    executor.run({"x": rng.standard_normal((2, 3, 5, 5)).astype(np.float32)})
+    assert threads() == before + pool_threads() - 1
+    executor.library.close()
+    assert threads() == before
+
+
+def test_object_cache_compiles_each_kernel_once(rng, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    compiled = []
+    real = compile_pool.compile_objects
+    monkeypatch.setattr(
+        compile_pool, "compile_objects", lambda jobs, progress=False: compiled.append(len(jobs)) or real(jobs)
+    )
+    graph = branchy_graph(rng)
+    impls = ["halide.elementwise"] * 4
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    for directory in ("a", "b"):
+        executor, _ = compiled_executor(graph, impls, tmp_path / directory)
+        np.testing.assert_allclose(executor.run({"x": x})["y"], expected_output(x), rtol=1e-5, atol=1e-6)
+    assert compiled == [4, 0]  # the second library linked the cached objects
+
+
+def test_kernel_key_follows_what_decides_the_code(rng):
+    from conftest import const, make_model, tensor
+    from onnx import helper
+
+    from woodpecker.graph.onnx_import import import_model
+
+    def conv_workload(weights):
+        node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+        model = make_model([node], [tensor("x", [1, 4, 8, 8])], [tensor("y", [1, 4, 8, 8])], [const("w", weights)])
+        graph = import_model(model)
+        return Workload.of(graph, graph.nodes[0])
+
+    weights = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    config = {"vectorize": "w", "vec": 8, "parallel": "c"}
+    key = kernel_key(conv_workload(weights), "halide.conv2d", config)
+    assert kernel_key(conv_workload(weights.copy()), "halide.conv2d", config) == key
+    assert kernel_key(conv_workload(weights + 1), "halide.conv2d", config) != key  # constants may be built in
+    assert kernel_key(conv_workload(weights), "halide.conv2d", {**config, "vec": 4}) != key
