@@ -13,7 +13,7 @@ from woodpecker.kernels.generated.aot import KernelLibrary, pool_threads
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure import compile_pool
 from woodpecker.plan.choice import Choice
-from woodpecker.plan.compiled import compile_plan_kernels, kernel_key
+from woodpecker.plan.compiled import compile_plan_kernels, kernel_key, prune
 from woodpecker.runtime.executor import Executor, NativeRun
 
 ELEMENTWISE = {"vec": 4, "chunk": 1024}
@@ -108,3 +108,12 @@ def test_kernel_key_follows_what_decides_the_code(rng):
     assert kernel_key(conv_workload(weights.copy()), "halide.conv2d", config) == key
     assert kernel_key(conv_workload(weights + 1), "halide.conv2d", config) != key  # constants may be built in
     assert kernel_key(conv_workload(weights), "halide.conv2d", {**config, "vec": 4}) != key
+
+
+def test_the_object_cache_keeps_the_most_recently_used(tmp_path):
+    for age, name in enumerate(["new", "middle", "old"]):
+        path = tmp_path / f"{name}.o"
+        path.write_bytes(b"object")
+        os.utime(path, (1e9 - age * 100, 1e9 - age * 100))
+    prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["middle.o", "new.o"]

@@ -105,16 +105,12 @@ def kernel_key(workload: Workload, impl: str, config: dict) -> str:
     """A digest of what decides a kernel's object code: the kernel's source, implementation and
     configuration, the workload (shapes, attributes, layout) and its constants' values (a kernel may
     build small constants such as pads or scales into its code), the target and Halide's version."""
-    from woodpecker.kernels.generated.aot import aot_target
-
     digest = hashlib.sha256()
     for part in (
-        _source_digest(),
+        _toolchain(),
         registry.record_name(impl),
         json.dumps(workload.description(), sort_keys=True),
         json.dumps(config, sort_keys=True),
-        str(aot_target()),
-        importlib.metadata.version("halide"),
     ):
         digest.update(part.encode() + b"\0")
     for name in workload.node.inputs:
@@ -126,11 +122,15 @@ def kernel_key(workload: Workload, impl: str, config: dict) -> str:
 
 
 @cache
-def _source_digest() -> str:
-    """The code that defines generated kernels (their algorithms, schedules and activations)."""
+def _toolchain() -> str:
+    """The code that defines generated kernels (their algorithms, schedules and activations), the
+    target and Halide's version."""
+    from woodpecker.kernels.generated.aot import aot_target
+
     package = Path(__file__).resolve().parent.parent
     files = sorted((package / "kernels" / "generated").glob("*.py")) + sorted((package / "ops").glob("*.py"))
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    sources = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    return f"{sources} {aot_target()} halide-{importlib.metadata.version('halide')}"
 
 
 def prune(directory: Path, keep: int = MAX_CACHED_OBJECTS) -> None:

@@ -169,7 +169,11 @@ def select_plan(
                 candidates.items(), desc="build plans", unit="plan", disable=not progress
             ):
                 try:
-                    kernels[name] = _compile(candidate_graph, candidate, directory / f"{name}-kernels", progress)
+                    kernels[name] = (
+                        compile_plan_kernels(candidate_graph, candidate, directory / f"{name}-kernels", progress)
+                        if compiler_available()
+                        else {}  # JIT-compiled by the worker
+                    )
                 except WoodpeckerError as exc:
                     errors[name] = str(exc)[:300]
                     continue
@@ -215,11 +219,6 @@ def select_plan(
         library = KernelLibrary(directory / f"{best.name}-kernels") if kernels[best.name] else None
         executor = Executor(best.graph, best.choices, progress, library, kernels[best.name])
     return replace(best, executor=executor), timed
-
-
-def _compile(graph: Graph, choices: list[Choice], directory: Path, progress: bool) -> dict[str, str]:
-    """The candidate's generated kernels compiled into `directory` (node -> entry); none without a compiler."""
-    return compile_plan_kernels(graph, choices, directory, progress) if compiler_available() else {}
 
 
 def pick(timed: list[PlanCandidate], tie: float = TIE) -> PlanCandidate:
