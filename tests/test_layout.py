@@ -102,6 +102,37 @@ def test_blocked_conv2d_wide_pairs_of_half_vector_blocks(c_out, epilogue, rng):
         assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
 
 
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "size", "k", "stride", "pad", "epilogue", "batch", "chunks"),
+    [
+        (64, 32, 7, 3, 1, 1, "add_relu", 1, {1, 2}),  # 3x3 over 4 input blocks, residual
+        (128, 32, 8, 1, 2, 0, "relu", 2, {2, 4}),  # strided 1x1 over 8 input blocks, two images
+    ],
+)
+def test_blocked_conv2d_plane(c_in, c_out, size, k, stride, pad, epilogue, batch, chunks, rng):
+    """`plane`: partial sums over a few input blocks at a time, added to a whole image's accumulators."""
+    workload = conv_workload(rng, c_in, c_out, size, k, stride, pad, epilogue=epilogue, batch=batch)
+    blocked = with_blocks(workload, {name: 16 for name in workload.values if name not in workload.constants})
+    impl = registry.get("halide.conv2d_blocked")
+    plain_knobs = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "tile_k": 2}
+    configs = [c for c in impl.space(blocked).all_configs() if c["plane"] and plain_knobs.items() <= c.items()]
+    assert {c["plane"] for c in configs} == chunks
+    assert all(c["parallel"] == "k" and not c["batch_inner"] for c in configs)
+    inputs = random_inputs(blocked, seed=int(rng.integers(1 << 30)))
+    reference = empty_outputs(blocked)
+    registry.get("onnxruntime").build(blocked, {})(inputs, reference)
+    for config in configs:
+        assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
+
+
+def test_plane_is_tried_first_on_small_images_under_large_weights(rng):
+    impl = registry.get("halide.conv2d_blocked")
+    for c, size, first in ((256, 7, True), (64, 56, False)):  # 2.25 MiB of weights on 7x7; 144 KiB
+        workload = conv_workload(rng, c, c, size, 3, 1, 1)
+        blocked = with_blocks(workload, {"x": 16, workload.node.outputs[0]: 16})
+        assert (impl.space(blocked).defaults[1]["plane"] == 1) is first
+
+
 @pytest.mark.parametrize("case", BLOCKED_CONV_CASES)
 def test_blocked_conv2d(case, rng):
     *shape, epilogue, in_block, block = case

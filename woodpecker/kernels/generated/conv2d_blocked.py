@@ -11,6 +11,12 @@ whole input blocks hold (each output block reduces over its own groups' blocks o
 Half-vector blocks (MobileNetV2's 24 channels, SqueezeNet's 1000-channel classifier) can be
 computed `wide`: one full vector holds two consecutive output blocks (the weights are packed,
 zero-padded, in pairs of blocks) and each vector is stored as two half-vector stores.
+
+`plane` (small images, many input channels): the accumulators of a whole image for one tile of
+output blocks stay in cache and the reduction walks a few input blocks at a time over all of its
+rows, so those blocks' weights are read from L1 once per image instead of once per row of tiles
+(ResNet's 7x7 layers stream megabytes of weights per row otherwise), the way oneDNN's
+batch-reduce kernels chunk their reduction.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
         padded = any(workload.node.attrs.get("pads", [0]))
         depthwise = _depthwise(p)
         widen = _can_widen(workload, p)
+        plane_chunks = _plane_chunks(workload, p)
 
         pooled, staged = workload.node.attrs.get("pool"), workload.node.attrs.get("depthwise")
 
@@ -95,9 +102,13 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 cfg["parallel"] == "y" and cfg["pool_rows"] <= workload.output_shape[2]
             )
             rows_ok = rows_ok and (cfg.get("depthwise_at") != "rows" or cfg["parallel"] == "y")
+            plane_ok = not cfg.get("plane") or (
+                cfg["parallel"] == "k" and not cfg["batch_inner"] and p["w_out"] % cfg["tile_x"] == 0
+            )
             return (
                 vectors_ok
                 and rows_ok
+                and plane_ok
                 and cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS
                 and cfg["tile_x"] <= p["w_out"]
             )
@@ -112,6 +123,11 @@ class HalideConv2dBlocked(GeneratedImplementation):
         elif not workload.block(workload.node.inputs[0]):  # the stem: 3 input channels make bounds checks cheap
             start = {**start, "padding": "select" if padded else "copy", "reduce_order": "k_inner"}
             starts = ((5, 2, "yk"), (3, 2, "k"), (tile_x, 2, "yk"), (3, 1, "y"))
+        if plane_chunks:
+            start = {**start, "plane": 0}
+            if _weights_outgrow_rows(p):
+                plane = {"plane": 1 if p["kh"] * p["kw"] > 1 else max(c for c in plane_chunks if c <= 4)}
+                starts = (starts[0], (tile_x, 2, "k", plane), (4, 4, "k", plane), *starts[1:])
         return ConfigSpace(
             (
                 # Divisors of the width leave no partial tile (9 for 27 pixels, 11 for 55).
@@ -126,6 +142,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 *([Knob("wide", (False, True))] if widen else []),
                 *([Knob("pool_rows", (0, 1, 2, 4, 8))] if pooled else []),
                 *([Knob("depthwise_at", ("rows", "root"))] if staged else []),
+                *([Knob("plane", (0, *plane_chunks))] if plane_chunks else []),
             ),
             valid,
             defaults=_starting_points(
@@ -201,12 +218,14 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 copy[dims] = source[dims]
                 source = copy
         # Input channels: inner (within a block, or all of a plain input) and outer (blocks).
+        chunk = config.get("plane", 0)  # input blocks per partial sum, 0: the whole reduction at once
         if depthwise:
             r = hl.RDom([hl.Range(0, p["kw"]), hl.Range(0, p["kh"])], "r")
             rx, ry = r.x, r.y
         else:
             r = hl.RDom(
-                [hl.Range(0, inner), hl.Range(0, p["kw"]), hl.Range(0, p["kh"]), hl.Range(0, span // inner)], "r"
+                [hl.Range(0, inner), hl.Range(0, p["kw"]), hl.Range(0, p["kh"]), hl.Range(0, chunk or span // inner)],
+                "r",
             )
             rx, ry = r.y, r.z
         in_x = x * p["strides"][1] + rx * p["dilations"][1] - p["pad_left"]
@@ -215,6 +234,14 @@ class HalideConv2dBlocked(GeneratedImplementation):
         acc[c, x, y, k, n] = b_param[k * lanes + c]
         if depthwise:
             acc[c, x, y, k, n] += w_param[c, rx, ry, k] * source[c, in_x, in_y, k, n]
+        elif chunk:  # partial sums over `chunk` input blocks, added to the image's accumulators in cache
+            g = hl.Var("g")
+            partial = hl.Func("partial")
+            partial[c, x, y, k, n, g] = hl.f32(0)
+            block = g * chunk + r.w
+            partial[c, x, y, k, n, g] += w_param[c, r.x, rx, ry, block, k] * source[r.x, in_x, in_y, block, n]
+            rg = hl.RDom([hl.Range(0, span // inner // chunk)], "rg")
+            acc[c, x, y, k, n] += partial[c, x, y, k, n, rg]
         else:
             # Grouped: output block k starts reading at its first group's first input block.
             group_in, group_out = p["c_in"] // p["groups"], p["c_out"] // p["groups"]
@@ -243,16 +270,27 @@ class HalideConv2dBlocked(GeneratedImplementation):
         if dw_rows:  # rows outside the output blocks: a row of the depthwise output serves all of them
             outer = (ko, y, n)
         out.reorder(c, xi, ki, xo, *outer).vectorize(c).unroll(xi).unroll(ki)
-        acc.compute_at(out, xo).vectorize(c, lanes).unroll(x).unroll(k)
         if depthwise:
             reduction = [r.x, r.y]
         elif config["reduce_order"] == "c_inner":  # a block of input channels, then the window
             reduction = [r.x, r.y, r.z, r.w]
         else:
             reduction = [r.x, r.w, r.y, r.z]
-        acc.update().reorder(c, x, k, *reduction, y, n).vectorize(c, lanes).unroll(x).unroll(k)
+        if chunk:  # the image's accumulators per tile of output blocks; a register tile per partial sum
+            out.bound(x, 0, p["w_out"]).bound(y, 0, p["h_out"])
+            acc.compute_at(out, ko).vectorize(c, lanes)
+            px, pxi = hl.Var("px"), hl.Var("pxi")
+            acc.update().split(x, px, pxi, config["tile_x"]).reorder(c, pxi, k, px, y, n, rg)
+            acc.update().vectorize(c, lanes).unroll(pxi).unroll(k)
+            partial.compute_at(acc, px).bound_extent(x, config["tile_x"]).bound_extent(k, config["tile_k"])
+            partial.vectorize(c, lanes).unroll(x).unroll(k)
+            updated = partial.update()
+        else:
+            acc.compute_at(out, xo).vectorize(c, lanes).unroll(x).unroll(k)
+            updated = acc.update()
+        updated.reorder(c, x, k, *reduction, y, n).vectorize(c, lanes).unroll(x).unroll(k)
         if config["unroll_kw"]:
-            acc.update().unroll(rx)
+            updated.unroll(rx)
         if pool:
             pooled.bound(c, 0, b).vectorize(c)
         if pool_rows:  # computed a strip of rows at a time, for the strip of pooled rows that reads it
@@ -281,6 +319,27 @@ class HalideConv2dBlocked(GeneratedImplementation):
             params += [dw_w_param, dw_b_param]
             constants += [dw_weight, dw_bias]
         return Definition(pooled if pool else out, params, constants)
+
+
+def _plane_chunks(workload: Workload, p: dict) -> tuple[int, ...]:
+    """Input blocks per partial sum worth trying in `plane` mode (none: the knob is moot). Plain
+    convolutions over a blocked input only; 1x1 layers reduce over more blocks per partial sum,
+    so that each register tile does enough multiply-adds to pay for its loads and stores."""
+    in_block = workload.block(workload.node.inputs[0])
+    fused_stage = workload.node.attrs.get("pool") or workload.node.attrs.get("depthwise")
+    if not in_block or p["groups"] > 1 or _can_widen(workload, p) or fused_stage:
+        return ()
+    blocks = p["c_in"] // in_block
+    sizes = (1, 2) if p["kh"] * p["kw"] > 1 else (2, 4, 8)
+    return tuple(size for size in sizes if blocks % size == 0 and blocks > size)
+
+
+def _weights_outgrow_rows(p: dict) -> bool:
+    """Where `plane` is worth trying first: at most 28x28 pixels under at least 256 KiB of weights
+    (measured on ResNet-18/50: 1.1-1.6x on their 7x7 and 14x14 layers over 1 MiB of weights and on
+    the 28x28 one reducing over 512 channels; slower on 28x28 layers over fewer channels)."""
+    weight_bytes = 4 * p["c_out"] * p["c_in"] * p["kh"] * p["kw"]
+    return p["h_out"] * p["w_out"] <= 28 * 28 and weight_bytes >= 256 * 1024
 
 
 def _stage_starts(pool: dict | None, depthwise: dict | None) -> list[Config]:
@@ -370,14 +429,14 @@ def _pool_stage(conv: hl.Func, pool: dict, p: dict, c, x, y, k, n) -> hl.Func:
 def _starting_points(
     start: Config, starts: tuple, width: int, wides: list, stages: list[Config], valid
 ) -> tuple[Config, ...]:
-    """`start` with each (tile_x, tile_k, parallel) of `starts`, the tile shrunk to fit: tile_k to the
-    largest valid count not above it (3 when 9 blocks refuse 4), tile_x to the width. Each is tried
-    with every entry of `stages` (a fused stage by rows, then whole; see `_stage_starts`)."""
+    """`start` with each (tile_x, tile_k, parallel[, other knobs]) of `starts`, the tile shrunk to fit:
+    tile_k to the largest valid count not above it (3 when 9 blocks refuse 4), tile_x to the width.
+    Each is tried with every entry of `stages` (a fused stage by rows, then whole; see `_stage_starts`)."""
     configs: list[Config] = []
     for wide in wides:
-        for tile_x, tile_k, parallel in starts:
+        for tile_x, tile_k, parallel, *others in starts:
             for stage in stages:
-                config = {**start, "tile_x": min(tile_x, width), "parallel": parallel, **stage}
+                config = {**start, "tile_x": min(tile_x, width), "parallel": parallel, **stage, **(others or [{}])[0]}
                 if wide is not None:
                     config["wide"] = wide
                 fits = [k for k in range(tile_k, 0, -1) if valid({**config, "tile_k": k})]
