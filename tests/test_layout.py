@@ -109,15 +109,23 @@ def test_blocked_conv2d_wide_pairs_of_half_vector_blocks(c_out, epilogue, rng):
         (128, 32, 8, 1, 2, 0, "relu", 2, {2, 4}),  # strided 1x1 over 8 input blocks, two images
     ],
 )
-def test_blocked_conv2d_plane(c_in, c_out, size, k, stride, pad, epilogue, batch, chunks, rng):
-    """`plane`: partial sums over a few input blocks at a time, added to a whole image's accumulators."""
+def test_blocked_conv2d_chunks(c_in, c_out, size, k, stride, pad, epilogue, batch, chunks, rng):
+    """`chunk`: partial sums over a few input blocks at a time, added to the accumulators of an image
+    or of a strip of rows."""
     workload = conv_workload(rng, c_in, c_out, size, k, stride, pad, epilogue=epilogue, batch=batch)
     blocked = with_blocks(workload, {name: 16 for name in workload.values if name not in workload.constants})
     impl = registry.get("halide.conv2d_blocked")
-    plain_knobs = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "tile_k": 2}
-    configs = [c for c in impl.space(blocked).all_configs() if c["plane"] and plain_knobs.items() <= c.items()]
-    assert {c["plane"] for c in configs} == chunks
-    assert all(c["parallel"] == "k" and not c["batch_inner"] for c in configs)
+    width = (size + 2 * pad - k) // stride + 1  # tiles of a whole row, the knobs that do not touch chunks at one value
+    plain_knobs = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "tile_k": 2, "tile_x": width}
+    configs = [c for c in impl.space(blocked).all_configs() if c["chunk"] and plain_knobs.items() <= c.items()]
+    assert {c["chunk"] for c in configs} == chunks
+    assert {(c["parallel"], c["chunk_rows"] > 0) for c in configs} == {
+        ("k", False),
+        ("k", True),
+        ("y", True),
+        ("yk", True),
+    }
+    assert not any(c["batch_inner"] for c in configs)
     inputs = random_inputs(blocked, seed=int(rng.integers(1 << 30)))
     reference = empty_outputs(blocked)
     registry.get("onnxruntime").build(blocked, {})(inputs, reference)
@@ -125,12 +133,19 @@ def test_blocked_conv2d_plane(c_in, c_out, size, k, stride, pad, epilogue, batch
         assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
 
 
-def test_plane_is_tried_first_on_small_images_under_large_weights(rng):
+def test_chunked_starting_points(rng):
+    """Whole images under large weights, strips of rows for other 3x3 layers, none for small 1x1 layers."""
     impl = registry.get("halide.conv2d_blocked")
-    for c, size, first in ((256, 7, True), (64, 56, False)):  # 2.25 MiB of weights on 7x7; 144 KiB
-        workload = conv_workload(rng, c, c, size, 3, 1, 1)
+    cases = [  # (channels, size, kernel, (chunk, chunk_rows) of the second starting point)
+        (256, 7, 3, (1, 0)),  # 2.25 MiB of weights on 7x7
+        (64, 56, 3, (1, 2)),  # 144 KiB
+        (64, 56, 1, (0, 0)),  # 16 KiB
+    ]
+    for channels, size, k, expected in cases:
+        workload = conv_workload(rng, channels, channels, size, k, 1, k // 2)
         blocked = with_blocks(workload, {"x": 16, workload.node.outputs[0]: 16})
-        assert (impl.space(blocked).defaults[1]["plane"] == 1) is first
+        second = impl.space(blocked).valid_defaults()[1]
+        assert (second["chunk"], second["chunk_rows"]) == expected
 
 
 @pytest.mark.parametrize("case", BLOCKED_CONV_CASES)

@@ -12,11 +12,11 @@ Half-vector blocks (MobileNetV2's 24 channels, SqueezeNet's 1000-channel classif
 computed `wide`: one full vector holds two consecutive output blocks (the weights are packed,
 zero-padded, in pairs of blocks) and each vector is stored as two half-vector stores.
 
-`plane` (small images, many input channels): the accumulators of a whole image for one tile of
-output blocks stay in cache and the reduction walks a few input blocks at a time over all of its
-rows, so those blocks' weights are read from L1 once per image instead of once per row of tiles
-(ResNet's 7x7 layers stream megabytes of weights per row otherwise), the way oneDNN's
-batch-reduce kernels chunk their reduction.
+`chunk` (large weights): the accumulators of a whole image, or of a strip of `chunk_rows` rows,
+for one tile of output blocks stay in cache and the reduction walks `chunk` input blocks at a
+time over all of their tiles, so those blocks' weights are read from L1 once per image or strip
+instead of from L2 once per register tile (ResNet's 7x7 layers stream megabytes of weights per
+row otherwise), the way oneDNN's batch-reduce kernels split their reduction.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
         padded = any(workload.node.attrs.get("pads", [0]))
         depthwise = _depthwise(p)
         widen = _can_widen(workload, p)
-        plane_chunks = _plane_chunks(workload, p)
+        chunks = _chunks(workload, p)
+        chunk_rows = tuple(r for r in (1, 2, 4) if p["h_out"] % r == 0 and r < p["h_out"]) if chunks else ()
 
         pooled, staged = workload.node.attrs.get("pool"), workload.node.attrs.get("depthwise")
 
@@ -102,13 +103,18 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 cfg["parallel"] == "y" and cfg["pool_rows"] <= workload.output_shape[2]
             )
             rows_ok = rows_ok and (cfg.get("depthwise_at") != "rows" or cfg["parallel"] == "y")
-            plane_ok = not cfg.get("plane") or (
-                cfg["parallel"] == "k" and not cfg["batch_inner"] and p["w_out"] % cfg["tile_x"] == 0
+            # Chunks: whole tiles along rows, images outermost; without strips of rows, cores share out
+            # output blocks (an image's accumulators per tile of blocks).
+            chunk_ok = not cfg.get("chunk") or (
+                not cfg["batch_inner"]
+                and p["w_out"] % cfg["tile_x"] == 0
+                and (cfg["parallel"] == "k" or cfg["chunk_rows"] > 0)
             )
+            chunk_ok = chunk_ok and (not cfg.get("chunk_rows") or cfg.get("chunk"))
             return (
                 vectors_ok
                 and rows_ok
-                and plane_ok
+                and chunk_ok
                 and cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS
                 and cfg["tile_x"] <= p["w_out"]
             )
@@ -123,11 +129,14 @@ class HalideConv2dBlocked(GeneratedImplementation):
         elif not workload.block(workload.node.inputs[0]):  # the stem: 3 input channels make bounds checks cheap
             start = {**start, "padding": "select" if padded else "copy", "reduce_order": "k_inner"}
             starts = ((5, 2, "yk"), (3, 2, "k"), (tile_x, 2, "yk"), (3, 1, "y"))
-        if plane_chunks:
-            start = {**start, "plane": 0}
-            if _weights_outgrow_rows(p):
-                plane = {"plane": 1 if p["kh"] * p["kw"] > 1 else max(c for c in plane_chunks if c <= 4)}
-                starts = (starts[0], (tile_x, 2, "k", plane), (4, 4, "k", plane), *starts[1:])
+        if chunks:
+            start = {**start, "chunk": 0, "chunk_rows": 0}
+            if _weights_outgrow_rows(p):  # the whole image's accumulators, cores share out output blocks
+                chunked = {"chunk": 1 if p["kh"] * p["kw"] > 1 else max(c for c in chunks if c <= 4)}
+                starts = (starts[0], (tile_x, 2, "k", chunked), (4, 4, "k", chunked), *starts[1:])
+            elif p["kh"] * p["kw"] > 1:  # strips of rows (ResNet's 56x56 and 28x28 3x3 layers: 1.1-1.2x)
+                chunked = {"chunk": 1, "chunk_rows": 2 if 2 in chunk_rows else 1}
+                starts = (starts[0], (4, 4, "yk", chunked), (tile_x, 2, "yk", chunked), *starts[1:])
         return ConfigSpace(
             (
                 # Divisors of the width leave no partial tile (9 for 27 pixels, 11 for 55).
@@ -142,7 +151,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 *([Knob("wide", (False, True))] if widen else []),
                 *([Knob("pool_rows", (0, 1, 2, 4, 8))] if pooled else []),
                 *([Knob("depthwise_at", ("rows", "root"))] if staged else []),
-                *([Knob("plane", (0, *plane_chunks))] if plane_chunks else []),
+                *([Knob("chunk", (0, *chunks)), Knob("chunk_rows", (0, *chunk_rows))] if chunks else []),
             ),
             valid,
             defaults=_starting_points(
@@ -218,7 +227,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 copy[dims] = source[dims]
                 source = copy
         # Input channels: inner (within a block, or all of a plain input) and outer (blocks).
-        chunk = config.get("plane", 0)  # input blocks per partial sum, 0: the whole reduction at once
+        chunk = config.get("chunk", 0)  # input blocks per partial sum, 0: the whole reduction at once
         if depthwise:
             r = hl.RDom([hl.Range(0, p["kw"]), hl.Range(0, p["kh"])], "r")
             rx, ry = r.x, r.y
@@ -234,7 +243,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
         acc[c, x, y, k, n] = b_param[k * lanes + c]
         if depthwise:
             acc[c, x, y, k, n] += w_param[c, rx, ry, k] * source[c, in_x, in_y, k, n]
-        elif chunk:  # partial sums over `chunk` input blocks, added to the image's accumulators in cache
+        elif chunk:  # partial sums over `chunk` input blocks, added to accumulators kept in cache
             g = hl.Var("g")
             partial = hl.Func("partial")
             partial[c, x, y, k, n, g] = hl.f32(0)
@@ -266,7 +275,15 @@ class HalideConv2dBlocked(GeneratedImplementation):
             out.split(k, ko, ki, config["tile_k"])
         batch_inner = config.get("batch_inner", False)
         dw_rows = config.get("depthwise_at") == "rows"
-        outer = (y, n, ko) if batch_inner else (y, ko, n)
+        chunk_rows = config.get("chunk_rows", 0)
+        if chunk:  # constant extents: the accumulators' size, whole tiles and strips
+            out.bound(x, 0, p["w_out"]).bound(y, 0, p["h_out"])
+        rows = (y,)
+        if chunk_rows:  # strips of rows whose accumulators stay in cache while the chunks are reduced
+            cy, cyi = hl.Var("cy"), hl.Var("cyi")
+            out.split(y, cy, cyi, chunk_rows)
+            rows = (cyi, cy)
+        outer = (*rows, n, ko) if batch_inner else (*rows, ko, n)
         if dw_rows:  # rows outside the output blocks: a row of the depthwise output serves all of them
             outer = (ko, y, n)
         out.reorder(c, xi, ki, xo, *outer).vectorize(c).unroll(xi).unroll(ki)
@@ -276,9 +293,9 @@ class HalideConv2dBlocked(GeneratedImplementation):
             reduction = [r.x, r.y, r.z, r.w]
         else:
             reduction = [r.x, r.w, r.y, r.z]
-        if chunk:  # the image's accumulators per tile of output blocks; a register tile per partial sum
-            out.bound(x, 0, p["w_out"]).bound(y, 0, p["h_out"])
-            acc.compute_at(out, ko).vectorize(c, lanes)
+        fused_rows = config["parallel"] == "yk" and not pool_rows  # rows fused with the loop around them
+        if chunk:  # accumulators of a strip of rows (or the image) in cache; a register tile per partial sum
+            acc.compute_at(out, (yk if fused_rows else cy) if chunk_rows else ko).vectorize(c, lanes)
             px, pxi = hl.Var("px"), hl.Var("pxi")
             acc.update().split(x, px, pxi, config["tile_x"]).reorder(c, pxi, k, px, y, n, rg)
             acc.update().vectorize(c, lanes).unroll(pxi).unroll(k)
@@ -297,12 +314,12 @@ class HalideConv2dBlocked(GeneratedImplementation):
             yo, yi = hl.Var("yo"), hl.Var("yi")
             pooled.split(y, yo, yi, pool_rows).reorder(c, x, yi, k, yo, n).parallel(yo)
             out.compute_at(pooled, yo)
-        elif config["parallel"] == "yk":  # rows fused with the loop around them
-            out.fuse(y, outer[1], yk).parallel(yk)
+        elif fused_rows:
+            out.fuse(rows[-1], outer[len(rows)], yk).parallel(yk)
         elif config["parallel"] == "k":  # each core streams its own weights once, rows reuse them from L2
             out.parallel(ko)
         else:
-            out.parallel(y)
+            out.parallel(rows[-1])
         if pool and not pool_rows:  # whole, then pooled: the unfused graph's two passes in one call
             out.compute_root()
             pooled.parallel(y)
@@ -321,8 +338,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
         return Definition(pooled if pool else out, params, constants)
 
 
-def _plane_chunks(workload: Workload, p: dict) -> tuple[int, ...]:
-    """Input blocks per partial sum worth trying in `plane` mode (none: the knob is moot). Plain
+def _chunks(workload: Workload, p: dict) -> tuple[int, ...]:
+    """Input blocks per partial sum worth trying for `chunk` (none: the knob is moot). Plain
     convolutions over a blocked input only; 1x1 layers reduce over more blocks per partial sum,
     so that each register tile does enough multiply-adds to pay for its loads and stores."""
     in_block = workload.block(workload.node.inputs[0])
@@ -335,7 +352,7 @@ def _plane_chunks(workload: Workload, p: dict) -> tuple[int, ...]:
 
 
 def _weights_outgrow_rows(p: dict) -> bool:
-    """Where `plane` is worth trying first: at most 28x28 pixels under at least 256 KiB of weights
+    """Where `chunk` is worth trying first: at most 28x28 pixels under at least 256 KiB of weights
     (measured on ResNet-18/50: 1.1-1.6x on their 7x7 and 14x14 layers over 1 MiB of weights and on
     the 28x28 one reducing over 512 channels; slower on 28x28 layers over fewer channels)."""
     weight_bytes = 4 * p["c_out"] * p["c_in"] * p["kh"] * p["kw"]
