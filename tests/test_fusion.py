@@ -308,6 +308,19 @@ def test_pooling_fuses_into_the_conv(case, rng):
     assert not registry.get("torch").matches(workload) and not registry.get("halide.conv2d").matches(workload)
 
 
+@pytest.mark.parametrize("case", ["resnet_stem", "vgg"])
+def test_a_fused_pool_reads_a_chunked_convolution(case, rng):
+    """A pooled 3x3 convolution over a blocked input (VGG-16's) with its reduction in chunks."""
+    fused = blocked_and_fused(conv_pool_model(rng, case, c_in=64, c_out=64))  # 144 KiB of weights
+    conv = next(n for n in fused.nodes if n.op == "Conv")
+    workload = with_blocks(Workload.of(fused, conv), {"x": 16})
+    space = registry.get("halide.conv2d_blocked").space(workload)
+    base = {**space.defaults[0], "pool_rows": 0, "chunk": 1, "batch_inner": False, "tile_x": 2}
+    configs = [{**base, "chunk_rows": rows, "parallel": par} for rows, par in ((0, "k"), (1, "yk"), (2, "y"))]
+    assert all(space.is_valid(c) for c in configs)
+    assert_kernel_family(workload, "halide.conv2d_blocked", configs=configs)
+
+
 def blocked_and_fused(graph):
     """The graph as `api.optimize` builds it: passes, 16-lane blocked layout, then the blocked fusions."""
     return optimize_graph(block_layout(optimize_graph(graph), 16), BLOCKED_PASSES)

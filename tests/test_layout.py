@@ -105,8 +105,8 @@ def test_blocked_conv2d_wide_pairs_of_half_vector_blocks(c_out, epilogue, rng):
 @pytest.mark.parametrize(
     ("c_in", "c_out", "size", "k", "stride", "pad", "epilogue", "batch", "chunks"),
     [
-        (64, 32, 7, 3, 1, 1, "add_relu", 1, {1, 2}),  # 3x3 over 4 input blocks, residual
-        (128, 32, 8, 1, 2, 0, "relu", 2, {2, 4}),  # strided 1x1 over 8 input blocks, two images
+        (128, 32, 7, 3, 1, 1, "add_relu", 1, {1, 2}),  # 3x3 over 8 input blocks, residual
+        (256, 128, 8, 1, 2, 0, "relu", 2, {2, 4, 8}),  # strided 1x1 over 16 input blocks, two images
     ],
 )
 def test_blocked_conv2d_chunks(c_in, c_out, size, k, stride, pad, epilogue, batch, chunks, rng):
@@ -139,13 +139,13 @@ def test_chunked_starting_points(rng):
     cases = [  # (channels, size, kernel, (chunk, chunk_rows) of the second starting point)
         (256, 7, 3, (1, 0)),  # 2.25 MiB of weights on 7x7
         (64, 56, 3, (1, 2)),  # 144 KiB
-        (64, 56, 1, (0, 0)),  # 16 KiB
+        (64, 56, 1, (0, 0)),  # 16 KiB: no chunks at all
     ]
     for channels, size, k, expected in cases:
         workload = conv_workload(rng, channels, channels, size, k, 1, k // 2)
         blocked = with_blocks(workload, {"x": 16, workload.node.outputs[0]: 16})
         second = impl.space(blocked).valid_defaults()[1]
-        assert (second["chunk"], second["chunk_rows"]) == expected
+        assert (second.get("chunk", 0), second.get("chunk_rows", 0)) == expected
 
 
 @pytest.mark.parametrize("case", BLOCKED_CONV_CASES)

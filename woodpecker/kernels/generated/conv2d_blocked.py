@@ -111,6 +111,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 and (cfg["parallel"] == "k" or cfg["chunk_rows"] > 0)
             )
             chunk_ok = chunk_ok and (not cfg.get("chunk_rows") or cfg.get("chunk"))
+            chunk_ok = chunk_ok and not (cfg.get("chunk") and cfg.get("pool_rows"))  # a fused pool reads it whole
             return (
                 vectors_ok
                 and rows_ok
@@ -339,12 +340,24 @@ class HalideConv2dBlocked(GeneratedImplementation):
 
 
 def _chunks(workload: Workload, p: dict) -> tuple[int, ...]:
-    """Input blocks per partial sum worth trying for `chunk` (none: the knob is moot). Plain
-    convolutions over a blocked input only; 1x1 layers reduce over more blocks per partial sum,
-    so that each register tile does enough multiply-adds to pay for its loads and stores."""
+    """Input blocks per partial sum worth trying for `chunk` (none: the knob is moot). Convolutions
+    of one group over a blocked input (a fused pool computed after the whole output) under at least
+    128 KiB of weights, 3x3 or reducing over 256+ channels, whose rows split into whole tiles of
+    4-16 pixels: where it was measured to win (ResNet, VGG-16 incl. its pooled layers 1.05-1.3x);
+    on MobileNetV2's and SqueezeNet's smaller or 13-pixel-wide layers it lost (0.5-0.8x). 1x1
+    layers reduce over more blocks per partial sum, so that each register tile does enough
+    multiply-adds to pay for its loads and stores."""
     in_block = workload.block(workload.node.inputs[0])
-    fused_stage = workload.node.attrs.get("pool") or workload.node.attrs.get("depthwise")
-    if not in_block or p["groups"] > 1 or _can_widen(workload, p) or fused_stage:
+    weight_bytes = 4 * p["c_out"] * p["c_in"] * p["kh"] * p["kw"]
+    if (
+        not in_block
+        or p["groups"] > 1
+        or _can_widen(workload, p)
+        or workload.node.attrs.get("depthwise")
+        or weight_bytes < 128 * 1024
+        or (p["kh"] * p["kw"] == 1 and p["c_in"] < 256)
+        or not any(p["w_out"] % tile == 0 for tile in range(4, 17))
+    ):
         return ()
     blocks = p["c_in"] // in_block
     sizes = (1, 2) if p["kh"] * p["kw"] > 1 else (2, 4, 8)
