@@ -103,15 +103,16 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 cfg["parallel"] == "y" and cfg["pool_rows"] <= workload.output_shape[2]
             )
             rows_ok = rows_ok and (cfg.get("depthwise_at") != "rows" or cfg["parallel"] == "y")
-            # Chunks: whole tiles along rows, images outermost; without strips of rows, cores share out
-            # output blocks (an image's accumulators per tile of blocks).
-            chunk_ok = not cfg.get("chunk") or (
-                not cfg["batch_inner"]
-                and p["w_out"] % cfg["tile_x"] == 0
-                and (cfg["parallel"] == "k" or cfg["chunk_rows"] > 0)
-            )
-            chunk_ok = chunk_ok and (not cfg.get("chunk_rows") or cfg.get("chunk"))
-            chunk_ok = chunk_ok and not (cfg.get("chunk") and cfg.get("pool_rows"))  # a fused pool reads it whole
+            # Chunks: whole tiles along rows, images outermost, the whole output under a fused pool; without
+            # strips of rows, cores share out output blocks (an image's accumulators per tile of blocks).
+            chunk_ok = not cfg.get("chunk_rows")
+            if cfg.get("chunk"):
+                chunk_ok = (
+                    not cfg["batch_inner"]
+                    and not cfg.get("pool_rows")
+                    and p["w_out"] % cfg["tile_x"] == 0
+                    and (cfg["parallel"] == "k" or cfg["chunk_rows"] > 0)
+                )
             return (
                 vectors_ok
                 and rows_ok
