@@ -349,13 +349,12 @@ def _chunks(workload: Workload, p: dict) -> tuple[int, ...]:
     layers reduce over more blocks per partial sum, so that each register tile does enough
     multiply-adds to pay for its loads and stores."""
     in_block = workload.block(workload.node.inputs[0])
-    weight_bytes = 4 * p["c_out"] * p["c_in"] * p["kh"] * p["kw"]
     if (
         not in_block
         or p["groups"] > 1
         or _can_widen(workload, p)
         or workload.node.attrs.get("depthwise")
-        or weight_bytes < 128 * 1024
+        or _weight_bytes(p) < 128 * 1024
         or (p["kh"] * p["kw"] == 1 and p["c_in"] < 256)
         or not any(p["w_out"] % tile == 0 for tile in range(4, 17))
     ):
@@ -369,8 +368,12 @@ def _weights_outgrow_rows(p: dict) -> bool:
     """Where `chunk` is worth trying first: at most 28x28 pixels under at least 256 KiB of weights
     (measured on ResNet-18/50: 1.1-1.6x on their 7x7 and 14x14 layers over 1 MiB of weights and on
     the 28x28 one reducing over 512 channels; slower on 28x28 layers over fewer channels)."""
-    weight_bytes = 4 * p["c_out"] * p["c_in"] * p["kh"] * p["kw"]
-    return p["h_out"] * p["w_out"] <= 28 * 28 and weight_bytes >= 256 * 1024
+    return p["h_out"] * p["w_out"] <= 28 * 28 and _weight_bytes(p) >= 256 * 1024
+
+
+def _weight_bytes(p: dict) -> int:
+    """The float32 weights of a convolution of one group."""
+    return 4 * p["c_out"] * p["c_in"] * p["kh"] * p["kw"]
 
 
 def _stage_starts(pool: dict | None, depthwise: dict | None) -> list[Config]:
@@ -467,7 +470,13 @@ def _starting_points(
     for wide in wides:
         for tile_x, tile_k, parallel, *others in starts:
             for stage in stages:
-                config = {**start, "tile_x": min(tile_x, width), "parallel": parallel, **stage, **(others or [{}])[0]}
+                config = {
+                    **start,
+                    "tile_x": min(tile_x, width),
+                    "parallel": parallel,
+                    **stage,
+                    **(others[0] if others else {}),
+                }
                 if wide is not None:
                     config["wide"] = wide
                 fits = [k for k in range(tile_k, 0, -1) if valid({**config, "tile_k": k})]
