@@ -12,7 +12,7 @@ from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
 from woodpecker.runtime.executor import Executor
-from woodpecker.runtime.memory import Lifetime, plan_memory
+from woodpecker.runtime.memory import ALIGNMENT, HUGE_PAGE, Lifetime, aligned_empty, plan_memory
 
 
 def test_planner_never_overlaps_live_values():
@@ -151,3 +151,13 @@ def test_concat_inputs_written_in_place(batch, shared_input, rng):
         actual = executor.run({"x": x})
         for name, expected in zip([o.name for o in outputs], session.run(None, {"x": x})):
             np.testing.assert_allclose(actual[name], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("nbytes", [100, HUGE_PAGE + 4096 + 8])
+def test_aligned_buffers_start_on_a_cache_line_and_hold_exactly_their_bytes(nbytes):
+    buffer = aligned_empty(nbytes)
+    assert buffer.nbytes == nbytes and buffer.ctypes.data % ALIGNMENT == 0
+    if nbytes >= HUGE_PAGE:  # whole huge pages from its start
+        assert buffer.ctypes.data % HUGE_PAGE == 0
+    buffer[:] = 7  # writable to its last byte
+    assert int(buffer.sum()) == 7 * nbytes

@@ -117,3 +117,19 @@ def test_the_object_cache_keeps_the_most_recently_used(tmp_path):
         os.utime(path, (1e9 - age * 100, 1e9 - age * 100))
     prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["middle.o", "new.o"]
+
+
+def test_a_library_reads_its_constants_into_aligned_memory(rng, tmp_path):
+    """Kernel weights come back equal to what was compiled, each starting on a cache line."""
+    from woodpecker.kernels.generated.aot import LibraryEntry, link_library
+
+    shapes = [((3, 5), np.float32), ((7,), np.int32), ((), np.float64), ((0, 4), np.float32)]
+    constants = [(rng.standard_normal(shape) * 100).astype(dtype) for shape, dtype in shapes]
+    (tmp_path / "lib").mkdir()
+    link_library(tmp_path / "lib", [], {"k": LibraryEntry("none", constants, 0)}, with_runtime=True)
+    library = KernelLibrary(tmp_path / "lib")
+    for i, expected in enumerate(constants):
+        actual = library._constants[f"k.{i}"]
+        assert actual.dtype == expected.dtype and actual.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(actual, expected)
+    library.close()

@@ -9,11 +9,13 @@ sub-graph never reach the executor and take no memory here.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
 
 ALIGNMENT = 64  # bytes: a cache line, and a full AVX-512 vector
+HUGE_PAGE = 2**21  # bytes: x86-64's transparent huge page
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,21 @@ class MemoryPlan:
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:
-    """Bytes starting on an ALIGNMENT boundary. NumPy's own buffers start 16 or 48 bytes past one
-    here, which splits every full-vector load and store of the kernels across two cache lines."""
-    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
+    """Bytes starting on an ALIGNMENT boundary; from HUGE_PAGE up, in memory the kernel may back with
+    huge pages. NumPy's own buffers start 16 or 48 bytes past a cache line here, which splits every
+    full-vector load and store of the kernels across two lines; and a batch-1 plan streams its
+    weights from L2/L3 every run, where 4 KiB pages cost TLB walks: ResNet-18's generated plan ran
+    1.2x faster with its kernels' weights in one huge-page block (10 process pairs, 2 threads).
+    Only whole huge pages are advised, so a block never holds more than its bytes' pages."""
+    if nbytes < HUGE_PAGE:
+        raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+        start = -raw.ctypes.data % ALIGNMENT
+        return raw[start : start + nbytes]
+    block = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zero until written
+    raw = np.frombuffer(block, np.uint8)
+    start = -raw.ctypes.data % HUGE_PAGE
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux
+        block.madvise(mmap.MADV_HUGEPAGE, start, nbytes // HUGE_PAGE * HUGE_PAGE)
     return raw[start : start + nbytes]
 
 
