@@ -1,5 +1,7 @@
 """`wpk bench` sums up its rounds: runtimes in rotating order, medians of medians, ratios paired within a round."""
 
+import os
+
 import pytest
 
 from woodpecker import bench
@@ -51,3 +53,16 @@ def test_each_round_starts_the_runtimes_in_a_rotated_order(monkeypatch, tmp_path
         "openvino",
     ]
     assert [r["runtime"] for r in report["results"]] == ["onnxruntime", "openvino", "torch"]
+
+
+def test_a_peer_keeps_its_library_waiting_policy(monkeypatch):
+    """Woodpecker's process makes thread pools sleep at once (it mixes libraries); a peer timed alone
+    must not inherit that, or its library runs slower than its users would see."""
+    from woodpecker.measure.threads import SHARING, configure_threads
+
+    for name in (*SHARING, "OMP_NUM_THREADS", "HL_NUM_THREADS"):  # restored after the test
+        monkeypatch.delenv(name, raising=False)
+    assert configure_threads(2) == 2
+    assert all(os.environ[name] == value for name, value in SHARING.items())
+    configure_threads(2, shared=False)  # as the peer's worker process, which inherited them
+    assert not set(SHARING) & set(os.environ) and os.environ["OMP_NUM_THREADS"] == "2"

@@ -153,3 +153,24 @@ def test_library_plus_generated_moves_only_plain_nodes_whose_generated_kernel_wa
     hybrid = candidate_choices(choices, ("onnxruntime",), blocked)["onnxruntime+generated"]
     assert [c.impl for c in hybrid] == ["halide.elementwise", "onnxruntime", "onnxruntime", "onnxruntime"]
     assert "onnxruntime+generated" not in candidate_choices(choices, ("onnxruntime",))  # no graph, no hybrid
+
+
+def test_onnxruntime_spins_only_when_no_other_pool_runs_in_the_plan(rng):
+    """A spinning pool beside another library's threads slows both; alone it is ONNX Runtime's faster default."""
+    graph = branchy_graph(rng)
+
+    def allows_spinning(options) -> bool:
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # not set: ONNX Runtime's default, which spins
+            return True
+
+    def spinning(impls):
+        executor = Executor(graph, choose(graph, impls))
+        return [
+            allows_spinning(s.kernel.session.get_session_options()) for s in executor.steps if s.impl == "onnxruntime"
+        ]
+
+    assert spinning(["onnxruntime"] * 4) == [True]
+    assert spinning(["onnxruntime", "onnxruntime", "numpy", "onnxruntime"]) == [False, False]  # two sessions' pools
+    assert spinning(["onnxruntime", "onnxruntime", "onnxruntime", "openvino"]) == [False]

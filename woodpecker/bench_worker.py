@@ -16,7 +16,8 @@ from woodpecker.measure.threads import configure_threads
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    threads = configure_threads(args["threads"])
+    # A peer has the cores to itself: its library's own waiting policy, as its users would run it.
+    threads = configure_threads(args["threads"], shared=args["runtime"] == "woodpecker")
     import_runtime(args["runtime"])
     baseline = rss_mib()  # the libraries are loaded; what follows is the model's own memory
     run, feeds = _prepare(args["runtime"], args["path"], args["inputs"], threads)
@@ -89,7 +90,8 @@ def _prepare(runtime: str, path: str, inputs: dict, threads: int):
 
         from woodpecker.kernels.library.onnxruntime import session_options
 
-        session = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+        options = session_options(threads, spinning=True)
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         return (lambda f: session.run(None, f)), feeds
     if runtime.startswith("openvino"):
         import openvino as ov

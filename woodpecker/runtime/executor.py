@@ -66,6 +66,8 @@ class Executor:
         self.subgraphs: dict[str, Graph] = {}  # a graph-library segment's nodes as a graph, by label
         parts = [(segment, *self._io(segment)) for segment in segments(graph, choices)]
         self.concat_slices = _concats_in_place(graph, parts)
+        # A graph library that runs beside no other pool may keep its workers spinning between runs.
+        self.alone = sum(segment.impl != "numpy" for segment, _, _ in parts) == 1
         self.memory, slots = self._plan_memory(parts)
         self.arena = aligned_empty(self.memory.arena_bytes)
         self.buffers = {
@@ -146,7 +148,8 @@ class Executor:
         try:
             if segment.impl in MERGEABLE:  # a graph library runs the segment as one model
                 model_file = self.library_models.get(segment.label)
-                kernel = registry.get(segment.impl).build_graph(self.subgraphs[segment.label], model_file)
+                library = registry.get(segment.impl)
+                kernel = library.build_graph(self.subgraphs[segment.label], model_file, alone=self.alone)
             elif self.library is not None and first.name in self.kernels:
                 kernel = self.library.kernel(self.kernels[first.name])
             else:

@@ -14,11 +14,13 @@ from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Options that coexist with other thread pools: no spinning workers left behind."""
+def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
+    """Options that coexist with other thread pools: no spinning workers left behind, unless the
+    session has the cores to itself (`spinning`, ONNX Runtime's default)."""
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
@@ -28,9 +30,12 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 class OnnxRuntimeKernel:
     """Runs a small graph, reading and writing the caller's arrays in place (IO binding)."""
 
-    def __init__(self, graph: Graph, threads: int | None = None, model_file: Path | None = None):
+    def __init__(
+        self, graph: Graph, threads: int | None = None, model_file: Path | None = None, spinning: bool = False
+    ):
         model = str(model_file) if model_file is not None else graph_to_onnx(graph).SerializeToString()
-        self.session = ort.InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])
+        options = session_options(threads, spinning)
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_names, self.output_names = graph.inputs, graph.outputs
         self._binding = None
         self._bound: tuple[int, ...] = ()
@@ -56,6 +61,7 @@ class OnnxRuntimeImplementation(LibraryImplementation):
     def build(self, workload: Workload, config: Config) -> OnnxRuntimeKernel:
         return per_use(workload, self.build_graph(workload.as_graph()))
 
-    def build_graph(self, graph: Graph, model_file: Path | None = None) -> OnnxRuntimeKernel:
-        """`model_file`: the graph saved as ONNX (a saved plan's, weights read from its file)."""
-        return OnnxRuntimeKernel(graph, model_file=model_file)
+    def build_graph(self, graph: Graph, model_file: Path | None = None, alone: bool = False) -> OnnxRuntimeKernel:
+        """`model_file`: the graph saved as ONNX (a saved plan's, weights read from its file);
+        `alone`: no other thread pool runs in the plan, so the session's workers may spin."""
+        return OnnxRuntimeKernel(graph, model_file=model_file, spinning=alone)
