@@ -151,6 +151,22 @@ def test_cli_run_inspect_and_bench(small_plan, tmp_path):
     assert figures["speedup_vs_best_fp32_peer"] > 0
 
 
+def test_cli_profile_puts_each_step_beside_its_kernels_timed_alone(small_plan):
+    result = wpk("profile", small_plan / "plan", "--runs", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["total_ms"] == pytest.approx(sum(s["ms"] for s in report["steps"]))
+    plan = json.loads((small_plan / "plan" / "plan.json").read_text())
+    conv = next(c for c in plan["choices"] if c["workload"].startswith("Conv-"))  # + Relu, fused
+    step = next(s for s in report["steps"] if conv["node"] in [m["node"] for m in s["members"]])
+    assert step["ms"] > 0 and step["gflops"] > 0  # on its own kernel, or inside a library segment
+    alone = next(m["alone_ms"] for m in step["members"] if m["node"] == conv["node"])
+    ort_alone = min(c["median_s"] for c in conv["candidates"] if c["impl"] == "onnxruntime") * 1e3
+    assert alone["onnxruntime"] == pytest.approx(ort_alone) and alone["own"] > 0
+    table = wpk("profile", small_plan / "plan", "--runs", "2", "--top", "1")
+    assert table.returncode == 0 and conv["node"] in table.stdout and "alone:" in table.stdout
+
+
 @pytest.mark.parametrize("content", [None, b"", b"\x08\x07garbage-not-onnx"])
 def test_cli_bad_model_is_one_line_and_writes_nothing(content, tmp_path):
     model = tmp_path / "bad.onnx"

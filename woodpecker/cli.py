@@ -98,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", nargs="?", const="-", help="write the figures as JSON (to FILE or stdout)")
     p.set_defaults(handler=_bench)
 
+    p = sub.add_parser("profile", help="time a plan step by step, beside its nodes' kernels timed alone")
+    p.add_argument("plan", help="plan directory")
+    p.add_argument("--runs", type=int, default=20, help="whole-plan runs, each step's median reported")
+    p.add_argument("--top", type=int, help="only the K slowest steps")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_profile)
+
     p = sub.add_parser("inspect", help="show the optimized graph and which nodes get which kernels")
     p.add_argument("model")
     p.add_argument("--batch", type=int)
@@ -220,6 +227,16 @@ def _tune(args) -> int:
     )
     for row in report["best"]:
         print(f"  {row['impl']:<20}{(row['median_s'] or 0) * 1e3:>9.3f} ms  {row['node']}")
+    return 0
+
+
+def _profile(args) -> int:
+    from woodpecker.profile import format_profile, profile
+
+    if args.runs < 1:
+        raise WoodpeckerError(f"--runs must be at least 1, got {args.runs}")
+    report = profile(args.plan, args.runs)
+    print(json.dumps(report, indent=1) if args.json else format_profile(report, args.top))
     return 0
 
 

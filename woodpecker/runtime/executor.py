@@ -41,6 +41,7 @@ class Step:
     outputs: list[np.ndarray]
     input_names: list[str]
     output_names: list[str]
+    members: tuple[str, ...] = ()  # the graph nodes the step runs (one, or a library segment's)
 
 
 IN_PLACE = ("halide.elementwise", "halide.channelwise")  # kernels that read each element before writing the same one
@@ -157,7 +158,8 @@ class Executor:
         except Exception as exc:
             raise PlanError(f"{segment.label} ({first.op}): building {segment.impl} failed: {exc}") from None
         arrays = [self.buffers[n] for n in inputs], [self.buffers[n] for n in outputs]
-        return Step(segment.label, segment.impl, kernel, *arrays, inputs, outputs)
+        members = tuple(n.name for n in segment.nodes)
+        return Step(segment.label, segment.impl, kernel, *arrays, inputs, outputs, members)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._load_inputs(feeds)

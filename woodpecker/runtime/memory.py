@@ -46,8 +46,8 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     """Bytes starting on an ALIGNMENT boundary; from HUGE_PAGE up, in memory the kernel may back with
     huge pages. NumPy's own buffers start 16 or 48 bytes past a cache line here, which splits every
     full-vector load and store of the kernels across two lines; and a batch-1 plan streams its
-    weights from L2/L3 every run, where 4 KiB pages cost TLB walks: ResNet-18's generated plan ran
-    1.2x faster with its kernels' weights in one huge-page block (10 process pairs, 2 threads).
+    weights from L2/L3 every run, where 4 KiB pages cost TLB walks: ResNet-18's generated plan took
+    0.91x the time with its kernels' weights in one huge-page block (median of 10 process pairs).
     Only whole huge pages are advised, so a block never holds more than its bytes' pages."""
     if nbytes < HUGE_PAGE:
         raw = np.empty(nbytes + ALIGNMENT, np.uint8)
