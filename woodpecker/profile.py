@@ -75,29 +75,32 @@ def _alone(choice: Choice) -> dict[str, float]:
 def format_profile(report: dict, top: int | None = None) -> str:
     measured = {impl for s in report["steps"] for m in s["members"] for impl in m["alone_ms"]}
     columns = sorted(measured, key=lambda c: (c != OWN, c))
-    header = f"{'step':<48}{'kernel':<24}{'ms':>8}{'share':>7}{'GFLOPS':>8}  | alone: " + "".join(
-        f"{c:>12}" for c in columns
-    )
+    header = f"{'step':<48}{'kernel':<24}{'ms':>8}{'share':>7}{'GFLOPS':>8}  | "
     steps = sorted(report["steps"], key=lambda s: -s["ms"])[:top] if top else report["steps"]
+    total = report["total_ms"] or float("inf")  # no steps: a graph of views only
     lines = [
         f"plan {report['plan']} ({report['selected']}), batch {report['batch']}: "
         f"steps sum to {report['total_ms']:.2f} ms (median of {report['runs']} runs each)",
-        header,
-        "-" * len(header),
+        header + "alone: " + "".join(f"{c:>12}" for c in columns),
+        "-" * (len(header) + 7 + 12 * len(columns)),
     ]
 
     def alone(times: dict[str, float]) -> str:
         return "".join(f"{times[c]:>12.3f}" if c in times else f"{'-':>12}" for c in columns)
 
+    tail = "  | "  # where the alone columns start, on every line
     for s in steps:
         name = s["step"] if s["nodes"] == 1 else f"{s['impl']} segment ({s['nodes']} nodes)"
         gflops = f"{s['gflops']:.0f}" if s["gflops"] else "-"
         lines.append(
-            f"{_short(name):<48}{s['impl']:<24}{s['ms']:>8.3f}{s['ms'] / report['total_ms']:>7.1%}{gflops:>8}"
-            f"  | {alone(s['alone_ms'])}"
+            f"{_short(name):<48}{s['impl']:<24}{s['ms']:>8.3f}{s['ms'] / total:>7.1%}{gflops:>8}"
+            f"{tail}{alone(s['alone_ms'])}"
         )
         if s["nodes"] > 1:  # what each of its nodes measured alone
-            lines += [f"  {_short(m['node'], 44):<{46 + 24 + 23}}  | {alone(m['alone_ms'])}" for m in s["members"]]
+            lines += [
+                f"  {_short(m['node'], 44):<{len(header) - len(tail) - 2}}{tail}{alone(m['alone_ms'])}"
+                for m in s["members"]
+            ]
     lines.append(
         f"alone: the node's kernels as the optimizer timed them by themselves ({OWN}: its best generated kernel),"
         " summed over a merged step's nodes, which are listed under it"
