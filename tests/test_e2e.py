@@ -12,6 +12,7 @@ import pytest
 import woodpecker
 from woodpecker.errors import InputError, PlanError
 from woodpecker.graph.onnx_import import load_onnx, with_static_inputs
+from woodpecker.kernels.registry import record_name
 from woodpecker.plan.plan import Plan
 from woodpecker.records.database import Records
 
@@ -234,7 +235,8 @@ def test_a_new_workload_starts_from_the_best_config_of_a_similar_one(tmp_path):
         (
             json.loads(line)
             for line in Records(records).export_lines()
-            if json.loads(line)["impl"] == "halide.conv2d_blocked" and json.loads(line)["result"]["error"] is None
+            if json.loads(line)["impl"] == record_name("halide.conv2d_blocked")
+            and json.loads(line)["result"]["error"] is None
         ),
         key=lambda item: sorted(item["result"]["times_s"])[len(item["result"]["times_s"]) // 2],
     )

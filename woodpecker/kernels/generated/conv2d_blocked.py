@@ -58,6 +58,7 @@ def _can_widen(workload: Workload, p: dict) -> bool:
 
 class HalideConv2dBlocked(GeneratedImplementation):
     name = "halide.conv2d_blocked"
+    revision = 2  # 2: constant strides, a block's channel loop unrolled
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
@@ -310,6 +311,8 @@ class HalideConv2dBlocked(GeneratedImplementation):
         updated.reorder(c, x, k, *reduction, y, n).vectorize(c, lanes).unroll(x).unroll(k)
         if config["unroll_kw"]:
             updated.unroll(rx)
+        if not depthwise and inner <= native_vector_width():  # a block's channels: immediate offsets (1.05-1.17x)
+            updated.unroll(r.x)
         if pool:
             pooled.bound(c, 0, b).vectorize(c)
         if pool_rows:  # computed a strip of rows at a time, for the strip of pooled rows that reads it
@@ -332,12 +335,28 @@ class HalideConv2dBlocked(GeneratedImplementation):
             if in_block:
                 copy.bound(c, 0, in_block).vectorize(c)
 
+        _fix_layout(w_param, blocked_weight.shape)
+        _fix_layout(b_param, bias.shape)
+        _fix_layout(inp, workload.values[node.inputs[0]].stored_shape)
+        if has_residual:
+            _fix_layout(residual, workload.values[node.inputs[3]].stored_shape)
         params = [inp] + ([residual] if has_residual else []) + ([scale] if has_scale else []) + [w_param, b_param]
         constants = [np.ascontiguousarray(blocked_weight), bias]
         if stage:
             params += [dw_w_param, dw_b_param]
             constants += [dw_weight, dw_bias]
+            _fix_layout(dw_w_param, dw_weight.shape)
+            _fix_layout(dw_b_param, dw_bias.shape)
         return Definition(pooled if pool else out, params, constants)
+
+
+def _fix_layout(param: hl.ImageParam, shape: tuple[int, ...]) -> None:
+    """`param` is a dense C-order array of `shape` (the packed constants, a whole input buffer):
+    strides and extents known at compile time become immediate offsets, freeing address registers."""
+    stride = 1
+    for i, extent in enumerate(reversed(tuple(shape))):
+        param.dim(i).set_bounds(0, extent).set_stride(stride)
+        stride *= extent
 
 
 def _chunks(workload: Workload, p: dict) -> tuple[int, ...]:
