@@ -311,7 +311,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
         updated.reorder(c, x, k, *reduction, y, n).vectorize(c, lanes).unroll(x).unroll(k)
         if config["unroll_kw"]:
             updated.unroll(rx)
-        if not depthwise and inner <= native_vector_width():  # a block's channels: immediate offsets (1.05-1.17x)
+        if not depthwise and inner <= native_vector_width():  # a block's channels: immediate offsets (1.04-1.17x)
             updated.unroll(r.x)
         if pool:
             pooled.bound(c, 0, b).vectorize(c)
