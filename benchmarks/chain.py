@@ -27,8 +27,8 @@ def chain_model(channels: int, size: int, layers: int, kernel: int, path: Path) 
 
     rng = np.random.default_rng(0)
     nodes, weights, x = [], [], "x"
+    scale = (2.0 / (channels * kernel * kernel)) ** 0.5  # He initialization keeps values in range
     for i in range(layers):
-        scale = (2.0 / (channels * kernel * kernel)) ** 0.5  # He initialization keeps values in range
         w = rng.standard_normal((channels, channels, kernel, kernel)).astype(np.float32) * scale
         weights += [
             numpy_helper.from_array(w, f"w{i}"),
@@ -77,8 +77,8 @@ def main() -> None:
         plan = woodpecker.optimize(
             model, budget=args.budget, records=args.records, libraries=("numpy",), threads=threads, progress=False
         )
-        plan.save(out / f"{model.stem}.plan")
-        report = bench(out / f"{model.stem}.plan", ["onnxruntime"], BenchSettings(rounds=args.rounds, threads=threads))
+        saved = plan.save(out / f"{model.stem}.plan")
+        report = bench(saved, ["onnxruntime"], BenchSettings(rounds=args.rounds, threads=threads))
         times = {r["runtime"]: r["median_ms"] for r in report["results"]}
         flops = 2.0 * channels * channels * args.kernel**2 * size * size * args.layers
         print(
