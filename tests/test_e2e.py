@@ -81,6 +81,8 @@ def test_wrong_input_shape_dtype_and_name(small_plan):
         plan.run({"x": np.ones((1, 3, 12, 12))})
     with pytest.raises(InputError, match="missing"):
         plan.run({"z": np.ones((1, 3, 12, 12), np.float32)})
+    with pytest.raises(InputError, match="dict of name -> array"):
+        plan.run(np.ones((1, 3, 12, 12), np.float32))
 
 
 def test_tampered_plan_is_refused(small_plan, tmp_path):

@@ -133,3 +133,20 @@ def test_a_library_reads_its_constants_into_aligned_memory(rng, tmp_path):
         assert actual.dtype == expected.dtype and actual.ctypes.data % 64 == 0
         np.testing.assert_array_equal(actual, expected)
     library.close()
+
+
+def test_unreadable_kernel_weights_are_named(rng, tmp_path):
+    """A compressed or truncated kernels.npz is refused with the file's name, not read half."""
+    from woodpecker.errors import WoodpeckerError
+    from woodpecker.kernels.generated.aot import _read_constants
+
+    weights = {"k.0": rng.standard_normal((64, 64)).astype(np.float32)}
+    np.savez_compressed(tmp_path / "compressed.npz", **weights)
+    with pytest.raises(WoodpeckerError, match="compressed"):
+        _read_constants(tmp_path / "compressed.npz")
+    np.savez(tmp_path / "plain.npz", **weights)
+    data = (tmp_path / "plain.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WoodpeckerError, match="truncated.npz"):
+        _read_constants(tmp_path / "truncated.npz")
+    np.testing.assert_array_equal(_read_constants(tmp_path / "plain.npz")["k.0"], weights["k.0"])

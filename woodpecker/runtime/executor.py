@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from itertools import groupby
@@ -89,8 +89,8 @@ class Executor:
     def _io(self, segment: Segment) -> tuple[list[str], list[str]]:
         """The run-time values a segment reads and writes."""
         if len(segment.nodes) == 1 and segment.impl not in MERGEABLE:
-            node = segment.nodes[0]
-            return Workload.of(self.graph, node).dynamic_inputs, [n for n in node.outputs if n]
+            node = segment.nodes[0]  # (not Workload.of: that would read the node's weights from the plan's file)
+            return [n for n in node.inputs if n and n not in self.graph.constants], [n for n in node.outputs if n]
         subgraph = self.subgraphs[segment.label] = segment.subgraph(self.graph)
         return subgraph.inputs, subgraph.outputs
 
@@ -182,6 +182,8 @@ class Executor:
         return [(step.node, statistics.median(times)) for step, times in zip(self.steps, samples)]
 
     def _load_inputs(self, feeds: dict[str, np.ndarray]) -> None:
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"inputs go in a dict of name -> array; expected {self.describe_inputs()}")
         missing = [n for n in self.graph.inputs if n not in feeds]
         unknown = [n for n in feeds if n not in self.graph.inputs]
         if missing or unknown:

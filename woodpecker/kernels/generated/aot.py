@@ -24,6 +24,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import zipfile
@@ -40,6 +41,8 @@ from woodpecker.kernels.generated.common import Definition, as_views, jit_target
 from woodpecker.runtime.memory import ALIGNMENT, aligned_empty
 
 LIBRARY, CONSTANTS, INDEX = "kernels.so", "kernels.npz", "kernels.json"
+# A zip member's local header: signature, version, flags, method, time, date, CRC, sizes, name and extra lengths
+_LOCAL_HEADER = struct.Struct("<4s5HLLLHH")
 NATIVE_SOURCE = Path(__file__).with_name("native_runtime.c")
 # Pool workers spin this long after a parallel loop before they sleep: the next kernel of a
 # plan starts within a few microseconds, and a sleeping worker takes tens of them to wake.
@@ -311,33 +314,47 @@ class KernelLibrary:
 
 
 def _read_constants(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a library's uncompressed .npz, read straight into one block (see aligned_empty:
-    huge pages for weights streamed every run), each on a cache line of its own."""
+    """The arrays of a library's uncompressed .npz, read straight from the file into one block
+    (see aligned_empty: huge pages for weights streamed every run), each on a cache line of its own.
 
-    def header(member) -> tuple[tuple[int, ...], np.dtype, int]:
-        """Shape, dtype and size of the array whose data follows in `member`."""
-        major, _ = np.lib.format.read_magic(member)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read(member)
-        if fortran_order or dtype.hasobject:
-            raise WoodpeckerError(f"{path}: {member.name} is not a plain C-ordered array")
-        return shape, dtype, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-
-    with zipfile.ZipFile(path) as archive:
-        offsets, end = [], 0
+    Why not zipfile's reader: it returns each member as a bytes object (a transient copy of the
+    largest weight, 400 MB in VGG-16) and checks its CRC (the plan's manifest already hashed
+    the file); read directly, VGG-16's 550 MB load in a quarter of the time."""
+    members = []  # name, data offset in the file, shape, dtype, bytes
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise WoodpeckerError(f"{path}: unreadable kernel weights ({exc})") from None
+    with archive, open(path, "rb", buffering=0) as raw:
         for info in archive.infolist():
-            offsets.append(end)
-            with archive.open(info) as member:
-                end += -(-header(member)[2] // ALIGNMENT) * ALIGNMENT
-        block = aligned_empty(end)
-        constants = {}
-        for info, offset in zip(archive.infolist(), offsets):
-            with archive.open(info) as member:
-                shape, dtype, nbytes = header(member)
-                data = block[offset : offset + nbytes]
-                if member.readinto(memoryview(data)) != nbytes:
-                    raise WoodpeckerError(f"{path}: {info.filename} is truncated")
-            constants[info.filename.removesuffix(".npy")] = data.view(dtype).reshape(shape)
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise WoodpeckerError(f"{path}: {info.filename} is compressed; kernel weights are stored plain")
+            raw.seek(info.header_offset)
+            local = raw.read(_LOCAL_HEADER.size)
+            signature, *_, name_length, extra_length = _LOCAL_HEADER.unpack(local)
+            if signature != b"PK\x03\x04":
+                raise WoodpeckerError(f"{path}: {info.filename} has no local zip header")
+            raw.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+            major, _ = np.lib.format.read_magic(raw)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read(raw)
+            if fortran_order or dtype.hasobject:
+                raise WoodpeckerError(f"{path}: {info.filename} is not a plain C-ordered array")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            members.append((info.filename.removesuffix(".npy"), raw.tell(), shape, dtype, nbytes))
+        block = aligned_empty(sum(-(-m[4] // ALIGNMENT) * ALIGNMENT for m in members))
+        constants, offset = {}, 0
+        for name, start, shape, dtype, nbytes in members:
+            data = memoryview(block[offset : offset + nbytes])
+            raw.seek(start)
+            done = 0
+            while done < nbytes:
+                count = raw.readinto(data[done:])
+                if not count:
+                    raise WoodpeckerError(f"{path}: {name} is truncated")
+                done += count
+            constants[name] = block[offset : offset + nbytes].view(dtype).reshape(shape)
+            offset += -(-nbytes // ALIGNMENT) * ALIGNMENT
     return constants
 
 
