@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+from functools import partial
 
 import numpy as np
+from interleaved import round_medians
 
 from woodpecker.measure.threads import configure_threads
 
@@ -58,17 +59,8 @@ def main() -> None:
         error = float(np.abs(fused_out[output] - expected).max() / np.abs(expected).max())
         assert error <= 1e-4, f"fused and unfused plans differ on {output}: {error:.2e}"
 
-    medians: dict[str, list[float]] = {name: [] for name in plans}
-    for _ in range(args.rounds):
-        for name, executor in plans.items():
-            for _ in range(5):
-                executor.run(feeds)
-            times = []
-            for _ in range(40):
-                start = time.perf_counter()
-                executor.run(feeds)
-                times.append(time.perf_counter() - start)
-            medians[name].append(statistics.median(times))
+    runs = {name: partial(executor.run, feeds) for name, executor in plans.items()}
+    medians = round_medians(runs, args.rounds, repeats=40, warmup=5)
     fused, unfused = (statistics.median(medians[n]) * 1e3 for n in ("fused", "unfused"))
     print(f"whole plan, median of {args.rounds} interleaved rounds: fused {fused:.3f} ms, unfused {unfused:.3f} ms")
     print(f"ratio unfused / fused: {unfused / fused:.2f}x")

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import numpy as np
+from interleaved import round_medians
 
 from woodpecker.measure.threads import configure_threads
 
@@ -80,18 +80,12 @@ def main() -> None:
         "native run": (use_native_pool, native),
     }
     print(f"{len(executor.steps)} steps in {len(executor.calls)} calls; {args.rounds} interleaved rounds", flush=True)
-    medians: dict[str, list[float]] = {name: [] for name in modes}
-    for _ in range(args.rounds):
-        for name, (setup, run) in modes.items():
-            setup()
-            for _ in range(3):
-                run()
-            times = []
-            for _ in range(args.runs):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            medians[name].append(statistics.median(times))
+    medians = round_medians(
+        {name: run for name, (_, run) in modes.items()},
+        args.rounds,
+        args.runs,
+        setups={name: setup for name, (setup, _) in modes.items()},
+    )
     first = medians["python + halide pool"]
     for name, values in medians.items():
         ratio = statistics.median(a / b for a, b in zip(first, values))
