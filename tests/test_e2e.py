@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import onnx
@@ -163,11 +164,23 @@ def test_cli_profile_puts_each_step_beside_its_kernels_timed_alone(small_plan):
     conv = next(c for c in plan["choices"] if c["workload"].startswith("Conv-"))  # + Relu, fused
     step = next(s for s in report["steps"] if conv["node"] in [m["node"] for m in s["members"]])
     assert step["ms"] > 0 and step["gflops"] > 0  # on its own kernel, or inside a library segment
+    assert step["again_ms"] > 0  # it reads x and writes y: safe to call again
     alone = next(m["alone_ms"] for m in step["members"] if m["node"] == conv["node"])
     ort_alone = min(c["median_s"] for c in conv["candidates"] if c["impl"] == "onnxruntime") * 1e3
     assert alone["onnxruntime"] == pytest.approx(ort_alone) and alone["own"] > 0
     table = wpk("profile", small_plan / "plan", "--runs", "2", "--top", "1")
     assert table.returncode == 0 and conv["node"] in table.stdout and "alone:" in table.stdout
+    assert "again" in table.stdout.splitlines()[1]
+
+
+def test_profile_calls_no_in_place_step_again():
+    """A step whose output overwrites its input would compute on its own result if repeated."""
+    from woodpecker.runtime.executor import Step, _writes_over_input
+
+    arena = np.zeros(64, np.float32)
+    step = partial(Step, "n", "halide.elementwise", print, input_names=["a"], output_names=["b"])
+    assert _writes_over_input(step(inputs=[arena[:32]], outputs=[arena[:32]]))
+    assert not _writes_over_input(step(inputs=[arena[:32]], outputs=[arena[32:]]))
 
 
 @pytest.mark.parametrize("content", [None, b"", b"\x08\x07garbage-not-onnx"])

@@ -2,7 +2,9 @@
 
 The optimizer keeps every node's isolated timings (its own kernels' best, each library's); the
 plan runs its steps in context. Side by side they show which layers the own kernels lose to a
-library and by how much, and whether a step runs slower inside the plan than it did alone.
+library and by how much. Whether a step runs slower inside the plan than alone is told by the
+`again` column instead, timed in the same minutes: on this machine a whole run's speed moves
+by 20-40 % from one hour to the next, more than the difference being looked for.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def profile(directory: str | Path, runs: int = 20) -> dict:
     choices = {c.node: c for c in plan.choices}
     nodes = {n.name: n for n in plan.graph.nodes}
     steps = []
-    for step, (_, seconds) in zip(executor.steps, timed):
+    for step, (_, seconds, again) in zip(executor.steps, timed):
         members = step.members
         workloads = [Workload.of(plan.graph, nodes[name]) for name in members]
         flops = sum(w.flops() for w in workloads if w.op in ("Conv", "Gemm", "MatMul"))  # multiply-adds
@@ -42,6 +44,7 @@ def profile(directory: str | Path, runs: int = 20) -> dict:
                 "impl": step.impl,
                 "nodes": len(members),
                 "ms": seconds * 1e3,
+                "again_ms": again * 1e3 if again is not None else None,
                 "gflops": flops / seconds / 1e9 if flops and seconds > 0 else None,
                 # Summed over the step's nodes, where every node was timed on that kernel.
                 "alone_ms": {
@@ -75,7 +78,7 @@ def _alone(choice: Choice) -> dict[str, float]:
 def format_profile(report: dict, top: int | None = None) -> str:
     measured = {impl for s in report["steps"] for m in s["members"] for impl in m["alone_ms"]}
     columns = sorted(measured, key=lambda c: (c != OWN, c))
-    header = f"{'step':<48}{'kernel':<24}{'ms':>8}{'share':>7}{'GFLOPS':>8}  | "
+    header = f"{'step':<48}{'kernel':<24}{'ms':>8}{'again':>8}{'share':>7}{'GFLOPS':>8}  | "
     steps = sorted(report["steps"], key=lambda s: -s["ms"])[:top] if top else report["steps"]
     total = report["total_ms"] or float("inf")  # no steps: a graph of views only
     lines = [
@@ -92,8 +95,9 @@ def format_profile(report: dict, top: int | None = None) -> str:
     for s in steps:
         name = s["step"] if s["nodes"] == 1 else f"{s['impl']} segment ({s['nodes']} nodes)"
         gflops = f"{s['gflops']:.0f}" if s["gflops"] else "-"
+        again = f"{s['again_ms']:.3f}" if s["again_ms"] is not None else "-"
         lines.append(
-            f"{_short(name):<48}{s['impl']:<24}{s['ms']:>8.3f}{s['ms'] / total:>7.1%}{gflops:>8}"
+            f"{_short(name):<48}{s['impl']:<24}{s['ms']:>8.3f}{again:>8}{s['ms'] / total:>7.1%}{gflops:>8}"
             f"{tail}{alone(s['alone_ms'])}"
         )
         if s["nodes"] > 1:  # what each of its nodes measured alone
@@ -101,6 +105,10 @@ def format_profile(report: dict, top: int | None = None) -> str:
                 f"  {_short(m['node'], 44):<{len(header) - len(tail) - 2}}{tail}{alone(m['alone_ms'])}"
                 for m in s["members"]
             ]
+    lines.append(
+        "again: the step called once more right after its whole run, inputs and weights still in cache"
+        " (- for a step that writes over its input)"
+    )
     lines.append(
         f"alone: the node's kernels as the optimizer timed them by themselves ({OWN}: its best generated kernel),"
         " summed over a merged step's nodes, which are listed under it"
