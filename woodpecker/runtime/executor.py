@@ -175,25 +175,40 @@ class Executor:
         (inputs and weights left in cache by the call before; None for a step that writes over its
         input, whose values a repeat would change). Measured in the same minutes, the two show what
         running in sequence costs a step, which timings taken minutes apart cannot tell from noise."""
+        calls = self._step_calls()
         in_run: list[list[float]] = [[] for _ in self.steps]
         again: list[list[float]] = [[] for _ in self.steps]
         repeatable = [not _writes_over_input(step) for step in self.steps]
         for _ in range(runs):
             self._load_inputs(feeds)  # the arena may reuse the input's memory once it is read
-            for step, times in zip(self.steps, in_run):
+            for call, times in zip(calls, in_run):
                 start = time.perf_counter()
-                step.kernel(step.inputs, step.outputs)
+                call()
                 times.append(time.perf_counter() - start)
-            for step, times, ok in zip(self.steps, again, repeatable):
+            for call, times, ok in zip(calls, again, repeatable):
                 if ok:
-                    step.kernel(step.inputs, step.outputs)
+                    call()
                     start = time.perf_counter()
-                    step.kernel(step.inputs, step.outputs)
+                    call()
                     times.append(time.perf_counter() - start)
         return [
             (step.node, statistics.median(a), statistics.median(b) if b else None)
             for step, a, b in zip(self.steps, in_run, again)
         ]
+
+    def _step_calls(self) -> list[Callable[[], None]]:
+        """Each step as `run` calls it, but alone: a compiled kernel through the native runner (as
+        a one-step NativeRun: a few microseconds, where a call from Python through ctypes costs
+        20-40, as much as one of MobileNetV2's kernels), and its pool told to sleep before a
+        library that brings threads of its own."""
+        calls: list[Callable[[], None]] = []
+        for i, step in enumerate(self.steps):
+            if self.library is not None and isinstance(step.kernel, AotKernel):
+                before_library = i + 1 < len(self.steps) and _has_own_threads(self.steps[i + 1])
+                calls.append(NativeRun(self.library, [step], pool_sleep=before_library))
+            else:
+                calls.append(partial(step.kernel, step.inputs, step.outputs))
+        return calls
 
     def _load_inputs(self, feeds: dict[str, np.ndarray]) -> None:
         if not isinstance(feeds, Mapping):
