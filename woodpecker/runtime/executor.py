@@ -175,7 +175,7 @@ class Executor:
         (inputs and weights left in cache by the call before; None for a step that writes over its
         input, whose values a repeat would change). Measured in the same minutes, the two show what
         running in sequence costs a step, which timings taken minutes apart cannot tell from noise."""
-        calls = self._step_calls()
+        calls = _calls(self.steps, self.library, one_by_one=True)
         in_run: list[list[float]] = [[] for _ in self.steps]
         again: list[list[float]] = [[] for _ in self.steps]
         repeatable = [not _writes_over_input(step) for step in self.steps]
@@ -195,20 +195,6 @@ class Executor:
             (step.node, statistics.median(a), statistics.median(b) if b else None)
             for step, a, b in zip(self.steps, in_run, again)
         ]
-
-    def _step_calls(self) -> list[Callable[[], None]]:
-        """Each step as `run` calls it, but alone: a compiled kernel through the native runner (as
-        a one-step NativeRun: a few microseconds, where a call from Python through ctypes costs
-        20-40, as much as one of MobileNetV2's kernels), and its pool told to sleep before a
-        library that brings threads of its own."""
-        calls: list[Callable[[], None]] = []
-        for i, step in enumerate(self.steps):
-            if self.library is not None and isinstance(step.kernel, AotKernel):
-                before_library = i + 1 < len(self.steps) and _has_own_threads(self.steps[i + 1])
-                calls.append(NativeRun(self.library, [step], pool_sleep=before_library))
-            else:
-                calls.append(partial(step.kernel, step.inputs, step.outputs))
-        return calls
 
     def _load_inputs(self, feeds: dict[str, np.ndarray]) -> None:
         if not isinstance(feeds, Mapping):
@@ -254,13 +240,16 @@ class NativeRun:
             raise PlanError(f"{self.nodes[self._failed.value]}: {self.library.error(code)}")
 
 
-def _calls(steps: list[Step], library: KernelLibrary | None) -> list[Callable[[], None]]:
-    """The steps as argument-free calls; runs of compiled kernels become one NativeRun each."""
+def _calls(steps: list[Step], library: KernelLibrary | None, one_by_one: bool = False) -> list[Callable[[], None]]:
+    """The steps as argument-free calls; runs of compiled kernels become one NativeRun each, or
+    with `one_by_one` (to time steps apart) a NativeRun per step: a few microseconds per call,
+    where one from Python through ctypes costs 20-40, as much as one of MobileNetV2's kernels."""
     calls: list[Callable[[], None]] = []
     for compiled, group in groupby(steps, key=lambda s: library is not None and isinstance(s.kernel, AotKernel)):
         group = list(group)
         if compiled:
-            calls.append(NativeRun(library, group, pool_sleep=False))
+            runs = [[step] for step in group] if one_by_one else [group]
+            calls += [NativeRun(library, run, pool_sleep=False) for run in runs]
             continue
         if calls and _has_own_threads(group[0]):  # the native pool's workers must not spin beside it
             calls[-1].pool_sleep = True

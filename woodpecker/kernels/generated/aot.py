@@ -320,11 +320,12 @@ def _read_constants(path: Path) -> dict[str, np.ndarray]:
     Why not zipfile's reader: it returns each member as a bytes object (a transient copy of the
     largest weight, 400 MB in VGG-16) and checks its CRC (the plan's manifest already hashed
     the file); read directly, VGG-16's 550 MB load in a quarter of the time."""
-    members = []  # name, data offset in the file, shape, dtype, bytes
+    members = []  # name, data offset in the file, shape, dtype, bytes, offset in the block
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise WoodpeckerError(f"{path}: unreadable kernel weights ({exc})") from None
+    end = 0
     with archive, open(path, "rb", buffering=0) as raw:
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED:
@@ -341,10 +342,11 @@ def _read_constants(path: Path) -> dict[str, np.ndarray]:
             if fortran_order or dtype.hasobject:
                 raise WoodpeckerError(f"{path}: {info.filename} is not a plain C-ordered array")
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            members.append((info.filename.removesuffix(".npy"), raw.tell(), shape, dtype, nbytes))
-        block = aligned_empty(sum(-(-m[4] // ALIGNMENT) * ALIGNMENT for m in members))
-        constants, offset = {}, 0
-        for name, start, shape, dtype, nbytes in members:
+            members.append((info.filename.removesuffix(".npy"), raw.tell(), shape, dtype, nbytes, end))
+            end += -(-nbytes // ALIGNMENT) * ALIGNMENT
+        block = aligned_empty(end)
+        constants = {}
+        for name, start, shape, dtype, nbytes, offset in members:
             data = memoryview(block[offset : offset + nbytes])
             raw.seek(start)
             done = 0
@@ -354,7 +356,6 @@ def _read_constants(path: Path) -> dict[str, np.ndarray]:
                     raise WoodpeckerError(f"{path}: {name} is truncated")
                 done += count
             constants[name] = block[offset : offset + nbytes].view(dtype).reshape(shape)
-            offset += -(-nbytes // ALIGNMENT) * ALIGNMENT
     return constants
 
 
