@@ -94,7 +94,10 @@ def test_tampered_plan_is_refused(small_plan, tmp_path):
     data = json.loads((copy / "plan.json").read_text())
     data["choices"][0]["impl"] = "onnxruntime"
     (copy / "plan.json").write_text(json.dumps(data))
-    with pytest.raises(PlanError, match="checksum"):
+    with pytest.raises(PlanError, match="plan.json: checksum does not match"):
+        Plan.load(copy)
+    (copy / "manifest.json").write_text(json.dumps({"plan.json": "0" * 64}))  # as written before format 5
+    with pytest.raises(PlanError, match="another version of Woodpecker.*optimize the model again"):
         Plan.load(copy)
     with pytest.raises(PlanError, match="not a Woodpecker plan"):
         Plan.load(tmp_path)
@@ -333,8 +336,9 @@ def test_saved_plan_runs_compiled_kernels_in_a_fresh_process(generated_plan):
 
 
 def test_plan_compiled_for_another_cpu_is_refused(generated_plan, tmp_path):
-    import hashlib
     import shutil
+
+    import blake3
 
     copy = tmp_path / "copy"
     shutil.copytree(generated_plan / "plan", copy)
@@ -343,7 +347,7 @@ def test_plan_compiled_for_another_cpu_is_refused(generated_plan, tmp_path):
     data["target"] += "-avx10_1-sve2"  # as if built on a CPU with more features than this one
     index.write_text(json.dumps(data))
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["kernels/kernels.json"] = hashlib.sha256(index.read_bytes()).hexdigest()
+    manifest["files"]["kernels/kernels.json"] = blake3.blake3(index.read_bytes()).hexdigest()
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PlanError, match="this CPU lacks avx10_1, sve2"):
         Plan.load(copy)

@@ -150,3 +150,22 @@ def test_unreadable_kernel_weights_are_named(rng, tmp_path):
     with pytest.raises(WoodpeckerError, match="truncated.npz"):
         _read_constants(tmp_path / "truncated.npz")
     np.testing.assert_array_equal(_read_constants(tmp_path / "plain.npz")["k.0"], weights["k.0"])
+
+
+def test_kernel_weights_read_in_pieces(rng, tmp_path, monkeypatch):
+    """Weights larger than a read piece are read by several threads into the right places."""
+    from woodpecker.kernels.generated import aot
+
+    monkeypatch.setattr(aot, "_READ_PIECE", 1000)
+    weights = {
+        f"k.{i}": rng.standard_normal(shape).astype(dtype)
+        for i, (shape, dtype) in enumerate(
+            [((37, 53), np.float32), ((3,), np.int64), ((0,), np.float32), ((1001,), np.float64)]
+        )
+    }
+    np.savez(tmp_path / "plain.npz", **weights)
+    read = aot._read_constants(tmp_path / "plain.npz")
+    assert read.keys() == weights.keys()
+    for name, expected in weights.items():
+        assert read[name].dtype == expected.dtype and read[name].ctypes.data % 64 == 0
+        np.testing.assert_array_equal(read[name], expected)
