@@ -322,12 +322,14 @@ def test_saved_plan_runs_compiled_kernels_in_a_fresh_process(generated_plan):
         "print(time.perf_counter() - start)\n"
         "print(sum(isinstance(s.kernel, AotKernel) for s in plan.executor().steps))\n"
         "print(','.join(type(call).__name__ for call in plan.executor().calls))\n"
+        "print(','.join(m for m in ('onnx', 'torch', 'openvino', 'sklearn', 'tqdm') if m in sys.modules) or '-')\n"
         f"np.save({str(generated_plan / 'y.npy')!r}, y)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    seconds, compiled_steps, calls = result.stdout.split()
+    seconds, compiled_steps, calls, modules = result.stdout.split()
     assert int(compiled_steps) == len(kernels)
+    assert modules == "-", f"running a saved plan imported {modules}"  # loading pays only for what it runs
     # Pool and conv in one native call, the Flatten (on ONNX Runtime in this plan), the dense layer.
     assert calls == "NativeRun,partial,NativeRun"
     reference = ort.InferenceSession(str(generated_plan / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -332,3 +332,9 @@ def test_the_shared_runtime_builds_in_an_empty_cache(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.rglob("libhalide_runtime*.so"))
+
+
+def test_registry_imports_each_implementation_under_its_own_name():
+    assert all(registry.get(name).name == name for name in registry.WHERE)
+    with pytest.raises(KeyError):
+        registry.get("halide.no_such_kernel")

@@ -20,7 +20,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     """Import lazily: `wpk --help` should not pay for Halide, ONNX Runtime and PyTorch."""
-    if name in ("load", "optimize", "tune"):
+    if name == "load":  # not through api: running a plan needs neither the optimizer nor ONNX
+        from woodpecker.plan.plan import Plan
+
+        return Plan.load
+    if name in ("optimize", "tune"):
         from woodpecker import api
 
         return getattr(api, name)

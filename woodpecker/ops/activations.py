@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from onnx import NodeProto, helper, numpy_helper
 
 if TYPE_CHECKING:
+    from onnx import NodeProto
+
     from woodpecker.graph.ir import Node
 
 # ONNX op -> activation name, for ops that are one activation on their own.
@@ -132,6 +133,8 @@ def torch_inplace(attrs: dict[str, Any], out) -> None:
 
 def onnx_nodes(attrs: dict[str, Any], source: str, target: str, prefix: str) -> list[NodeProto]:
     """Standard ONNX nodes computing `target` = activation(`source`)."""
+    from onnx import helper  # here, not above: loading and running a plan never imports onnx
+
     name = attrs["activation"]
     if name in ("relu", "sigmoid", "hardswish"):
         return [helper.make_node(DISPLAY[name], [source], [target], name=f"{prefix}/{name}")]
@@ -166,6 +169,8 @@ def onnx_nodes(attrs: dict[str, Any], source: str, target: str, prefix: str) -> 
 
 
 def _constant(name: str, value: float) -> NodeProto:
+    from onnx import helper, numpy_helper
+
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.float32)))
 
 

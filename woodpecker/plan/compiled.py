@@ -28,18 +28,17 @@ from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import MERGEABLE, segments
 from woodpecker.plan.serialize import external_tensors
 
-KERNELS_DIR = "kernels"
 MAX_CACHED_OBJECTS = 5000  # compiled kernels kept in the object cache (20-50 kB each)
 
 
 def generated_kernels(graph: Graph, choices: list[Choice]) -> dict[str, str]:
     """Entry point name for every node that runs a generated kernel (node name -> entry). A kernel
     name that is not registered is no generated kernel; building the plan reports it."""
-    chosen = {c.node: registry.IMPLEMENTATIONS.get(c.impl) for c in choices}
+    chosen = {c.node: registry.get(c.impl) for c in choices if c.impl in registry.WHERE}
     return {
         node.name: f"wpk_node{i}"
         for i, node in enumerate(graph.nodes)
-        if chosen.get(node.name) is not None and chosen[node.name].kind == "generated"
+        if node.name in chosen and chosen[node.name].kind == "generated"
     }
 
 

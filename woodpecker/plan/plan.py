@@ -18,18 +18,20 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import numpy as np
 
 from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
-from woodpecker.kernels.generated.aot import KernelLibrary, compiler, compiler_available
 from woodpecker.plan.choice import Choice
-from woodpecker.plan.compiled import KERNELS_DIR, compile_plan_kernels, save_library_models
 from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data, graph_to_data, save_constants
 
+if TYPE_CHECKING:
+    from woodpecker.kernels.generated.aot import KernelLibrary
+
+KERNELS_DIR = "kernels"
 FORMAT_VERSION = 5
 CHECKSUM = "blake3"  # SHA-256 took 0.55 s of VGG-16's load (1 GB/s a core); BLAKE3 hashes 4-7 GB/s
 FILES = ("plan.json", CONSTANTS)
@@ -71,6 +73,9 @@ class Plan:
         return self.executor().run(inputs)
 
     def save(self, directory: str | Path, progress: bool = False) -> Path:
+        from woodpecker.kernels.generated.aot import compiler, compiler_available  # Halide: saving only
+        from woodpecker.plan.compiled import compile_plan_kernels, save_library_models
+
         target = Path(directory).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -144,6 +149,8 @@ class Plan:
         graph = graph_from_data(data["graph"], SavedConstants(path / CONSTANTS, data["constant_keys"]))
         library = None
         if data["kernels"]:
+            from woodpecker.kernels.generated.aot import KernelLibrary  # Halide: plans with compiled kernels only
+
             try:
                 library = KernelLibrary(path / KERNELS_DIR)
             except WoodpeckerError as exc:

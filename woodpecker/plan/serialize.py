@@ -11,7 +11,7 @@ import json
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -19,7 +19,9 @@ from safetensors.numpy import save_file
 
 from woodpecker.errors import PlanError
 from woodpecker.graph.ir import Graph, Node, Value
-from woodpecker.graph.onnx_export import ExternalTensor
+
+if TYPE_CHECKING:
+    from woodpecker.graph.onnx_export import ExternalTensor
 
 
 def graph_to_data(graph: Graph) -> dict[str, Any]:
@@ -74,6 +76,8 @@ _DTYPES |= {"U8": "uint8", "BOOL": "bool"}
 def external_tensors(path: Path, names: list[str]) -> dict[str, ExternalTensor]:
     """Each weight's place in a file written by `save_constants` (safetensors: an 8-byte little-endian
     header length, the JSON header with offsets relative to its end, then the data)."""
+    from woodpecker.graph.onnx_export import ExternalTensor  # imports onnx, which loading a plan does not need
+
     with open(path, "rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))

@@ -17,19 +17,21 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from woodpecker.errors import InputError, PlanError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
-from woodpecker.kernels.generated.aot import AotKernel, KernelLibrary
 from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import MERGEABLE, Segment, segments
 from woodpecker.runtime.memory import Lifetime, MemoryPlan, aligned_empty, plan_memory
+
+if TYPE_CHECKING:  # Halide is imported only for plans with compiled kernels
+    from woodpecker.kernels.generated.aot import KernelLibrary
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,11 @@ class Executor:
         for name, (concat, start, stop) in self.concat_slices.items():
             self.buffers[name] = self.buffers[concat][:, start:stop]
         self.steps: list[Step] = []
-        for segment, inputs, outputs in tqdm(
-            parts, desc="build kernels", unit="step", leave=False, disable=not progress
-        ):
+        if progress:
+            from tqdm import tqdm  # here: its import (30 ms) is a tenth of loading a small plan
+
+            parts = tqdm(parts, desc="build kernels", unit="step", leave=False)
+        for segment, inputs, outputs in parts:
             if not (_is_view(segment) or inputs and inputs[0] in self.concat_slices):
                 self.steps.append(self._build_step(segment, inputs, outputs))
         self.calls = _calls(self.steps, self.library)
@@ -245,7 +249,11 @@ def _calls(steps: list[Step], library: KernelLibrary | None, one_by_one: bool = 
     with `one_by_one` (to time steps apart) a NativeRun per step: a few microseconds per call,
     where one from Python through ctypes costs 20-40, as much as one of MobileNetV2's kernels."""
     calls: list[Callable[[], None]] = []
-    for compiled, group in groupby(steps, key=lambda s: library is not None and isinstance(s.kernel, AotKernel)):
+
+    def in_library(step: Step) -> bool:  # an AotKernel of this library
+        return library is not None and getattr(step.kernel, "library", None) is library
+
+    for compiled, group in groupby(steps, key=in_library):
         group = list(group)
         if compiled:
             runs = [[step] for step in group] if one_by_one else [group]

@@ -6,18 +6,22 @@ Identity/Transpose and the like become constants. Evaluation uses ONNX's referen
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx
-from onnx.reference import ReferenceEvaluator
 
 from woodpecker.errors import ModelError
 from woodpecker.graph.ir import Graph, Value
-from woodpecker.graph.onnx_export import graph_to_onnx
+
+if TYPE_CHECKING:  # imported when used: running a saved plan imports graph.passes but never folds
+    import onnx
 
 MAX_FOLDED_BYTES = 64 << 20  # never materialize a huge constant (e.g. ConstantOfShape blow-up)
 
 
 def fold_constants(graph: Graph) -> Graph:
+    from woodpecker.graph.onnx_export import graph_to_onnx
+
     out = graph.copy()
     kept = []
     for node in out.nodes:
@@ -49,6 +53,8 @@ def too_large(results: list) -> bool:
 
 def evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray], node: str) -> list:
     """`model`'s outputs by ONNX's reference runtime; a failure names `node` in a ModelError."""
+    from onnx.reference import ReferenceEvaluator
+
     try:
         return ReferenceEvaluator(model).run(None, feeds)
     except Exception as exc:

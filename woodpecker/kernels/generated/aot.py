@@ -20,7 +20,6 @@ import _ctypes
 import ctypes
 import fcntl
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -35,7 +34,6 @@ from pathlib import Path
 
 import halide as hl
 import numpy as np
-from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
 from woodpecker.kernels.generated.common import Definition, as_views, jit_target
@@ -71,6 +69,8 @@ def missing_features(target: str) -> list[str]:
 
 def cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    import importlib.metadata  # here, as tqdm below: 30 ms of loading a small plan
+
     version = importlib.metadata.version("halide")
     return base / "woodpecker" / "halide-runtime" / f"halide-{version}" / str(aot_target())
 
@@ -143,6 +143,8 @@ def compile_library(
     `with_runtime` puts the Halide and native runtimes inside (a self-contained plan); without
     them the library needs `load_runtime()` first (tuning candidates, which share one runtime).
     """
+    from tqdm import tqdm
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     objects = []

@@ -8,7 +8,6 @@ import numpy as np
 import onnxruntime as ort
 
 from woodpecker.graph.ir import Graph
-from woodpecker.graph.onnx_export import graph_to_onnx
 from woodpecker.kernels.base import LibraryImplementation, per_use
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
@@ -33,7 +32,12 @@ class OnnxRuntimeKernel:
     def __init__(
         self, graph: Graph, threads: int | None = None, model_file: Path | None = None, spinning: bool = False
     ):
-        model = str(model_file) if model_file is not None else graph_to_onnx(graph).SerializeToString()
+        if model_file is not None:  # a saved plan's segment: no need to import onnx
+            model = str(model_file)
+        else:
+            from woodpecker.graph.onnx_export import graph_to_onnx
+
+            model = graph_to_onnx(graph).SerializeToString()
         options = session_options(threads, spinning)
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_names, self.output_names = graph.inputs, graph.outputs
