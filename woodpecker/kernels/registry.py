@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 FALLBACK = "onnxruntime"
 
 # name -> module and class, imported when first asked for: running a saved plan imports only the
-# libraries it runs on (ONNX, Halide and PyTorch took 0.2 s of loading an all-ONNX Runtime plan).
+# libraries it runs on (ONNX and Halide took 0.2 s of loading an all-ONNX Runtime plan).
 WHERE: dict[str, tuple[str, str]] = {
     "halide.conv2d": ("woodpecker.kernels.generated.conv2d", "HalideConv2d"),
     "halide.conv2d_blocked": ("woodpecker.kernels.generated.conv2d_blocked", "HalideConv2dBlocked"),

@@ -40,8 +40,8 @@ from woodpecker.kernels.generated.common import Definition, as_views, jit_target
 from woodpecker.runtime.memory import ALIGNMENT, aligned_empty
 
 LIBRARY, CONSTANTS, INDEX = "kernels.so", "kernels.npz", "kernels.json"
-# A zip member's local header: signature, version, flags, method, time, date, CRC, sizes, name and extra lengths
 _READ_PIECE = 32 << 20  # bytes read by one task of _read_constants
+# A zip member's local header: signature, version, flags, method, time, date, CRC, sizes, name and extra lengths
 _LOCAL_HEADER = struct.Struct("<4s5HLLLHH")
 NATIVE_SOURCE = Path(__file__).with_name("native_runtime.c")
 # Pool workers spin this long after a parallel loop before they sleep: the next kernel of a
@@ -68,9 +68,9 @@ def missing_features(target: str) -> list[str]:
 
 
 def cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     import importlib.metadata  # here, as tqdm below: 30 ms of loading a small plan
 
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     version = importlib.metadata.version("halide")
     return base / "woodpecker" / "halide-runtime" / f"halide-{version}" / str(aot_target())
 
