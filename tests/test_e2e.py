@@ -96,6 +96,9 @@ def test_tampered_plan_is_refused(small_plan, tmp_path):
     (copy / "plan.json").write_text(json.dumps(data))
     with pytest.raises(PlanError, match="plan.json: checksum does not match"):
         Plan.load(copy)
+    (copy / "manifest.json").write_text(json.dumps({"checksum": "blake3", "files": ["plan.json"]}))
+    with pytest.raises(PlanError, match="manifest.json: malformed"):
+        Plan.load(copy)
     (copy / "manifest.json").write_text(json.dumps({"plan.json": "0" * 64}))  # as written before format 5
     with pytest.raises(PlanError, match="another version of Woodpecker.*optimize the model again"):
         Plan.load(copy)

@@ -135,7 +135,9 @@ class Plan:
                 f"{path}: written by another version of Woodpecker (manifest without {CHECKSUM} checksums); "
                 "optimize the model again"
             )
-        files = manifest.get("files", {})
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            raise PlanError(f"{path}/manifest.json: malformed (no table of files and their checksums)")
         for name in sorted(set(FILES) | set(files)):
             if not (path / name).is_file():
                 raise PlanError(f"{path}: missing {name}")
