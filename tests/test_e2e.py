@@ -116,8 +116,11 @@ def test_plan_files_hold_no_pickle(small_plan):
     assert suffixes <= {".json", ".safetensors", ".onnx", ".so", ".npz"}, suffixes  # kernels.npz: allow_pickle=False
 
 
-@pytest.mark.parametrize("library", ["openvino", "onnxruntime"])
-def test_library_segments_load_from_files_that_refer_to_the_weights(library, small_plan, tmp_path, rng):
+@pytest.mark.parametrize(
+    ("library", "candidate"),
+    [("openvino", "all-openvino"), ("onnxruntime", "all-onnxruntime"), ("onnxruntime", "all-onnxruntime-unpacked")],
+)
+def test_library_segments_load_from_files_that_refer_to_the_weights(library, candidate, small_plan, tmp_path, rng):
     """A saved plan's library segments are ONNX files whose weights stay in constants.safetensors
     (external data), so loading one copies no weights through Python; the loaded plan still
     computes what the plan in memory does and what ONNX Runtime does on the source model."""
@@ -125,7 +128,7 @@ def test_library_segments_load_from_files_that_refer_to_the_weights(library, sma
 
     pytest.importorskip(library)
     plan = woodpecker.load(small_plan / "plan")
-    on_library = Plan(plan.graph, candidate_choices(plan.choices, (library,))[f"all-{library}"], plan.meta)
+    on_library = Plan(plan.graph, candidate_choices(plan.choices, (library,))[candidate], plan.meta)
     on_library.save(tmp_path / "plan")
     models = json.loads((tmp_path / "plan" / "plan.json").read_text())["library_models"]
     assert list(models.values()) == ["library0.onnx"]
@@ -138,6 +141,14 @@ def test_library_segments_load_from_files_that_refer_to_the_weights(library, sma
     reference = ort.InferenceSession(str(small_plan / "model.onnx"), providers=["CPUExecutionProvider"])
     assert rel(y, reference.run(None, {"x": x})[0]) <= 1e-5
     np.testing.assert_allclose(y, on_library.run({"x": x})["y"], rtol=1e-5, atol=1e-6)
+    if library == "onnxruntime":  # the unpacked candidate's sessions keep the weights as stored
+        (session,) = [s.kernel.session for s in loaded.executor().steps]
+        options = session.get_session_options()
+        try:
+            unpacked = options.get_session_config_entry("session.disable_prepacking") == "1"
+        except RuntimeError:  # not set
+            unpacked = False
+        assert unpacked == candidate.endswith("unpacked")
 
 
 def wpk(*args):

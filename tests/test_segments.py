@@ -67,9 +67,9 @@ def test_candidate_plans_are_timed_apart_and_a_broken_one_is_reported(rng):
     graph = branchy_graph(rng)
     best, timed = select_plan(graph, choose(graph, ["no-such-kernel"] * 4), ("onnxruntime",), threads=1)
     by_name = {c.name: c for c in timed}
-    assert set(by_name) == {"per-node", "all-onnxruntime"}
+    assert set(by_name) == {"per-node", "all-onnxruntime", "all-onnxruntime-unpacked"}
     assert by_name["per-node"].median_s is None and "no-such-kernel" in by_name["per-node"].error
-    assert best.name == "all-onnxruntime" and best.median_s > 0
+    assert best.name.startswith("all-onnxruntime") and best.median_s > 0
     assert best.resident_mib is not None and best.resident_mib >= 0  # what its process added by building and running it
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
     a = 1 / (1 + np.exp(-x))

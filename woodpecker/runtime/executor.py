@@ -154,7 +154,8 @@ class Executor:
             if segment.impl in MERGEABLE:  # a graph library runs the segment as one model
                 model_file = self.library_models.get(segment.label)
                 library = registry.get(segment.impl)
-                kernel = library.build_graph(self.subgraphs[segment.label], model_file, alone=self.alone)
+                subgraph = self.subgraphs[segment.label]
+                kernel = library.build_graph(subgraph, model_file, alone=self.alone, config=segment.config)
             elif self.library is not None and first.name in self.kernels:
                 kernel = self.library.kernel(self.kernels[first.name])
             else:

@@ -13,10 +13,14 @@ from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
 
 
-def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
+def session_options(threads: int | None = None, spinning: bool = False, prepack: bool = True) -> ort.SessionOptions:
     """Options that coexist with other thread pools: no spinning workers left behind, unless the
-    session has the cores to itself (`spinning`, ONNX Runtime's default)."""
+    session has the cores to itself (`spinning`, ONNX Runtime's default). Without `prepack` the
+    session keeps the weights as stored instead of adding re-packed copies: VGG-16's session was
+    created in 0.14-0.24 s instead of 0.6-0.73 and held 270 MiB less, at the same speed."""
     options = ort.SessionOptions()
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -30,7 +34,12 @@ class OnnxRuntimeKernel:
     """Runs a small graph, reading and writing the caller's arrays in place (IO binding)."""
 
     def __init__(
-        self, graph: Graph, threads: int | None = None, model_file: Path | None = None, spinning: bool = False
+        self,
+        graph: Graph,
+        threads: int | None = None,
+        model_file: Path | None = None,
+        spinning: bool = False,
+        prepack: bool = True,
     ):
         if model_file is not None:  # a saved plan's segment: no need to import onnx
             model = str(model_file)
@@ -38,7 +47,7 @@ class OnnxRuntimeKernel:
             from woodpecker.graph.onnx_export import graph_to_onnx
 
             model = graph_to_onnx(graph).SerializeToString()
-        options = session_options(threads, spinning)
+        options = session_options(threads, spinning, prepack)
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_names, self.output_names = graph.inputs, graph.outputs
         self._binding = None
@@ -65,7 +74,11 @@ class OnnxRuntimeImplementation(LibraryImplementation):
     def build(self, workload: Workload, config: Config) -> OnnxRuntimeKernel:
         return per_use(workload, self.build_graph(workload.as_graph()))
 
-    def build_graph(self, graph: Graph, model_file: Path | None = None, alone: bool = False) -> OnnxRuntimeKernel:
+    def build_graph(
+        self, graph: Graph, model_file: Path | None = None, alone: bool = False, config: Config | None = None
+    ) -> OnnxRuntimeKernel:
         """`model_file`: the graph saved as ONNX (a saved plan's, weights read from its file);
-        `alone`: no other thread pool runs in the plan, so the session's workers may spin."""
-        return OnnxRuntimeKernel(graph, model_file=model_file, spinning=alone)
+        `alone`: no other thread pool runs in the plan, so the session's workers may spin;
+        `config`: the segment's, `{"prepack": False}` for a session without re-packed weights."""
+        prepack = (config or {}).get("prepack", True)
+        return OnnxRuntimeKernel(graph, model_file=model_file, spinning=alone, prepack=prepack)

@@ -25,9 +25,12 @@ class OpenVinoImplementation(LibraryImplementation):
     def build(self, workload: Workload, config: Config):
         return per_use(workload, self.build_graph(workload.as_graph()))
 
-    def build_graph(self, graph: Graph, model_file: Path | None = None, alone: bool = False):
+    def build_graph(
+        self, graph: Graph, model_file: Path | None = None, alone: bool = False, config: Config | None = None
+    ):
         """`model_file`: the graph saved as ONNX (a saved plan's, weights mapped from its file).
-        `alone` changes nothing: OpenVINO's pool has one policy whether or not it shares the cores."""
+        `alone` and `config` change nothing: OpenVINO's pool has one policy whether or not it
+        shares the cores, and its segments have no options."""
         import openvino as ov
 
         core = ov.Core()
