@@ -11,8 +11,9 @@ candidate plans, times each end to end on random input in a process of its own (
 - "all-<library>": every node on one graph library, i.e. that library running the whole
   optimized graph. It is what the per-node plan must beat, and it wins while it is faster;
 - "all-onnxruntime-unpacked": the same without ONNX Runtime's re-packed copies of the weights
-  (`session.disable_prepacking`): VGG-16's session then took a quarter of the time to create and
-  270 MiB less memory at the same speed, while on other models the copies may pay for themselves;
+  (`session.disable_prepacking`). It competes on speed and resident memory like the others,
+  which do not show what it saves: VGG-16's session took a quarter of the time to create and
+  peaked 270 MiB lower, but once made the copies replace the originals (same resident memory);
 - "<library>+generated": "all-<library>" but the nodes on plain (not blocked) values whose generated
   kernel was faster alone, in practice a classifier's dense layers. Such a node adds no layout
   conversion where it cuts the library's graph, and a generated kernel holds its weights once

@@ -17,7 +17,7 @@ def session_options(threads: int | None = None, spinning: bool = False, prepack:
     """Options that coexist with other thread pools: no spinning workers left behind, unless the
     session has the cores to itself (`spinning`, ONNX Runtime's default). Without `prepack` the
     session keeps the weights as stored instead of adding re-packed copies: VGG-16's session was
-    created in 0.14-0.24 s instead of 0.6-0.73 and held 270 MiB less, at the same speed."""
+    created in 0.14-0.24 s instead of 0.6-0.73 and peaked 270 MiB lower, at the same speed."""
     options = ort.SessionOptions()
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
