@@ -75,6 +75,7 @@ def optimize(
         c.name: {
             "median_ms": c.median_s * 1e3 if c.median_s else None,
             "resident_mib": c.resident_mib,
+            "peak_mib": c.peak_mib,
             "error": c.error,
         }
         for c in timed

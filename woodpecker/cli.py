@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="PERCENT",
-        help="whole plans within PERCENT of the fastest count as equally fast; the one holding the least memory"
-        " is kept (default 3; raise it to trade speed for memory)",
+        help="whole plans within PERCENT of the fastest count as equally fast; the one with the lowest peak"
+        " memory is kept (default 3; raise it to trade speed for memory)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_optimize)
@@ -189,11 +189,12 @@ def _optimize(args) -> int:
     timings = ", ".join(
         f"{name} {c['median_ms']:.2f} ms"
         + (f" / {c['resident_mib']:.0f} MiB" if c.get("resident_mib") is not None else "")
+        + (f" (peak {c['peak_mib']:.0f})" if c.get("peak_mib") is not None else "")
         if c["median_ms"]
         else f"{name} failed"
         for name, c in plan.meta["plan_candidates"].items()
     )
-    rule = f"the fastest, or within {plan.meta['tie']:.0%} of it the least memory"
+    rule = f"the fastest, or within {plan.meta['tie']:.0%} of it the lowest peak memory"
     print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']} ({rule})")
     m = plan.meta["memory"]
     print(

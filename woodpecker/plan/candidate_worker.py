@@ -4,7 +4,8 @@ Each candidate gets a fresh process so that no thread pool left by another libra
 an earlier candidate) slows it down: timed side by side in the optimizing process, the
 per-node plan and the all-ONNX-Runtime plan were picked over a faster all-OpenVINO plan.
 Protocol (one JSON object per line after PREFIX, since libraries may print to stdout too): the
-worker prints {"ready": true, "resident_mib": ...} or {"error": ...} once built and run once, then
+worker prints {"ready": true, "resident_mib": ..., "peak_mib": ...} or {"error": ...} once built and run
+once, then
 answers every "time" line on stdin with {"median_s": ...}, until stdin closes.
 The optimizer interleaves the candidates' rounds, so a slow spell of the machine hits all.
 """
@@ -43,18 +44,29 @@ def time_executor(executor, feeds: dict[str, np.ndarray], warmup: int, runs: int
     return statistics.median(times)
 
 
+def reset_peak() -> bool:
+    """Start this process's peak resident memory (VmHWM) afresh, so that it counts the plan and not
+    the imports before it (Linux only: writing 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def main() -> None:
     directory, graph_file, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     threads, seed = int(sys.argv[4]), int(sys.argv[5])
     configure_threads(threads)
-    from woodpecker.bench_worker import import_runtime, rss_mib
+    from woodpecker.bench_worker import import_runtime, peak_rss_mib, rss_mib
 
     import_runtime("woodpecker")  # every library a plan may use, before the memory baseline
     baseline = rss_mib()
+    peak_reset = reset_peak()
     from woodpecker.errors import WoodpeckerError
     from woodpecker.kernels.generated.aot import KernelLibrary
     from woodpecker.plan.choice import Choice
-    from woodpecker.plan.compiled import save_library_models
+    from woodpecker.plan.compiled import generated_kernels, save_library_models
     from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data
     from woodpecker.plan.verify import random_feeds
     from woodpecker.runtime.executor import Executor
@@ -79,13 +91,16 @@ def main() -> None:
     except WoodpeckerError as exc:  # e.g. a library that cannot compile the whole graph
         answer({"error": str(exc)[:300]})
         return
-    # Resident after building and one run, not the peak: a JIT-compiled candidate's build makes
-    # passing copies of its weights that a saved plan, loading them pre-packed, never makes; the
-    # heap they leave free is handed back first so that only what the plan holds counts.
+    # The peak counts where the build is what loading the saved plan does: kernels compiled ahead
+    # of time and library sessions from files (a JIT build makes passing copies loading never makes).
+    as_loaded = peak_reset and (plan["kernels"] or not generated_kernels(graph, choices))
+    peak = peak_rss_mib() - baseline if as_loaded else None
+    # Resident after building and one run, with the heap that passing copies left free handed back
+    # first, so that only what the plan holds counts.
     gc.collect()
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    answer({"ready": True, "resident_mib": rss_mib() - baseline})
+    answer({"ready": True, "resident_mib": rss_mib() - baseline, "peak_mib": peak})
     for line in sys.stdin:
         if line.strip() == "time":
             answer({"median_s": time_executor(executor, feeds, warmup=3, runs=10, max_seconds=5.0)})

@@ -11,9 +11,9 @@ candidate plans, times each end to end on random input in a process of its own (
 - "all-<library>": every node on one graph library, i.e. that library running the whole
   optimized graph. It is what the per-node plan must beat, and it wins while it is faster;
 - "all-onnxruntime-unpacked": the same without ONNX Runtime's re-packed copies of the weights
-  (`session.disable_prepacking`). It competes on speed and resident memory like the others,
-  which do not show what it saves: VGG-16's session took a quarter of the time to create and
-  peaked 270 MiB lower, but once made the copies replace the originals (same resident memory);
+  (`session.disable_prepacking`). VGG-16's session took a quarter of the time to create and
+  peaked 270 MiB lower at the same speed; once made, the copies replace the originals, so only
+  the peak shows the difference (see TIE below);
 - "<library>+generated": "all-<library>" but the nodes on plain (not blocked) values whose generated
   kernel was faster alone, in practice a classifier's dense layers. Such a node adds no layout
   conversion where it cuts the library's graph, and a generated kernel holds its weights once
@@ -23,8 +23,10 @@ candidate plans, times each end to end on random input in a process of its own (
 - "per-node-<label>", "generated-<label>": the same two on an alternative graph, e.g. without the
   pool and depthwise fusions ("unfused"): whether a fused kernel beats the two it replaces shows
   only in whole runs (timed alone, the unfused pair's second kernel reads a warm input).
-Each candidate's process also reports the memory the plan holds once built; plans within TIE
-(3 %) of the fastest count as equally fast, and the one holding the least memory is kept.
+Each candidate's process also reports its memory: the peak of building and running the plan once,
+which is what loading the saved plan costs when its kernels are compiled ahead of time, and what
+the plan holds after that. Plans within TIE (3 %) of the fastest count as equally fast, and the
+one with the lowest peak is kept (the least held memory where a JIT build's peak would mislead).
 Candidates run their generated kernels as the saved plan will: compiled ahead of time into one
 library with the native runtime (through the object cache, so the kernels that candidates share,
 and the saved plan, compile once); JIT-compiled only where no C compiler is available.
@@ -58,7 +60,7 @@ from woodpecker.plan.serialize import CONSTANTS, graph_to_data, save_constants
 
 CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) or timing one whole plan
 ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
-# Plans within this fraction of the fastest are a tie, which the smaller resident memory wins: two
+# Plans within this fraction of the fastest are a tie, which the smaller memory wins: two
 # runs of the same plans here differ by more than this, so the speed given up is noise (VGG-16:
 # all-OpenVINO and OpenVINO with generated dense layers 1.00x apart interleaved in one process,
 # 2.5 % apart as candidates).
@@ -73,6 +75,7 @@ class PlanCandidate:
     executor: object | None = None
     median_s: float | None = None
     resident_mib: float | None = None  # memory its process holds after building and running it once
+    peak_mib: float | None = None  # its process's peak until then, where that is what loading costs
     error: str | None = None
 
 
@@ -148,7 +151,7 @@ def select_plan(
 ) -> tuple[PlanCandidate, list[PlanCandidate]]:
     """Time every candidate plan in its own process, the candidates' rounds interleaved; return the
     fastest (best round; with its graph and the executor built here; a tie within `tie` goes to the
-    smaller resident memory) and all candidates with their times, memory or errors. `alternatives`:
+    smaller memory, see `pick`) and all candidates with their times, memory or errors. `alternatives`:
     label -> (graph, choices) of other graphs of the same model, whose weights are among `graph`'s;
     they add their own-kernel candidates."""
     from woodpecker.runtime.executor import Executor
@@ -168,7 +171,7 @@ def select_plan(
                 (directory / graph_files[id(candidate_graph)]).write_text(json.dumps(data))
         workers: dict[str, _Worker] = {}
         errors: dict[str, str] = {}
-        memory: dict[str, float] = {}
+        memory: dict[str, dict] = {}  # candidate -> its ready message
         kernels: dict[str, dict[str, str]] = {}  # candidate -> its compiled kernels (node -> entry)
         try:
             for name, (candidate_graph, candidate) in tqdm(
@@ -193,7 +196,7 @@ def select_plan(
                     worker.close()
                     del workers[name]
                 else:
-                    memory[name] = ready.get("resident_mib")
+                    memory[name] = ready
             times: dict[str, list[float]] = {name: [] for name in workers}
             for _ in tqdm(range(rounds), desc="time plans", unit="round", disable=not progress):
                 for name, worker in workers.items():
@@ -211,7 +214,8 @@ def select_plan(
                 candidate,
                 candidate_graph,
                 median_s=min(times[name]) if times.get(name) and name not in errors else None,
-                resident_mib=memory.get(name),
+                resident_mib=memory.get(name, {}).get("resident_mib"),
+                peak_mib=memory.get(name, {}).get("peak_mib"),
                 error=errors.get(name),
             )
             for name, (candidate_graph, candidate) in candidates.items()
@@ -228,10 +232,13 @@ def select_plan(
 
 
 def pick(timed: list[PlanCandidate], tie: float = TIE) -> PlanCandidate:
-    """The fastest candidate, or among those within `tie` of it the one holding the least memory."""
+    """The fastest candidate, or among those within `tie` of it the one with the lowest peak, or
+    where not every one has a peak that loading would reach, the one holding the least memory."""
     fastest = min(timed, key=lambda c: c.median_s)
-    tied = [c for c in timed if c.median_s <= fastest.median_s * (1 + tie) and c.resident_mib is not None]
-    return min(tied, key=lambda c: (c.resident_mib, c.median_s)) if tied else fastest
+    tied = [c for c in timed if c.median_s <= fastest.median_s * (1 + tie)]
+    field = "peak_mib" if all(c.peak_mib is not None for c in tied) else "resident_mib"
+    tied = [c for c in tied if getattr(c, field) is not None]
+    return min(tied, key=lambda c: (getattr(c, field), c.median_s)) if tied else fastest
 
 
 class _Worker:
@@ -263,7 +270,7 @@ class _Worker:
         self.answers.put("")
 
     def wait_ready(self) -> dict:
-        """{"ready": true, "resident_mib": ...} or {"error": ...}."""
+        """{"ready": true, "resident_mib": ..., "peak_mib": ...} or {"error": ...}."""
         return self._read()
 
     def time(self) -> dict:
