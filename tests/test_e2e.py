@@ -149,6 +149,16 @@ def test_library_segments_load_from_files_that_refer_to_the_weights(library, can
         except RuntimeError:  # not set
             unpacked = False
         assert unpacked == candidate.endswith("unpacked")
+    # Its segment is built from its file: loading and running it in a fresh process imports no ONNX.
+    script = (
+        "import sys, numpy as np, woodpecker\n"
+        "woodpecker.load(sys.argv[1]).run({'x': np.load(sys.argv[2])})\n"
+        "print('onnx' in sys.modules)"
+    )
+    np.save(tmp_path / "x.npy", x)
+    command = [sys.executable, "-c", script, tmp_path / "plan", tmp_path / "x.npy"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.stdout.split() == ["False"], result.stderr
 
 
 def wpk(*args):

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from woodpecker.graph.ir import Graph
-from woodpecker.graph.onnx_export import graph_to_onnx
 from woodpecker.kernels.base import LibraryImplementation, importable, is_float32, per_use
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config
@@ -36,7 +35,9 @@ class OpenVinoImplementation(LibraryImplementation):
         core = ov.Core()
         if model_file is not None:
             model = core.read_model(str(model_file))
-        else:
+        else:  # only a graph without a file (the optimizer's) needs ONNX
+            from woodpecker.graph.onnx_export import graph_to_onnx
+
             model = core.read_model(graph_to_onnx(graph).SerializeToString(), b"")  # the bytes die here
         compiled = core.compile_model(model, "CPU", FP32_CONFIG)
         del model  # the compiled model holds its own (re-packed) weights
