@@ -118,7 +118,7 @@ def format_table(rows: list[dict], batch: int, budget: int) -> str:
         "'per-node' / 'generated' = candidate plans (per-node winners / every node on its generated kernel",
         "where one is correct), 'unfused' = the faster of those two without the pool and depthwise fusions,",
         "'library' = the fastest plan running the whole graph on one library; each timed by the optimizer",
-        f"in a process of its own; 'selected' = the fastest, or within {TIE:.0%} of it the one with least memory",
+        f"in a process of its own; 'selected' = the fastest, or within {TIE:.0%} of it the one with the lowest peak",
         header,
         "-" * len(header),
     ]

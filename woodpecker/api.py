@@ -48,7 +48,7 @@ def optimize(
 ) -> Plan:
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime.
     `tie`: whole plans within this fraction of the fastest count as equally fast, and the one
-    holding the least memory is kept."""
+    with the lowest peak memory is kept (see plan/select.py's `pick`)."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
     if tie < 0:
