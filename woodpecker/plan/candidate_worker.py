@@ -4,9 +4,8 @@ Each candidate gets a fresh process so that no thread pool left by another libra
 an earlier candidate) slows it down: timed side by side in the optimizing process, the
 per-node plan and the all-ONNX-Runtime plan were picked over a faster all-OpenVINO plan.
 Protocol (one JSON object per line after PREFIX, since libraries may print to stdout too): the
-worker prints {"ready": true, "resident_mib": ..., "peak_mib": ...} or {"error": ...} once built and run
-once, then
-answers every "time" line on stdin with {"median_s": ...}, until stdin closes.
+worker prints {"ready": true, "resident_mib": ..., "peak_mib": ...} or {"error": ...} once built
+and run once, then answers every "time" line on stdin with {"median_s": ...}, until stdin closes.
 The optimizer interleaves the candidates' rounds, so a slow spell of the machine hits all.
 """
 
