@@ -75,6 +75,17 @@ def peak_rss_mib() -> float:
     return int(line.split()[1]) / 1024  # kB
 
 
+def reset_peak() -> bool:
+    """Start this process's peak resident memory (VmHWM) afresh, e.g. after imports that should not
+    count (Linux only: writing 5 to clear_refs); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def _prepare(runtime: str, path: str, inputs: dict, threads: int):
     from woodpecker.plan.verify import random_feeds
 

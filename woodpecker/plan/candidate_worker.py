@@ -43,21 +43,11 @@ def time_executor(executor, feeds: dict[str, np.ndarray], warmup: int, runs: int
     return statistics.median(times)
 
 
-def reset_peak() -> bool:
-    """Start this process's peak resident memory (VmHWM) afresh, so that it counts the plan and not
-    the imports before it (Linux only: writing 5 to clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def main() -> None:
     directory, graph_file, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     threads, seed = int(sys.argv[4]), int(sys.argv[5])
     configure_threads(threads)
-    from woodpecker.bench_worker import import_runtime, peak_rss_mib, rss_mib
+    from woodpecker.bench_worker import import_runtime, peak_rss_mib, reset_peak, rss_mib
 
     import_runtime("woodpecker")  # every library a plan may use, before the memory baseline
     baseline = rss_mib()
