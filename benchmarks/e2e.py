@@ -90,11 +90,13 @@ def format_row(report: dict) -> str:
     meta = json.loads((Path(report["target"]) / "plan.json").read_text())["meta"]
     candidates = {name: c.get("median_ms") for name, c in meta["plan_candidates"].items()}
     unfused = [m for name, m in candidates.items() if name.endswith("-unfused") and m]
+    expanded = [m for name, m in candidates.items() if name.endswith("-expanded") and m]
     library = [m for name, m in candidates.items() if name.startswith("all-") and m]
     medians = (
         candidates.get("per-node"),
         candidates.get("generated"),
         min(unfused, default=None),
+        min(expanded, default=None),
         min(library, default=None),
     )
     for median in medians:
@@ -109,7 +111,8 @@ def format_table(rows: list[dict], batch: int, budget: int) -> str:
         f"{'model':<14}"
         + "".join(f"{h:>10}" for h in ["wpk ms", "ORT ms", "OV f32 ms", "torch ms", "t.comp ms", "OV bf16"])
         + f"{'vs best':>10}  {'best fp32':<14}{'img/s':>8}{'wpk MiB':>9}{'ORT MiB':>9}"
-        + f"{'per-node':>10}{'generated':>10}{'unfused':>10}{'library':>10}  {'selected plan':<14}{'tune s':>7}"
+        + f"{'per-node':>10}{'generated':>10}{'unfused':>10}{'expanded':>10}{'library':>10}"
+        + f"  {'selected plan':<14}{'tune s':>7}"
     )
     lines = [
         f"batch {batch}, budget {budget}: medians in ms (median of each runtime's rounds, a fresh process each);",
@@ -117,6 +120,7 @@ def format_table(rows: list[dict], batch: int, budget: int) -> str:
         "img/s = Woodpecker throughput; MiB = peak resident memory added by the model (after library imports);",
         "'per-node' / 'generated' = candidate plans (per-node winners / every node on its generated kernel",
         "where one is correct), 'unfused' = the faster of those two without the pool and depthwise fusions,",
+        "'expanded' = the same with the 1x1 expansions fused into the depthwise convolutions instead,",
         "'library' = the fastest plan running the whole graph on one library; each timed by the optimizer",
         f"in a process of its own; 'selected' = the fastest, or within {TIE:.0%} of it the one with the lowest peak",
         header,

@@ -40,7 +40,8 @@ def main() -> None:
     from woodpecker.runtime.executor import Executor
 
     graph = import_model(args.model, 1)
-    fused, unfused = graph_variants(graph, "blocked")
+    fused, others = graph_variants(graph, "blocked")
+    unfused = others.get("unfused")
     if unfused is None:
         raise SystemExit(f"{args.model}: no pool or depthwise stage to fuse")
     options = ExploreOptions(budget=args.budget, libraries=("numpy",))

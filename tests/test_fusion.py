@@ -3,6 +3,7 @@ scaling, standalone BatchNormalization): each fusion against the unfused graph, 
 ONNX Runtime, and a small SE network optimized end to end with no fallback and no conversion."""
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from test_passes import assert_same_function
 
 from woodpecker import api
 from woodpecker.graph.onnx_import import import_model
-from woodpecker.graph.passes import BLOCKED_PASSES, fuse_epilogue, optimize_graph
+from woodpecker.graph.passes import BLOCKED_PASSES, fuse_epilogue, fuse_expand, fuse_pool, optimize_graph
+from woodpecker.graph.passes.fuse_expand import MIN_EXPANDED_BYTES
 from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
 from woodpecker.kernels.generated.common import native_vector_width
@@ -389,6 +391,77 @@ def test_depthwise_conv_on_unblocked_channels_stays_apart(rng):
     assert [n.op for n in graph.nodes] == ["Conv", "Conv", "Conv"]
 
 
+def inverted_residual_model(rng, stride=1, activation="Clip", c_in=24, channels=144, size=9):
+    """A stem convolution, then MobileNetV2's block: 1x1 expansion (+act), depthwise 3x3 (+act), 1x1
+    projection. The stem makes the expansion's input blocked, as a block's input is in a network."""
+    weights = {
+        "stem": rng.standard_normal((c_in, 3, 3, 3)) * 0.3,
+        "expand": rng.standard_normal((channels, c_in, 1, 1)) * 0.3,
+        "eb": rng.standard_normal(channels),
+        "dw": rng.standard_normal((channels, 1, 3, 3)) * 0.5,
+        "dwb": rng.standard_normal(channels),
+        "pw": rng.standard_normal((16, channels, 1, 1)) * 0.1,
+    }
+    inits = [const(k, v.astype(np.float32)) for k, v in weights.items()]
+    inits += [const("lo", np.float32(0.0)), const("hi", np.float32(6.0))]
+
+    def act(src, dst):
+        return helper.make_node(activation, [src, "lo", "hi"] if activation == "Clip" else [src], [dst])
+
+    nodes = [
+        helper.make_node("Conv", ["x", "stem"], ["s"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["s", "expand", "eb"], ["e"]),
+        act("e", "ea"),
+        helper.make_node("Conv", ["ea", "dw", "dwb"], ["d"], pads=[1, 1, 1, 1], strides=[stride] * 2, group=channels),
+        act("d", "a"),
+        helper.make_node("Conv", ["a", "pw"], ["y"]),
+    ]
+    out = (size - 1) // stride + 1
+    inputs, outputs = [tensor("x", [2, 3, size, size])], [tensor("y", [2, 16, out, out])]
+    return import_model(make_model(nodes, inputs, outputs, inits))
+
+
+def expanded(graph, min_bytes=0):
+    """The graph as `api.graph_variants` builds its "expanded" variant, small maps fused too."""
+    passes = (fuse_pool, partial(fuse_expand, min_bytes=min_bytes))
+    return optimize_graph(block_layout(optimize_graph(graph), 16), passes)
+
+
+@pytest.mark.parametrize(
+    ("stride", "activation", "c_in", "channels"),
+    [(1, "Clip", 24, 144), (2, "Clip", 16, 96), (1, "Relu", 32, 48)],  # 24 input channels: blocks of 8
+)
+def test_expansion_fuses_into_the_depthwise_conv(stride, activation, c_in, channels, rng):
+    graph = inverted_residual_model(rng, stride, activation, c_in, channels)
+    fused = expanded(graph)
+    assert [n.op for n in fused.nodes if n.op != "Relayout"] == ["Conv", "Conv", "Conv"]  # stem, pair, projection
+    conv = fused.nodes[1]
+    assert conv.fused == ["Conv(1x1)", activation, activation]
+    assert_same_function(graph, fused, rng)  # the ONNX export unfuses it again
+    workload = Workload.of(fused, conv)
+    space = registry.get("halide.expand_depthwise").space(workload)
+    assert_kernel_family(workload, "halide.expand_depthwise", configs=list(space.defaults))
+    assert_kernel_family(workload, "halide.expand_depthwise", n_configs=3)
+    assert_library_kernel(workload, "openvino", tolerance=1e-4)
+    assert [i.name for i in registry.candidates(workload)] == ["halide.expand_depthwise", "onnxruntime", "openvino"]
+
+
+def test_expansion_stays_apart_below_the_size_or_with_another_reader(rng):
+    graph = inverted_residual_model(rng)  # 144 x 9 x 9 floats: below MIN_EXPANDED_BYTES
+    assert not any(n.attrs.get("expand") for n in expanded(graph, MIN_EXPANDED_BYTES).nodes)
+    graph.outputs.append("ea")  # the activated expansion is read besides the depthwise conv
+    assert not any(n.attrs.get("expand") for n in expanded(graph).nodes)
+
+
+def test_graph_variants_offer_the_expanded_graph_for_large_maps(rng):
+    """MobileNetV2's features.3 (24 -> 144 channels on 56x56: 1.8 MB): fused -> 1x1 in the fused graph,
+    1x1 -> depthwise in the expanded one."""
+    fused, others = api.graph_variants(inverted_residual_model(rng, size=56), "blocked")
+    assert set(others) == {"unfused", "expanded"}
+    assert [n.fused for n in fused.nodes if n.op == "Conv"][-1] == ["Conv(depthwise)", "Clip"]
+    assert [n.fused for n in others["expanded"].nodes if n.op == "Conv"][1] == ["Conv(1x1)", "Clip", "Clip"]
+
+
 def test_plan_with_fused_pool_and_depthwise_runs_on_generated_kernels(rng, records_path, tmp_path):
     """Conv + ReLU + MaxPool, then depthwise + ReLU6 + 1x1 + residual: fused into two nodes on their
     generated kernels, they compute what ONNX Runtime computes; the optimizer times the plan with and
@@ -414,7 +487,8 @@ def test_plan_with_fused_pool_and_depthwise_runs_on_generated_kernels(rng, recor
     reference = np.empty((1, 32, 10, 10), np.float32)
     registry.get("onnxruntime").build_graph(import_model(model))([feeds["x"]], [reference])  # unfused
 
-    fused, unfused = api.graph_variants(import_model(model), "blocked")
+    fused, others = api.graph_variants(import_model(model), "blocked")
+    unfused = others["unfused"]
     assert [n.fused for n in fused.nodes if n.op == "Conv"] == [["Relu", "MaxPool"], ["Conv(depthwise)", "Clip", "Add"]]
     assert [n.op for n in unfused.nodes if n.op != "Relayout"] == ["Conv", "MaxPool", "Conv", "Conv"]
     choices = per_node_choices(fused)
@@ -425,6 +499,7 @@ def test_plan_with_fused_pool_and_depthwise_runs_on_generated_kernels(rng, recor
 
     plan = api.optimize(model, budget=2, records=records_path, libraries=("numpy",), progress=False)
     assert {"per-node", "per-node-unfused"} <= set(plan.meta["plan_candidates"])
+    assert set(others) == {"unfused"}  # no 1x1 expansion before the depthwise Conv: no "expanded" graph
     selected = unfused if plan.meta["selected"].endswith("-unfused") else fused
     assert plan.graph.nodes == selected.nodes
     loaded = api.load(plan.save(tmp_path / "plan"))

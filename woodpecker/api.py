@@ -11,7 +11,7 @@ import onnx
 from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.onnx_import import import_model, load_onnx
-from woodpecker.graph.passes import BLOCKED_PASSES, optimize_graph
+from woodpecker.graph.passes import BLOCKED_PASSES, EXPAND_PASSES, optimize_graph
 from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
 from woodpecker.kernels.generated.common import native_vector_width
@@ -55,9 +55,9 @@ def optimize(
         raise WoodpeckerError(f"--tie must not be negative, got {tie * 100:g}")
     proto = load_onnx(model)
     graph = import_model(proto, batch)
-    fused, unfused = graph_variants(graph, layout)
-    explored = _explore([fused, unfused] if unfused else [fused], options, records, threads, timeout_s, ray)
-    alternatives = {"unfused": (unfused, explored[1])} if unfused else None
+    fused, others = graph_variants(graph, layout)
+    explored = _explore([fused, *others.values()], options, records, threads, timeout_s, ray)
+    alternatives = {label: (other, choices) for (label, other), choices in zip(others.items(), explored[1:])}
     best, timed = select_plan(
         fused, explored[0], options.libraries, seed, options.progress, threads, alternatives=alternatives, tie=tie
     )
@@ -117,8 +117,8 @@ def tune(
     """Measure every distinct workload of a model into the records; no plan is written."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
-    fused, unfused = graph_variants(import_model(model, batch), layout)
-    explored = _explore([fused, unfused] if unfused else [fused], options, records, threads, timeout_s, ray)
+    fused, others = graph_variants(import_model(model, batch), layout)
+    explored = _explore([fused, *others.values()], options, records, threads, timeout_s, ray)
     best = {c.workload: c for choices in explored for c in choices}
     return {
         "workloads": len(best),
@@ -139,13 +139,20 @@ def with_layout(graph: Graph, layout: str) -> Graph:
     return block_layout(graph, native_vector_width())
 
 
-def graph_variants(graph: Graph, layout: str) -> tuple[Graph, Graph | None]:
-    """The optimized graph with the blocked fusions (pool and depthwise stages), and without them
-    when they changed anything (None otherwise): select_plan times both, since whether a fused
-    kernel beats the two it replaces shows only in whole runs."""
+def graph_variants(graph: Graph, layout: str) -> tuple[Graph, dict[str, Graph]]:
+    """The optimized graph with the blocked fusions (pool and depthwise -> 1x1 stages), and the
+    alternatives that differ from it: "unfused" without them, "expanded" with the 1x1 expansions
+    fused into the depthwise convolutions instead. select_plan times them all, since whether a
+    fused kernel beats the two it replaces shows only in whole runs."""
     unfused = with_layout(optimize_graph(graph), layout)
-    fused = optimize_graph(unfused, BLOCKED_PASSES) if layout == "blocked" else unfused
-    return fused, (unfused if fused.nodes != unfused.nodes else None)
+    if layout != "blocked":
+        return unfused, {}
+    fused = optimize_graph(unfused, BLOCKED_PASSES)
+    expanded = optimize_graph(unfused, EXPAND_PASSES)
+    kept = {"unfused": unfused} if unfused.nodes != fused.nodes else {}
+    if any(node.attrs.get("expand") for node in expanded.nodes):
+        kept["expanded"] = expanded
+    return fused, kept
 
 
 def _options(

@@ -55,7 +55,8 @@ class Node:
     channel (`input_scale`) reads the scale as its fifth. A Conv may end with a pooling layer
     (`pool`: the pool's op and ONNX attributes), applied after the activation, and a 1x1 Conv
     may start with a depthwise one (`depthwise`: its attributes and activation; its weights and
-    bias are its sixth and seventh inputs).
+    bias are its sixth and seventh inputs). A depthwise Conv may start with a 1x1 expansion
+    (`expand`: its activation; its weights and bias at the same sixth and seventh places).
     """
 
     name: str
@@ -71,6 +72,8 @@ class Node:
     def fused(self) -> list[str]:
         """The epilogue operations folded into this node, in order."""
         parts = ["Mul"] if self.attrs.get("input_scale") else []  # a scale of the input, before the op
+        if self.attrs.get("expand"):  # a 1x1 Conv (and its activation) before the depthwise op
+            parts += ["Conv(1x1)", *self._activation(self.attrs["expand"])]
         if self.attrs.get("depthwise"):  # a depthwise Conv (and its activation) before the op
             parts += ["Conv(depthwise)", *self._activation(self.attrs["depthwise"])]
         if self.attrs.get("bias_folded"):

@@ -54,6 +54,14 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
         if stage.get("activation"):
             protos += activations.onnx_nodes(stage, f"{out}__dw", f"{out}__dw_act", f"{node.name}/depthwise")
             main_inputs[0] = f"{out}__dw_act"
+    if node.attrs.get("expand"):  # a 1x1 Conv and its activation first
+        stage = node.attrs["expand"]
+        pw_inputs = [node.inputs[0], node.inputs[5]] + ([node.inputs[6]] if node.inputs[6] else [])
+        protos.append(helper.make_node("Conv", pw_inputs, [f"{out}__pw"], name=f"{node.name}/expand"))
+        main_inputs[0] = f"{out}__pw"
+        if stage.get("activation"):
+            protos += activations.onnx_nodes(stage, f"{out}__pw", f"{out}__pw_act", f"{node.name}/expand")
+            main_inputs[0] = f"{out}__pw_act"
     if node.attrs.get("input_scale"):  # the input multiplied by its per-channel scale first
         scaled = f"{out}__scaled"
         protos.append(helper.make_node("Mul", [node.inputs[0], node.inputs[4]], [scaled], name=f"{node.name}/scale"))
@@ -76,7 +84,10 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
     return protos
 
 
-_WPK_ATTRS = {*activations.PARAMETERS, "residual", "bias_folded", "bias_fused", "input_scale", "pool", "depthwise"}
+_WPK_ATTRS = {
+    *activations.PARAMETERS,
+    *("residual", "bias_folded", "bias_fused", "input_scale", "pool", "depthwise", "expand"),
+}
 
 
 def graph_to_onnx(

@@ -115,7 +115,10 @@ class Workload:
             from woodpecker.kernels.generated.conv2d import conv_params  # the output before a fused pool
 
             p = conv_params(self)
-            return 2.0 * p["n"] * p["c_out"] * p["h_out"] * p["w_out"] * int(np.prod(self.input_shape(1)[1:]))
+            flops = 2.0 * p["n"] * p["c_out"] * p["h_out"] * p["w_out"] * int(np.prod(self.input_shape(1)[1:]))
+            if self.node.attrs.get("expand"):  # the fused 1x1 expansion over the whole input
+                flops += 2.0 * p["n"] * p["c_out"] * p["h"] * p["w"] * self.input_shape(0)[1]
+            return flops
         if self.op in ("Gemm", "MatMul"):
             return 2.0 * out * self.input_shape(0)[-1]
         return float(out)

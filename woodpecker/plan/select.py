@@ -20,9 +20,10 @@ candidate plans, times each end to end on random input in a process of its own (
   where OpenVINO keeps the originals beside its re-packed copy (VGG-16 batch 1: 707 vs 1124 MiB at
   the same speed). Blocked nodes stay on the library: their isolated library times include the
   library's own layout conversions, so comparing with them would move nodes that then run slower;
-- "per-node-<label>", "generated-<label>": the same two on an alternative graph, e.g. without the
-  pool and depthwise fusions ("unfused"): whether a fused kernel beats the two it replaces shows
-  only in whole runs (timed alone, the unfused pair's second kernel reads a warm input).
+- "per-node-<label>", "generated-<label>": the same two on an alternative graph, without the
+  pool and depthwise fusions ("unfused") or with the 1x1 expansions fused into the depthwise
+  convolutions instead ("expanded"): whether a fused kernel beats the two it replaces shows only
+  in whole runs (timed alone, the unfused pair's second kernel reads a warm input).
 Each candidate's process also reports its memory: the peak of building and running the plan once,
 which is what loading the saved plan costs when its kernels are compiled ahead of time, and what
 the plan holds after that. Plans within TIE (3 %) of the fastest count as equally fast, and the

@@ -13,6 +13,7 @@ from woodpecker.graph.passes.fold_pad import fold_pad
 from woodpecker.graph.passes.fold_scale import fold_scale
 from woodpecker.graph.passes.fuse_depthwise import fuse_depthwise
 from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
+from woodpecker.graph.passes.fuse_expand import fuse_expand
 from woodpecker.graph.passes.fuse_input_scale import fuse_input_scale
 from woodpecker.graph.passes.fuse_pool import fuse_pool
 from woodpecker.graph.passes.remove_identity import remove_identity
@@ -33,6 +34,9 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
 # Fusions whose kernel reads and writes the blocked layout: they run after it (api.graph_variants) and
 # fuse only blocked values, so a value left NCHW keeps its unfused nodes and their kernels.
 BLOCKED_PASSES: tuple[Pass, ...] = (fuse_pool, fuse_depthwise)
+# The other way to fuse a depthwise Conv: with the 1x1 expansion before it instead of the 1x1 after
+# it. Both are candidates (api.graph_variants); whole-plan timings decide.
+EXPAND_PASSES: tuple[Pass, ...] = (fuse_pool, fuse_expand)
 
 
 def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> Graph:
@@ -44,6 +48,7 @@ def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> G
 __all__ = [
     "BLOCKED_PASSES",
     "DEFAULT_PASSES",
+    "EXPAND_PASSES",
     "canonicalize",
     "eliminate_dead",
     "fold_batchnorm",
@@ -52,6 +57,7 @@ __all__ = [
     "fold_scale",
     "fuse_depthwise",
     "fuse_epilogue",
+    "fuse_expand",
     "fuse_input_scale",
     "fuse_pool",
     "optimize_graph",

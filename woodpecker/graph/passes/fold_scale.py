@@ -15,7 +15,7 @@ import numpy as np
 from woodpecker.graph.ir import Graph, Node
 from woodpecker.graph.passes.weights import add_constant, scale_output_channels
 
-FOLDED_ATTRS = ("activation", "residual", "pool", "depthwise")
+FOLDED_ATTRS = ("activation", "residual", "pool", "depthwise", "expand")
 
 
 def fold_scale(graph: Graph) -> Graph:

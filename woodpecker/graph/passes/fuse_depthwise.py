@@ -26,14 +26,10 @@ def fuse_depthwise(graph: Graph) -> Graph:
     producers = out.producers()
     gone = set()
     for index, pointwise in enumerate(out.nodes):
-        if not _is_pointwise(out, pointwise):
+        if not is_pointwise(out, pointwise):
             continue
         depthwise = producers.get(pointwise.inputs[0])
-        if (
-            depthwise is None
-            or not _is_depthwise(out, depthwise)
-            or not out.single_use(depthwise.outputs[0], consumers)
-        ):
+        if depthwise is None or not is_depthwise(out, depthwise) or not out.single_use(depthwise.outputs[0], consumers):
             continue
         if not _blocked_alike(out, depthwise.inputs[0], depthwise.outputs[0]):
             continue
@@ -54,7 +50,7 @@ def _blocked_alike(graph: Graph, *names: str) -> bool:
     return len(blocks) == 1 and 0 not in blocks
 
 
-def _is_pointwise(graph: Graph, node: Node) -> bool:
+def is_pointwise(graph: Graph, node: Node) -> bool:
     """A 1x1, stride-1, unpadded, ungrouped Conv by constant weights with nothing fused before it."""
     if node.op != "Conv" or node.inputs[1] not in graph.constants or len(graph.shape(node.inputs[1])) != 4:
         return False
@@ -69,13 +65,13 @@ def _is_pointwise(graph: Graph, node: Node) -> bool:
     )
 
 
-def _is_depthwise(graph: Graph, node: Node) -> bool:
+def is_depthwise(graph: Graph, node: Node) -> bool:
     """A 2-D depthwise Conv by constant weights (and bias) with at most an activation fused."""
     if node.op != "Conv" or node.inputs[1] not in graph.constants or len(graph.shape(node.inputs[0])) != 4:
         return False
     if len(node.inputs) > 2 and node.inputs[2] and node.inputs[2] not in graph.constants:
         return False
-    if len(node.inputs) > 3 or any(node.attrs.get(k) for k in ("input_scale", "pool", "residual")):
+    if len(node.inputs) > 3 or any(node.attrs.get(k) for k in ("input_scale", "pool", "residual", "expand")):
         return False
     channels = graph.shape(node.inputs[0])[1]
     return (

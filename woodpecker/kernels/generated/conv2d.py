@@ -25,12 +25,15 @@ from woodpecker.search.space import Config, ConfigSpace, Knob
 
 def conv_params(workload: Workload) -> dict:
     """Normalized Conv attributes and shapes (2-D only). h, w are the input's after a fused depthwise
-    Conv (graph/passes/fuse_depthwise.py), h_out, w_out the output's before a fused pool (fuse_pool.py)."""
+    Conv (graph/passes/fuse_depthwise.py), h_out, w_out the output's before a fused pool (fuse_pool.py),
+    c_in a depthwise Conv's own input channels after a fused 1x1 expansion (fuse_expand.py)."""
     n, c_in, h, w = workload.input_shape(0)
     c_out, c_in_group, kh, kw = workload.input_shape(1)
     attrs = workload.node.attrs
     if attrs.get("depthwise"):
         h, w = conv_output_size(h, w, workload.input_shape(5)[2:], attrs["depthwise"])
+    if attrs.get("expand"):  # a depthwise Conv over the fused 1x1 expansion's channels
+        c_in = c_out
     pads = attrs.get("pads", [0, 0, 0, 0])
     strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
     h_out, w_out = conv_output_size(h, w, (kh, kw), attrs)
@@ -96,6 +99,7 @@ class HalideConv2d(GeneratedImplementation):
             and (not workload.has_input(2) or workload.node.inputs[2] in workload.constants)
             and not workload.node.attrs.get("pool")  # fused pool or depthwise: halide.conv2d_blocked computes those
             and not workload.node.attrs.get("depthwise")
+            and not workload.node.attrs.get("expand")
         )
 
     def space(self, workload: Workload) -> ConfigSpace:

@@ -69,6 +69,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             and node.inputs[1] in workload.constants
             and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
             and (not workload.has_input(2) or node.inputs[2] in workload.constants)
+            and not node.attrs.get("expand")  # kernels/generated/expand_depthwise.py
         ):
             return False
         block, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])

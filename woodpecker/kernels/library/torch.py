@@ -26,6 +26,7 @@ class TorchImplementation(LibraryImplementation):
                 and (not workload.has_input(2) or node.inputs[2] in workload.constants)
                 and not node.attrs.get("pool")  # fused pool or depthwise: the graph libraries and Halide run those
                 and not node.attrs.get("depthwise")
+                and not node.attrs.get("expand")
             )
         if node.op == "Gemm":
             return (
