@@ -99,3 +99,17 @@ def apply_activation(workload: Workload, value: hl.Expr) -> hl.Expr:
 
 def divisors(n: int, limit: int) -> tuple[int, ...]:
     return tuple(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def fix_layout(param: hl.ImageParam, shape: tuple[int, ...]) -> None:
+    """`param` is a dense C-order array of `shape` (the packed constants, a whole input buffer):
+    strides and extents known at compile time become immediate offsets, freeing address registers."""
+    stride = 1
+    for i, extent in enumerate(reversed(tuple(shape))):
+        param.dim(i).set_bounds(0, extent).set_stride(stride)
+        stride *= extent
+
+
+def row_tile(width: int) -> int:
+    """Pixels per register tile along a row: 7 for the 7/14/28/56/112-wide layers (no partial tile)."""
+    return 7 if width % 7 == 0 and width % 8 != 0 else 8

@@ -32,7 +32,9 @@ from woodpecker.kernels.generated.common import (
     GeneratedImplementation,
     apply_activation,
     divisors,
+    fix_layout,
     native_vector_width,
+    row_tile,
 )
 from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
@@ -123,7 +125,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 and cfg["tile_x"] <= p["w_out"]
             )
 
-        tile_x = _row_tile(p["w_out"])
+        tile_x = row_tile(p["w_out"])
         start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "batch_inner": p["n"] > 1}
         # Starting points measured on ResNet, MobileNetV2 and SqueezeNet layers (a budget of 6 mostly tries these).
         starts = ((tile_x, 2, "yk"), (tile_x, 2, "k"), (4, 4, "k"), (tile_x, 1, "k"), (4, 4, "yk"))
@@ -330,34 +332,25 @@ class HalideConv2dBlocked(GeneratedImplementation):
             out.compute_root()
             pooled.parallel(y)
         if stage:
-            _schedule_depthwise(source, dw_acc, dw_r, out, y, _row_tile(p["w"]), dw_rows)
+            _schedule_depthwise(source, dw_acc, dw_r, out, y, row_tile(p["w"]), dw_rows)
         if padded and config["padding"] == "copy":
             copy.compute_root().parallel(y)
             if in_block:
                 copy.bound(c, 0, in_block).vectorize(c)
 
-        _fix_layout(w_param, blocked_weight.shape)
-        _fix_layout(b_param, bias.shape)
-        _fix_layout(inp, workload.values[node.inputs[0]].stored_shape)
+        fix_layout(w_param, blocked_weight.shape)
+        fix_layout(b_param, bias.shape)
+        fix_layout(inp, workload.values[node.inputs[0]].stored_shape)
         if has_residual:
-            _fix_layout(residual, workload.values[node.inputs[3]].stored_shape)
+            fix_layout(residual, workload.values[node.inputs[3]].stored_shape)
         params = [inp] + ([residual] if has_residual else []) + ([scale] if has_scale else []) + [w_param, b_param]
         constants = [np.ascontiguousarray(blocked_weight), bias]
         if stage:
             params += [dw_w_param, dw_b_param]
             constants += [dw_weight, dw_bias]
-            _fix_layout(dw_w_param, dw_weight.shape)
-            _fix_layout(dw_b_param, dw_bias.shape)
+            fix_layout(dw_w_param, dw_weight.shape)
+            fix_layout(dw_b_param, dw_bias.shape)
         return Definition(pooled if pool else out, params, constants)
-
-
-def _fix_layout(param: hl.ImageParam, shape: tuple[int, ...]) -> None:
-    """`param` is a dense C-order array of `shape` (the packed constants, a whole input buffer):
-    strides and extents known at compile time become immediate offsets, freeing address registers."""
-    stride = 1
-    for i, extent in enumerate(reversed(tuple(shape))):
-        param.dim(i).set_bounds(0, extent).set_stride(stride)
-        stride *= extent
 
 
 def _chunks(workload: Workload, p: dict) -> tuple[int, ...]:
@@ -449,11 +442,6 @@ def _schedule_depthwise(
     acc_c, acc_x = acc.args()[:2]
     acc.compute_at(activated, xo).vectorize(acc_c).unroll(acc_x)
     acc.update().reorder(acc_c, acc_x, r.x, r.y).vectorize(acc_c).unroll(acc_x).unroll(r.x)
-
-
-def _row_tile(width: int) -> int:
-    """Pixels per register tile along a row: 7 for the 7/14/28/56/112-wide layers (no partial tile)."""
-    return 7 if width % 7 == 0 and width % 8 != 0 else 8
 
 
 def _pool_stage(conv: hl.Func, pool: dict, p: dict, c, x, y, k, n) -> hl.Func:

@@ -23,9 +23,10 @@ from woodpecker.kernels.generated.common import (
     GeneratedImplementation,
     apply_activation,
     divisors,
+    fix_layout,
+    row_tile,
 )
 from woodpecker.kernels.generated.conv2d import conv_params
-from woodpecker.kernels.generated.conv2d_blocked import _fix_layout, _row_tile
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 from woodpecker.search.space import Config, ConfigSpace, Knob
@@ -55,7 +56,7 @@ class HalideExpandDepthwise(GeneratedImplementation):
         def valid(cfg: Config) -> bool:
             return blocks % cfg["tile_k"] == 0 and cfg["expand_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS
 
-        tile = min(_row_tile(p["w_out"]), p["w_out"])
+        tile = min(row_tile(p["w_out"]), p["w_out"])
         # Starting points measured on MobileNetV2's features.2 and features.3 (benchmarks in the README).
         starts = [
             {"tile_x": tile, "expand_x": 8, "tile_k": 2, "strips": 1},
@@ -136,10 +137,10 @@ class HalideExpandDepthwise(GeneratedImplementation):
         pw.compute_at(expanded, exo).bound_extent(x, ex).bound_extent(k, tile_k).vectorize(c).unroll(x).unroll(k)
         pw.update().reorder(c, x, k, r.x, r.y).vectorize(c).unroll(x).unroll(k).unroll(r.x)
 
-        _fix_layout(inp, workload.values[node.inputs[0]].stored_shape)
+        fix_layout(inp, workload.values[node.inputs[0]].stored_shape)
         constants = [dw_w, dw_b, expand_w, expand_b]
         for param, array in zip(params, constants):
-            _fix_layout(param, array.shape)
+            fix_layout(param, array.shape)
         return Definition(out, [inp, *params], constants)
 
 
