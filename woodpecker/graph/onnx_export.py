@@ -45,23 +45,20 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
         {"Conv": node.inputs[:3], "Gemm": node.inputs[:3], "MatMul": node.inputs[:2]}.get(node.op, node.inputs)
     )
     protos = []
-    if node.attrs.get("depthwise"):  # a depthwise Conv and its activation first
-        stage = node.attrs["depthwise"]
+    # A fused stage before the op (a depthwise Conv before a 1x1, a 1x1 expansion before a depthwise
+    # Conv): a Conv on the input with the weights and bias at inputs 5 and 6, then its activation.
+    for key, short in (("depthwise", "dw"), ("expand", "pw")):
+        if not node.attrs.get(key):
+            continue
+        stage = node.attrs[key]
         conv_attrs = {k: v for k, v in stage.items() if k not in activations.PARAMETERS}
-        dw_inputs = [node.inputs[0], node.inputs[5]] + ([node.inputs[6]] if node.inputs[6] else [])
-        protos.append(helper.make_node("Conv", dw_inputs, [f"{out}__dw"], name=f"{node.name}/depthwise", **conv_attrs))
-        main_inputs[0] = f"{out}__dw"
+        stage_inputs = [node.inputs[0], node.inputs[5]] + ([node.inputs[6]] if node.inputs[6] else [])
+        name = f"{node.name}/{key}"
+        protos.append(helper.make_node("Conv", stage_inputs, [f"{out}__{short}"], name=name, **conv_attrs))
+        main_inputs[0] = f"{out}__{short}"
         if stage.get("activation"):
-            protos += activations.onnx_nodes(stage, f"{out}__dw", f"{out}__dw_act", f"{node.name}/depthwise")
-            main_inputs[0] = f"{out}__dw_act"
-    if node.attrs.get("expand"):  # a 1x1 Conv and its activation first
-        stage = node.attrs["expand"]
-        pw_inputs = [node.inputs[0], node.inputs[5]] + ([node.inputs[6]] if node.inputs[6] else [])
-        protos.append(helper.make_node("Conv", pw_inputs, [f"{out}__pw"], name=f"{node.name}/expand"))
-        main_inputs[0] = f"{out}__pw"
-        if stage.get("activation"):
-            protos += activations.onnx_nodes(stage, f"{out}__pw", f"{out}__pw_act", f"{node.name}/expand")
-            main_inputs[0] = f"{out}__pw_act"
+            protos += activations.onnx_nodes(stage, f"{out}__{short}", f"{out}__{short}_act", name)
+            main_inputs[0] = f"{out}__{short}_act"
     if node.attrs.get("input_scale"):  # the input multiplied by its per-channel scale first
         scaled = f"{out}__scaled"
         protos.append(helper.make_node("Mul", [node.inputs[0], node.inputs[4]], [scaled], name=f"{node.name}/scale"))
