@@ -391,14 +391,14 @@ def test_depthwise_conv_on_unblocked_channels_stays_apart(rng):
     assert [n.op for n in graph.nodes] == ["Conv", "Conv", "Conv"]
 
 
-def inverted_residual_model(rng, stride=1, activation="Clip", c_in=24, channels=144, size=9):
-    """A stem convolution, then MobileNetV2's block: 1x1 expansion (+act), depthwise 3x3 (+act), 1x1
+def inverted_residual_model(rng, stride=1, activation="Clip", c_in=24, channels=144, size=9, kernel=3):
+    """A stem convolution, then MobileNetV2's block: 1x1 expansion (+act), depthwise k x k (+act), 1x1
     projection. The stem makes the expansion's input blocked, as a block's input is in a network."""
     weights = {
         "stem": rng.standard_normal((c_in, 3, 3, 3)) * 0.3,
         "expand": rng.standard_normal((channels, c_in, 1, 1)) * 0.3,
         "eb": rng.standard_normal(channels),
-        "dw": rng.standard_normal((channels, 1, 3, 3)) * 0.5,
+        "dw": rng.standard_normal((channels, 1, kernel, kernel)) * 0.5,
         "dwb": rng.standard_normal(channels),
         "pw": rng.standard_normal((16, channels, 1, 1)) * 0.1,
     }
@@ -412,7 +412,9 @@ def inverted_residual_model(rng, stride=1, activation="Clip", c_in=24, channels=
         helper.make_node("Conv", ["x", "stem"], ["s"], pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["s", "expand", "eb"], ["e"]),
         act("e", "ea"),
-        helper.make_node("Conv", ["ea", "dw", "dwb"], ["d"], pads=[1, 1, 1, 1], strides=[stride] * 2, group=channels),
+        helper.make_node(
+            "Conv", ["ea", "dw", "dwb"], ["d"], pads=[kernel // 2] * 4, strides=[stride] * 2, group=channels
+        ),
         act("d", "a"),
         helper.make_node("Conv", ["a", "pw"], ["y"]),
     ]
@@ -428,11 +430,16 @@ def expanded(graph, min_bytes=0):
 
 
 @pytest.mark.parametrize(
-    ("stride", "activation", "c_in", "channels"),
-    [(1, "Clip", 24, 144), (2, "Clip", 16, 96), (1, "Relu", 32, 48)],  # 24 input channels: blocks of 8
+    ("stride", "activation", "c_in", "channels", "size", "kernel"),
+    [
+        (1, "Clip", 24, 144, 9, 3),  # 24 input channels: blocks of 8
+        (2, "Clip", 16, 96, 9, 3),
+        (1, "Relu", 32, 48, 9, 3),
+        (2, "Relu", 16, 32, 14, 5),  # MNASNet's 5x5: five expanded rows kept; rows of 14, tiles of 7
+    ],
 )
-def test_expansion_fuses_into_the_depthwise_conv(stride, activation, c_in, channels, rng):
-    graph = inverted_residual_model(rng, stride, activation, c_in, channels)
+def test_expansion_fuses_into_the_depthwise_conv(stride, activation, c_in, channels, size, kernel, rng):
+    graph = inverted_residual_model(rng, stride, activation, c_in, channels, size, kernel)
     fused = expanded(graph)
     assert [n.op for n in fused.nodes if n.op != "Relayout"] == ["Conv", "Conv", "Conv"]  # stem, pair, projection
     conv = fused.nodes[1]
