@@ -93,6 +93,20 @@ def test_plans_within_three_percent_of_the_fastest_are_a_tie_that_the_lower_peak
     assert pick([plan("jit", 10.0, None, 400), plan("aot", 10.1, 300, 500)]).name == "jit"
 
 
+def test_plans_that_peak_above_onnxruntime_are_left_out_unless_any_peak_is_allowed():
+    def plan(name, ms, peak):
+        return PlanCandidate(name, [], median_s=ms / 1e3, resident_mib=peak, peak_mib=peak)
+
+    ort, openvino, own = plan("all-onnxruntime", 11.0, 94), plan("all-openvino", 10.0, 112), plan("own", 10.6, 39)
+    assert pick([ort, openvino, own], memory="onnxruntime").name == "own"  # 6 % slower than all-OpenVINO
+    assert pick([ort, openvino, own], memory="any").name == "all-openvino"
+    assert pick([ort, openvino], memory="onnxruntime").name == "all-onnxruntime"  # which always qualifies
+    # Without ONNX Runtime's figure (not among the libraries, or a JIT build's missing peak): no ceiling.
+    assert pick([openvino, own], memory="onnxruntime").name == "all-openvino"
+    jit = PlanCandidate("own", [], median_s=0.0106, resident_mib=39)
+    assert pick([ort, openvino, jit], memory="onnxruntime").name == "all-openvino"
+
+
 def measured(impl, seconds, error=None):
     config = {"vec": 4, "chunk": 1024} if impl.startswith("halide") else {}
     return {"impl": impl, "config": config, "median_s": seconds, "compile_s": 0.1, "error": error}

@@ -19,7 +19,7 @@ from woodpecker.measure.runner import LocalRunner
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.explore import ExploreOptions, explore, summarize
 from woodpecker.plan.plan import Plan
-from woodpecker.plan.select import TIE, select_plan
+from woodpecker.plan.select import MEMORY_RULES, TIE, select_plan
 from woodpecker.plan.verify import verify
 from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
@@ -45,21 +45,33 @@ def optimize(
     ray: str | None = None,
     layout: str = "blocked",
     tie: float = TIE,
+    memory: str = "onnxruntime",
 ) -> Plan:
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime.
     `tie`: whole plans within this fraction of the fastest count as equally fast, and the one
-    with the lowest peak memory is kept (see plan/select.py's `pick`)."""
+    with the lowest peak memory is kept; `memory`: "onnxruntime" keeps only plans that peak no
+    higher than ONNX Runtime running the same graph, "any" does not (see plan/select.py's `pick`)."""
     start = time.perf_counter()
     options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
     if tie < 0:
         raise WoodpeckerError(f"--tie must not be negative, got {tie * 100:g}")
+    if memory not in MEMORY_RULES:
+        raise WoodpeckerError(f"unknown --memory '{memory}'; choose from {', '.join(MEMORY_RULES)}")
     proto = load_onnx(model)
     graph = import_model(proto, batch)
     fused, others = graph_variants(graph, layout)
     explored = _explore([fused, *others.values()], options, records, threads, timeout_s, ray)
     alternatives = {label: (other, choices) for (label, other), choices in zip(others.items(), explored[1:])}
     best, timed = select_plan(
-        fused, explored[0], options.libraries, seed, options.progress, threads, alternatives=alternatives, tie=tie
+        fused,
+        explored[0],
+        options.libraries,
+        seed,
+        options.progress,
+        threads,
+        alternatives=alternatives,
+        tie=tie,
+        memory=memory,
     )
     optimized, choices = best.graph, best.choices
     meta = {
@@ -80,7 +92,7 @@ def optimize(
         }
         for c in timed
     }
-    meta["selected"], meta["tie"] = best.name, tie
+    meta["selected"], meta["tie"], meta["memory_rule"] = best.name, tie, memory
     memory = best.executor.memory
     weights = sum(a.nbytes for a in optimized.constants.values())
     meta["memory"] = {"arena_bytes": memory.arena_bytes, "unplanned_bytes": memory.total_bytes, "weight_bytes": weights}

@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         help="whole plans within PERCENT of the fastest count as equally fast; the one with the lowest peak"
         " memory is kept (default 3; raise it to trade speed for memory)",
     )
+    p.add_argument(
+        "--memory",
+        choices=("onnxruntime", "any"),
+        default="onnxruntime",
+        help="onnxruntime (default): keep only plans that peak no higher than ONNX Runtime running the same"
+        " graph; any: the fastest plan whatever its peak",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_optimize)
 
@@ -167,7 +174,7 @@ def _optimize(args) -> int:
     from woodpecker.api import optimize
 
     tie = {"tie": args.tie / 100} if args.tie is not None else {}  # else the optimizer's default
-    plan = optimize(args.model, **tie, **_search_kwargs(args))
+    plan = optimize(args.model, **tie, memory=args.memory, **_search_kwargs(args))
     plan.save(args.output, progress=sys.stderr.isatty())
     summary = plan.meta["summary"]
     if args.json:
@@ -195,6 +202,8 @@ def _optimize(args) -> int:
         for name, c in plan.meta["plan_candidates"].items()
     )
     rule = f"the fastest, or within {plan.meta['tie']:.0%} of it the lowest peak memory"
+    if plan.meta.get("memory_rule") == "onnxruntime":
+        rule += ", among those peaking no higher than all-onnxruntime"
     print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']} ({rule})")
     m = plan.meta["memory"]
     print(

@@ -8,10 +8,11 @@ whose intermediate map is the block's widest: 4.8 MB at MobileNetV2's features.2
 the expansion and read back by the depthwise convolution. The fused kernel computes the
 expanded rows as the depthwise rows need them and never writes them out
 (kernels/generated/expand_depthwise.py). Only maps of at least MIN_EXPANDED_BYTES per image are
-fused: in a whole MobileNetV2 plan the fused kernel ran features.2's pair (4.8 MB) 1.52x and
-features.4's (1.8 MB, stride 2) 1.23x faster, features.3's (1.8 MB) 1.02x, but the pairs on
-28x28 and smaller maps 0.63-0.92x (one at 1.12x): there the expansion's weights outweigh the map
-and the threads have few tiles to share. Runs after the layout pass, on blocked values only.
+fused. The kernel's first version lost on 28x28 and smaller maps (0.63-0.92x of the two kernels
+inside whole plans); the second beats the two kernels on those pairs alone (0.99-1.37x), but a
+whole MobileNetV2 plan with every pair fused ran as fast as the one with features.2-4 fused
+(1.00x, interleaved in one process), so the small pairs are left apart and cost no tuning.
+Runs after the layout pass, on blocked values only.
 """
 
 from __future__ import annotations
