@@ -10,8 +10,8 @@ as in conv2d_blocked.py. The expansion is computed inside the image only: the pa
 are stored as zeros and the padding rows are left out of the depthwise sum, so the depthwise
 convolution needs no bounds checks. Computing the expansion on the padding too (the first
 version) cost up to 3x the work on a 7x7 map, since the register tiles started at column -1;
-without it the fused pair beat the two kernels it replaces on MobileNetV2's 28x28, 14x14 and
-7x7 maps as well (README, "the expanded graph on small maps").
+without it, timed alone, the fused pair also beat the two kernels it replaces on MobileNetV2's
+28x28, 14x14 and 7x7 maps (README, "the expansion kernel without padding work").
 """
 
 from __future__ import annotations
