@@ -110,6 +110,22 @@ def fix_layout(param: hl.ImageParam, shape: tuple[int, ...]) -> None:
         stride *= extent
 
 
+def conv_bias(workload: Workload, index: int, channels: int) -> np.ndarray:
+    """A Conv's bias at input `index` as float32, or zeros where the node has none."""
+    if workload.has_input(index):
+        return workload.constants[workload.node.inputs[index]].astype(np.float32)
+    return np.zeros(channels, np.float32)
+
+
+def depthwise_constants(workload: Workload, block: int, weight: int, bias: int) -> tuple[np.ndarray, np.ndarray]:
+    """A depthwise Conv's weights (inputs[`weight`]) packed (C/b, KH, KW, b) in the order the
+    kernels read them, and its bias (inputs[`bias`], zeros if none)."""
+    array = workload.constants[workload.node.inputs[weight]].astype(np.float32)
+    channels, _, kh, kw = array.shape
+    packed = np.ascontiguousarray(array.reshape(channels // block, block, kh, kw).transpose(0, 2, 3, 1))
+    return packed, conv_bias(workload, bias, channels)
+
+
 def row_tile(width: int) -> int:
     """Pixels per register tile along a row: 7 for the 7/14/28/56/112-wide layers (no partial tile)."""
     return 7 if width % 7 == 0 and width % 8 != 0 else 8

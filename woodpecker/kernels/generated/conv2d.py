@@ -17,6 +17,7 @@ from woodpecker.kernels.generated.common import (
     Definition,
     GeneratedImplementation,
     apply_activation,
+    conv_bias,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
@@ -142,11 +143,7 @@ class HalideConv2d(GeneratedImplementation):
 
         # Constants packed once, at plan time.
         weight = workload.constants[workload.node.inputs[1]].astype(np.float32)
-        bias = (
-            workload.constants[workload.node.inputs[2]].astype(np.float32)
-            if workload.has_input(2)
-            else np.zeros(p["c_out"], np.float32)
-        )
+        bias = conv_bias(workload, 2, p["c_out"])
         if layout == "vec_c":
             # (I, KH, KW, O): output channels contiguous, so a vector of them is one dense load.
             weight = np.ascontiguousarray(weight.transpose(1, 2, 3, 0))

@@ -31,6 +31,8 @@ from woodpecker.kernels.generated.common import (
     Definition,
     GeneratedImplementation,
     apply_activation,
+    conv_bias,
+    depthwise_constants,
     divisors,
     fix_layout,
     native_vector_width,
@@ -193,12 +195,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
                 weight = _spread_groups(weight, p, b, span)
             blocked_weight = weight.reshape(vectors, lanes, span // inner, inner, p["kh"], p["kw"])
             blocked_weight = blocked_weight.transpose(0, 2, 4, 5, 3, 1)
-        bias = _pad_channels(
-            workload.constants[node.inputs[2]].astype(np.float32)
-            if workload.has_input(2)
-            else np.zeros(p["c_out"], np.float32),
-            vectors * lanes,
-        )
+        bias = _pad_channels(conv_bias(workload, 2, p["c_out"]), vectors * lanes)
 
         c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
         inp = hl.ImageParam(hl.Float(32), 5 if in_block else 4, "input")
@@ -219,7 +216,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
             source = scaled
         stage = node.attrs.get("depthwise")
         if stage:  # the depthwise Conv whose output this 1x1 convolution reads (fuse_depthwise.py)
-            dw_weight, dw_bias = _depthwise_constants(workload, in_block)
+            dw_weight, dw_bias = depthwise_constants(workload, in_block, weight=5, bias=6)
             dw_w_param, dw_b_param = (
                 hl.ImageParam(hl.Float(32), 4, "dw_weight"),
                 hl.ImageParam(hl.Float(32), 1, "dw_bias"),
@@ -396,16 +393,6 @@ def _stage_starts(pool: dict | None, depthwise: dict | None) -> list[Config]:
     if depthwise:
         return [{"depthwise_at": "rows", "parallel": "y"}, {"depthwise_at": "root"}]
     return [{}]
-
-
-def _depthwise_constants(workload: Workload, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fused depthwise Conv's weights packed (C/b, KH, KW, b), and its bias (zeros if none)."""
-    weight = workload.constants[workload.node.inputs[5]].astype(np.float32)
-    channels, _, kh, kw = weight.shape
-    packed = np.ascontiguousarray(weight.reshape(channels // block, block, kh, kw).transpose(0, 2, 3, 1))
-    bias_name = workload.node.inputs[6]
-    bias = workload.constants[bias_name].astype(np.float32) if bias_name else np.zeros(channels, np.float32)
-    return packed, bias
 
 
 def _depthwise_stage(

@@ -26,6 +26,8 @@ from woodpecker.kernels.generated.common import (
     Definition,
     GeneratedImplementation,
     apply_activation,
+    conv_bias,
+    depthwise_constants,
     divisors,
     fix_layout,
     row_tile,
@@ -62,7 +64,7 @@ class HalideExpandDepthwise(GeneratedImplementation):
             return blocks % cfg["tile_k"] == 0 and cfg["expand_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS
 
         tile = min(row_tile(p["w_out"]), p["w_out"])
-        wide = 7 if p["w"] % 7 == 0 and p["w"] % 8 else 8  # expansion tiles that divide the row
+        wide = row_tile(p["w"])  # expansion tiles that divide the row
         # Starting points measured on MobileNetV2's features.2 and features.3 (benchmarks in the README).
         starts = [
             {"tile_x": tile, "expand_x": wide, "tile_k": 2, "strips": 1},
@@ -96,10 +98,8 @@ class HalideExpandDepthwise(GeneratedImplementation):
         # Constants packed in the order the loops read them: (C/b, C_in, b) and (C/b, KH, KW, b).
         expand_w = workload.constants[node.inputs[EXPAND_WEIGHT]].astype(np.float32).reshape(p["c_out"], c_in)
         expand_w = np.ascontiguousarray(expand_w.reshape(p["c_out"] // b, b, c_in).transpose(0, 2, 1))
-        expand_b = _bias(workload, EXPAND_BIAS, p["c_out"])
-        dw_w = workload.constants[node.inputs[1]].astype(np.float32).reshape(p["c_out"], p["kh"], p["kw"])
-        dw_w = np.ascontiguousarray(dw_w.reshape(p["c_out"] // b, b, p["kh"], p["kw"]).transpose(0, 2, 3, 1))
-        dw_b = _bias(workload, 2, p["c_out"])
+        expand_b = conv_bias(workload, EXPAND_BIAS, p["c_out"])
+        dw_w, dw_b = depthwise_constants(workload, b, weight=1, bias=2)
 
         c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
         inp = hl.ImageParam(hl.Float(32), 5, "input")
@@ -163,10 +163,3 @@ class HalideExpandDepthwise(GeneratedImplementation):
         for param, array in zip(params, constants):
             fix_layout(param, array.shape)
         return Definition(out, [inp, *params], constants)
-
-
-def _bias(workload: Workload, index: int, channels: int) -> np.ndarray:
-    node = workload.node
-    if workload.has_input(index):
-        return workload.constants[node.inputs[index]].astype(np.float32)
-    return np.zeros(channels, np.float32)
