@@ -237,7 +237,7 @@ def select_plan(
     return replace(best, executor=executor), timed
 
 
-def pick(timed: list[PlanCandidate], tie: float = TIE, memory: str = "any") -> PlanCandidate:
+def pick(timed: list[PlanCandidate], tie: float = TIE, memory: str = "onnxruntime") -> PlanCandidate:
     """The fastest candidate, or among those within `tie` of it the one with the lowest peak, or
     where not every one has a peak that loading would reach, the one holding the least memory.
     `memory="onnxruntime"`: only among the candidates that peak no higher than "all-onnxruntime"."""
