@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from conftest import const, make_model, tensor
 from onnx import helper
 
@@ -105,6 +106,8 @@ def test_plans_that_peak_above_onnxruntime_are_left_out_unless_any_peak_is_allow
     assert pick([openvino, own], memory="onnxruntime").name == "all-openvino"
     jit = PlanCandidate("own", [], median_s=0.0106, resident_mib=39)
     assert pick([ort, openvino, jit], memory="onnxruntime").name == "all-openvino"
+    with pytest.raises(ValueError, match="memory rule"):
+        pick([ort, openvino], memory={})  # a rule must be named (select_plan once passed a dict here)
 
 
 def measured(impl, seconds, error=None):

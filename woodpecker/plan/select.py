@@ -177,7 +177,7 @@ def select_plan(
                 (directory / graph_files[id(candidate_graph)]).write_text(json.dumps(data))
         workers: dict[str, _Worker] = {}
         errors: dict[str, str] = {}
-        memory: dict[str, dict] = {}  # candidate -> its ready message
+        ready_messages: dict[str, dict] = {}  # candidate -> its ready message (memory figures)
         kernels: dict[str, dict[str, str]] = {}  # candidate -> its compiled kernels (node -> entry)
         try:
             for name, (candidate_graph, candidate) in tqdm(
@@ -202,7 +202,7 @@ def select_plan(
                     worker.close()
                     del workers[name]
                 else:
-                    memory[name] = ready
+                    ready_messages[name] = ready
             times: dict[str, list[float]] = {name: [] for name in workers}
             for _ in tqdm(range(rounds), desc="time plans", unit="round", disable=not progress):
                 for name, worker in workers.items():
@@ -220,8 +220,8 @@ def select_plan(
                 candidate,
                 candidate_graph,
                 median_s=min(times[name]) if times.get(name) and name not in errors else None,
-                resident_mib=memory.get(name, {}).get("resident_mib"),
-                peak_mib=memory.get(name, {}).get("peak_mib"),
+                resident_mib=ready_messages.get(name, {}).get("resident_mib"),
+                peak_mib=ready_messages.get(name, {}).get("peak_mib"),
                 error=errors.get(name),
             )
             for name, (candidate_graph, candidate) in candidates.items()
@@ -241,6 +241,8 @@ def pick(timed: list[PlanCandidate], tie: float = TIE, memory: str = "onnxruntim
     """The fastest candidate, or among those within `tie` of it the one with the lowest peak, or
     where not every one has a peak that loading would reach, the one holding the least memory.
     `memory="onnxruntime"`: only among the candidates that peak no higher than "all-onnxruntime"."""
+    if memory not in MEMORY_RULES:
+        raise ValueError(f"memory rule {memory!r} is not one of {MEMORY_RULES}")
     ceiling = next((c.peak_mib for c in timed if c.name == "all-onnxruntime"), None)
     if memory == "onnxruntime" and ceiling is not None and all(c.peak_mib is not None for c in timed):
         timed = [c for c in timed if c.peak_mib <= ceiling]
