@@ -127,5 +127,6 @@ def depthwise_constants(workload: Workload, block: int, weight: int, bias: int) 
 
 
 def row_tile(width: int) -> int:
-    """Pixels per register tile along a row: 7 for the 7/14/28/56/112-wide layers (no partial tile)."""
+    """Pixels per register tile along a row: 7 where 7 divides the row and 8 does not (7, 14, 28,
+    35 wide: no partial tile), else 8 (56 and 112 wide too)."""
     return 7 if width % 7 == 0 and width % 8 != 0 else 8
