@@ -1,6 +1,11 @@
-"""Whole-plan effect of the pool and depthwise fusions: the generated plan with and without them.
+"""Whole-plan effect of a fusion: the generated plan with and without it.
 
-Usage: .venv/bin/python benchmarks/fusion.py out/bench/mobilenet_v2.onnx [--budget 6] [--records FILE]
+Usage: .venv/bin/python benchmarks/fusion.py out/bench/mobilenet_v2.onnx [--variant fused|expanded]
+       [--budget 6] [--records FILE] [--batch 1]
+
+`--variant fused` (default): the pool and depthwise -> 1x1 fusions; `expanded`: the 1x1 expansions
+fused into the depthwise convolutions after them (`wpk optimize`'s "expanded" graph). Either is
+compared with the "unfused" graph.
 
 Both graphs are explored as `wpk optimize` explores them (same budget and records), every node is
 put on its fastest correct generated kernel, and the two plans are timed in interleaved rounds in
@@ -27,6 +32,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=6)
     parser.add_argument("--records", default="out/fusion-records.sqlite")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--variant", choices=("fused", "expanded"), default="fused")
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     configure_threads()
 
@@ -39,15 +46,16 @@ def main() -> None:
     from woodpecker.records.database import Records
     from woodpecker.runtime.executor import Executor
 
-    graph = import_model(args.model, 1)
+    graph = import_model(args.model, args.batch)
     fused, others = graph_variants(graph, "blocked")
-    unfused = others.get("unfused")
-    if unfused is None:
-        raise SystemExit(f"{args.model}: no pool or depthwise stage to fuse")
+    variants = {"fused": fused} | others
+    if args.variant not in variants or "unfused" not in variants:
+        raise SystemExit(f"{args.model}: nothing to fuse for --variant {args.variant}")
     options = ExploreOptions(budget=args.budget, libraries=("numpy",))
     plans = {}
     records = Records(args.records)
-    for name, variant in (("fused", fused), ("unfused", unfused)):
+    for name in (args.variant, "unfused"):
+        variant = variants[name]
         with LocalRunner() as runner:
             choices = [on_generated(c) for c in explore(variant, options, runner, records)]
         plans[name] = Executor(variant, choices)
@@ -55,16 +63,16 @@ def main() -> None:
         print(f"{name}: {len(variant.nodes)} nodes, isolated kernel times sum to {isolated:.2f} ms", flush=True)
 
     feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, seed=1)
-    fused_out, unfused_out = (plans[n].run(feeds) for n in ("fused", "unfused"))
+    fused_out, unfused_out = (plans[n].run(feeds) for n in (args.variant, "unfused"))
     for output, expected in unfused_out.items():
         error = float(np.abs(fused_out[output] - expected).max() / np.abs(expected).max())
         assert error <= 1e-4, f"fused and unfused plans differ on {output}: {error:.2e}"
 
     runs = {name: partial(executor.run, feeds) for name, executor in plans.items()}
     medians = round_medians(runs, args.rounds, repeats=40, warmup=5)
-    fused, unfused = (statistics.median(medians[n]) * 1e3 for n in ("fused", "unfused"))
-    print(f"whole plan, median of {args.rounds} interleaved rounds: fused {fused:.3f} ms, unfused {unfused:.3f} ms")
-    print(f"ratio unfused / fused: {unfused / fused:.2f}x")
+    fused, unfused = (statistics.median(medians[n]) * 1e3 for n in (args.variant, "unfused"))
+    print(f"whole plan, median of {args.rounds} rounds, ms: {args.variant} {fused:.3f}, unfused {unfused:.3f}")
+    print(f"ratio unfused / {args.variant}: {unfused / fused:.2f}x")
 
 
 if __name__ == "__main__":
