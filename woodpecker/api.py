@@ -93,9 +93,9 @@ def optimize(
         for c in timed
     }
     meta["selected"], meta["tie"], meta["memory_rule"] = best.name, tie, memory
-    memory = best.executor.memory
+    arena = best.executor.memory  # not `memory`: that names the selection rule above
     weights = sum(a.nbytes for a in optimized.constants.values())
-    meta["memory"] = {"arena_bytes": memory.arena_bytes, "unplanned_bytes": memory.total_bytes, "weight_bytes": weights}
+    meta["memory"] = {"arena_bytes": arena.arena_bytes, "unplanned_bytes": arena.total_bytes, "weight_bytes": weights}
     plan = Plan(optimized, choices, meta, executor=best.executor)
     check = verify(plan, proto, batch, seed=seed + 1234)
     if not check.ok:
