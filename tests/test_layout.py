@@ -278,7 +278,7 @@ def test_blocked_plan_matches_onnxruntime_and_survives_save_load(rng, tmp_path, 
     assert plan.meta["summary"]["relayouts"] == 1
     # Whatever was selected, the plan with every generated kernel that passed its check computes the same.
     generated = every_generated(plan)
-    assert sum(c.impl == "halide.conv2d_blocked" for c in generated) == 3
+    assert sum(c.impl in ("halide.conv2d_blocked", "halide.winograd") for c in generated) == 3
     loaded = api.load(plan.save(tmp_path / "plan"))
     feeds = random_feeds(plan.input_specs, seed=5)
     expected = plan.run(feeds)

@@ -17,6 +17,7 @@ FALLBACK = "onnxruntime"
 WHERE: dict[str, tuple[str, str]] = {
     "halide.conv2d": ("woodpecker.kernels.generated.conv2d", "HalideConv2d"),
     "halide.conv2d_blocked": ("woodpecker.kernels.generated.conv2d_blocked", "HalideConv2dBlocked"),
+    "halide.winograd": ("woodpecker.kernels.generated.winograd", "HalideWinograd"),
     "halide.expand_depthwise": ("woodpecker.kernels.generated.expand_depthwise", "HalideExpandDepthwise"),
     "halide.dense": ("woodpecker.kernels.generated.dense", "HalideDense"),
     "halide.pool": ("woodpecker.kernels.generated.pool", "HalidePool"),
