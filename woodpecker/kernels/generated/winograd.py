@@ -149,7 +149,7 @@ class HalideWinograd(GeneratedImplementation):
 
     def define(self, workload: Workload, config: Config) -> Definition:
         node = workload.node
-        n_, c_out, h, w = workload.output_shape
+        _, c_out, h, w = workload.output_shape
         c_in = workload.input_shape(0)[1]
         b, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
         m = config["tile"]
@@ -186,12 +186,8 @@ class HalideWinograd(GeneratedImplementation):
         product = hl.Func("product")
         product[c, t, e, k, ty, n] = acc[c, t, e, k, ty, n]
         # Y = A^T M A, one expression per output position of the tile.
-        outputs = []
-        for i in range(m):
-            for j in range(m):
-                terms = [(a_t[i][p] * a_t[j][q], (p, q)) for p in range(a) for q in range(a)]
-                values = [product[c, x / m, p * a + q, k, y / m, n] for _, (p, q) in terms]
-                outputs.append(_combine([coef for coef, _ in terms], values))
+        tile = [product[c, x / m, position, k, y / m, n] for position in range(a * a)]
+        outputs = [_combine(np.outer(a_t[i], a_t[j]).ravel(), tile) for i in range(m) for j in range(m)]
         total = hl.mux((y % m) * m + x % m, outputs) + b_param[k * b + c]
         if has_residual:
             total = total + residual[c, x, y, k, n]
