@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import halide as hl
 import numpy as np
 
+from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 
@@ -108,6 +109,20 @@ def fix_layout(param: hl.ImageParam, shape: tuple[int, ...]) -> None:
     for i, extent in enumerate(reversed(tuple(shape))):
         param.dim(i).set_bounds(0, extent).set_stride(stride)
         stride *= extent
+
+
+def is_constant_conv(workload: Workload) -> bool:
+    """A 2-D float32 Conv with constant weights and bias and explicit padding: what every generated
+    convolution kernel needs before its own conditions."""
+    node = workload.node
+    return (
+        node.op == "Conv"
+        and len(workload.input_shape(0)) == 4
+        and is_float32(workload)
+        and node.inputs[1] in workload.constants
+        and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
+        and (not workload.has_input(2) or node.inputs[2] in workload.constants)
+    )
 
 
 def conv_bias(workload: Workload, index: int, channels: int) -> np.ndarray:

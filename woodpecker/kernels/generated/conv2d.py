@@ -11,13 +11,13 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
-from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import (
     MAX_ACCUMULATORS,
     Definition,
     GeneratedImplementation,
     apply_activation,
     conv_bias,
+    is_constant_conv,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
@@ -91,13 +91,8 @@ class HalideConv2d(GeneratedImplementation):
 
     def matches(self, workload: Workload) -> bool:
         return (
-            workload.op == "Conv"
+            is_constant_conv(workload)
             and not workload.blocked
-            and len(workload.input_shape(0)) == 4
-            and is_float32(workload)
-            and workload.node.inputs[1] in workload.constants
-            and workload.node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
-            and (not workload.has_input(2) or workload.node.inputs[2] in workload.constants)
             and not workload.node.attrs.get("pool")  # fused pool or depthwise: halide.conv2d_blocked computes those
             and not workload.node.attrs.get("depthwise")
             and not workload.node.attrs.get("expand")

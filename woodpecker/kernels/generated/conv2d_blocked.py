@@ -25,7 +25,6 @@ import halide as hl
 import numpy as np
 
 from woodpecker.graph.passes.layout import grouped_span
-from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import (
     MAX_ACCUMULATORS,
     Definition,
@@ -35,6 +34,7 @@ from woodpecker.kernels.generated.common import (
     depthwise_constants,
     divisors,
     fix_layout,
+    is_constant_conv,
     native_vector_width,
     row_tile,
 )
@@ -67,13 +67,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
     def matches(self, workload: Workload) -> bool:
         node = workload.node
         if not (
-            node.op == "Conv"
-            and len(workload.input_shape(0)) == 4
-            and is_float32(workload)
-            and node.inputs[1] in workload.constants
-            and node.attrs.get("auto_pad", "NOTSET") == "NOTSET"
-            and (not workload.has_input(2) or node.inputs[2] in workload.constants)
-            and not node.attrs.get("expand")  # kernels/generated/expand_depthwise.py
+            is_constant_conv(workload) and not node.attrs.get("expand")  # kernels/generated/expand_depthwise.py
         ):
             return False
         block, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])

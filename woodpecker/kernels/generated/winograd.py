@@ -24,7 +24,6 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
-from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import (
     MAX_ACCUMULATORS,
     Definition,
@@ -32,6 +31,7 @@ from woodpecker.kernels.generated.common import (
     apply_activation,
     conv_bias,
     fix_layout,
+    is_constant_conv,
 )
 from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
@@ -76,15 +76,7 @@ class HalideWinograd(GeneratedImplementation):
 
     def matches(self, workload: Workload) -> bool:
         node, attrs = workload.node, workload.node.attrs
-        if not (
-            node.op == "Conv"
-            and len(workload.input_shape(0)) == 4
-            and is_float32(workload)
-            and node.inputs[1] in workload.constants
-            and (not workload.has_input(2) or node.inputs[2] in workload.constants)
-            and attrs.get("auto_pad", "NOTSET") == "NOTSET"
-            and not any(attrs.get(a) for a in ("expand", "depthwise", "pool", "input_scale"))
-        ):
+        if not is_constant_conv(workload) or any(attrs.get(a) for a in ("expand", "depthwise", "pool", "input_scale")):
             return False
         p = conv_params(workload)
         if not (
