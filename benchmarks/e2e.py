@@ -22,7 +22,7 @@ import woodpecker
 from woodpecker.bench import BenchSettings, bench
 from woodpecker.errors import WoodpeckerError
 from woodpecker.models import KNOWN_MODELS, export_torchvision
-from woodpecker.plan.select import TIE
+from woodpecker.options import TIE
 
 PEERS = ["onnxruntime", "openvino", "torch", "torch-compile", "openvino-bf16"]
 

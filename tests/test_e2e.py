@@ -371,7 +371,7 @@ def test_saved_plan_runs_compiled_kernels_in_a_fresh_process(generated_plan):
 def test_plan_compiled_for_another_cpu_is_refused(generated_plan, tmp_path):
     import shutil
 
-    from woodpecker.plan.plan import _digest
+    from woodpecker.plan.manifest import digest as _digest
 
     copy = tmp_path / "copy"
     shutil.copytree(generated_plan / "plan", copy)

@@ -123,3 +123,118 @@ def test_import_time_folding_leaves_a_node_whose_result_would_be_huge():
     graph = import_model(model, batch=2)
     assert "ConstantOfShape" in [n.op for n in graph.nodes] and "big" not in graph.constants
     assert graph.shape("split") == (2, 2, 4, 4, 4)  # the small shape arithmetic still folded
+
+
+def subgraph_models(rng) -> dict[str, onnx.ModelProto]:
+    """If, Loop and Scan whose subgraphs read outer values: a blocked convolution's output (which the
+    layout pass converts, so the subgraph must read it under its new name) and constants."""
+    w = const("w", rng.standard_normal((16, 3, 3, 3)).astype(np.float32))
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])
+    x = tensor("x", [1, 3, 8, 8])
+    then = helper.make_graph([helper.make_node("Relu", ["c"], ["t"])], "then", [], [tensor("t", [1, 16, 8, 8])])
+    other = helper.make_graph([helper.make_node("Neg", ["c"], ["e"])], "else", [], [tensor("e", [1, 16, 8, 8])])
+    branch = make_model(
+        [
+            conv,
+            helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0),
+            helper.make_node("Greater", ["s", "zero"], ["positive"]),
+            helper.make_node("If", ["positive"], ["y"], then_branch=then, else_branch=other),
+        ],
+        [x],
+        [tensor("y", [1, 16, 8, 8])],
+        [w, const("zero", np.float32(0))],
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("Mul", ["v_in", "half"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "c"], ["v_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+            tensor("v_in", [1, 16, 8, 8]),
+        ],
+        [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []), tensor("v_out", [1, 16, 8, 8])],
+    )
+    loop = make_model(
+        [conv, helper.make_node("Loop", ["trips", "go", "start"], ["y"], body=body)],
+        [x],
+        [tensor("y", [1, 16, 8, 8])],
+        [
+            w,
+            const("trips", np.array(3, np.int64)),
+            const("go", np.array(True)),
+            const("start", np.ones((1, 16, 8, 8), np.float32)),
+            const("half", np.float32(0.5)),
+        ],
+    )
+    step = helper.make_graph(
+        [
+            helper.make_node("Add", ["state_in", "row"], ["state_out"]),
+            helper.make_node("Mul", ["state_out", "k"], ["o"]),
+        ],
+        "step",
+        [tensor("state_in", [8]), tensor("row", [8])],
+        [tensor("state_out", [8]), tensor("o", [8])],
+    )
+    scan = make_model(
+        [
+            helper.make_node("Relu", ["m"], ["r"]),
+            helper.make_node("Scan", ["init", "r"], ["final", "rows"], body=step, num_scan_inputs=1),
+        ],
+        [tensor("m", [5, 8]), tensor("init", [8])],
+        [tensor("final", [8]), tensor("rows", [5, 8])],
+        [const("k", rng.standard_normal(8).astype(np.float32))],
+    )
+    return {"if": branch, "loop": loop, "scan": scan}
+
+
+@pytest.mark.parametrize("kind", ["if", "loop", "scan"])
+def test_nodes_with_subgraphs_run_whole_on_onnx_runtime(kind, rng, tmp_path):
+    """Import keeps them, passes never fold or fuse them, and the plan (saved and loaded) computes
+    what ONNX Runtime computes, the outer values they read renamed where the layout pass converted them."""
+    import onnxruntime as ort
+
+    import woodpecker
+
+    model = subgraph_models(rng)[kind]
+    graph = import_model(model)
+    op = {"if": "If", "loop": "Loop", "scan": "Scan"}[kind]
+    assert op in [n.op for n in graph.nodes]
+    plan = woodpecker.optimize(
+        model, budget=1, records=tmp_path / "r.sqlite", progress=False, libraries=["onnxruntime"]
+    )
+    node = next(n for n in plan.graph.nodes if n.op == op)
+    assert next(c.impl for c in plan.choices if c.node == node.name) == "onnxruntime"
+    plan.save(tmp_path / "plan")
+    loaded = woodpecker.load(tmp_path / "plan")
+    feeds = {
+        i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+        for i in model.graph.input
+    }
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    actual = loaded.run(feeds)
+    for output, reference in zip(model.graph.output, expected):
+        np.testing.assert_allclose(actual[output.name], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_import_and_passes_remove_nodes_only_in_named_steps(rng):
+    """Every computing node of a model reaches the graph unless a named step removed it: import's
+    folding of what is known before any input, or a pass; `history` accounts for each one."""
+    from woodpecker.api import graph_variants
+    from woodpecker.graph.passes import BLOCKED_PASSES, DEFAULT_PASSES, EXPAND_PASSES
+
+    steps = {"fold_known (import)"} | {p.__name__ for p in (*DEFAULT_PASSES, *BLOCKED_PASSES, *EXPAND_PASSES)}
+    models = [conv_model(rng), channel_shuffle_model(), *subgraph_models(rng).values()]
+    for model in models:
+        computing = sum(n.op_type != "Constant" for n in model.graph.node)
+        fused, others = graph_variants(import_model(model), "blocked")
+        for graph in (fused, *others.values()):
+            count = computing
+            for step, before, after in graph.history:
+                assert step in steps and before == count, graph.history
+                count = after
+            relayouts = sum(n.op == "Relayout" for n in graph.nodes)  # added by the layout pass, never removed
+            assert count == len(graph.nodes) - relayouts

@@ -16,7 +16,14 @@ from woodpecker.kernels import registry
 from woodpecker.kernels.generated.aot import KernelLibrary, compile_library
 from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
 from woodpecker.kernels.workload import Workload
-from woodpecker.measure.timing import check, empty_outputs, random_inputs
+from woodpecker.measure.timing import (
+    check,
+    check_nonfinite,
+    empty_outputs,
+    nan_may_spread,
+    nonfinite_inputs,
+    random_inputs,
+)
 
 
 def single_workload(nodes, inputs, outputs, inits):
@@ -25,33 +32,50 @@ def single_workload(nodes, inputs, outputs, inits):
     return Workload.of(graph, graph.nodes[0])
 
 
+def references(workload, seed):
+    """Random inputs and the same with NaN and +-Inf among them, with ONNX Runtime's outputs for both."""
+    inputs, special = random_inputs(workload, seed), nonfinite_inputs(workload, seed)
+    reference, special_reference = empty_outputs(workload), empty_outputs(workload)
+    kernel = OnnxRuntimeImplementation().build(workload, {})
+    kernel(inputs, reference)
+    kernel(special, special_reference)
+    return inputs, reference, special, special_reference
+
+
+def assert_matches_reference(kernel, workload, data, label, tolerance=1e-4, nonfinite=True):
+    inputs, reference, special, special_reference = data
+    error = check(kernel, inputs, reference)
+    assert error <= tolerance, (label, error)
+    if nonfinite:
+        spread = nan_may_spread(workload.op, workload.node.attrs)
+        assert check_nonfinite(kernel, special, special_reference, spread) is None, (label, "NaN/Inf input")
+
+
 def assert_kernel_family(workload, impl_name, n_configs=3, configs=None):
-    """`n_configs` random configurations of the family (or the `configs` given) against ONNX Runtime."""
+    """`n_configs` random configurations of the family (or the `configs` given) against ONNX Runtime,
+    on random inputs and on inputs with NaN and +-Inf among them."""
     impl = registry.get(impl_name)
     assert impl.matches(workload)
-    inputs = random_inputs(workload, seed=np.random.default_rng().integers(1 << 30))
-    reference = empty_outputs(workload)
-    OnnxRuntimeImplementation().build(workload, {})(inputs, reference)
+    data = references(workload, seed=int(np.random.default_rng().integers(1 << 30)))
     if configs is None:
         configs = impl.space(workload).sample(n_configs, seed=int(np.random.default_rng().integers(1 << 30)))
     assert configs, "empty configuration space"
     for config in configs:
-        error = check(impl.build(workload, config), inputs, reference)
-        assert error <= 1e-4, (config, error)
+        assert_matches_reference(impl.build(workload, config), workload, data, config)
     # The same definition compiled ahead of time into a shared library and loaded with ctypes.
     with tempfile.TemporaryDirectory() as tmp:
         library = KernelLibrary(compile_library({"k": impl.define(workload, configs[0])}, tmp))
-        error = check(library.kernel("k"), inputs, reference)
-        assert error <= 1e-4, ("aot", configs[0], error)
+        assert_matches_reference(library.kernel("k"), workload, data, ("aot", configs[0]))
 
 
 def assert_library_kernel(workload, impl_name, tolerance=1e-6):
+    """The library computes the node; on NaN and +-Inf as ONNX Runtime does, except OpenVINO, whose fused
+    activations turn NaN into numbers: the measurement rejects it there (test_openvino_nan_is_rejected)."""
     impl = registry.get(impl_name)
     assert impl.matches(workload)
-    inputs = random_inputs(workload, seed=1)
-    reference = empty_outputs(workload)
-    registry.get("onnxruntime").build(workload, {})(inputs, reference)
-    assert check(impl.build(workload, {}), inputs, reference) <= tolerance
+    data = references(workload, 1)
+    kernel = impl.build(workload, {})
+    assert_matches_reference(kernel, workload, data, impl_name, tolerance, nonfinite=impl_name != "openvino")
 
 
 CONV_CASES = [
@@ -147,6 +171,40 @@ def test_elementwise(op):
     )
     graph = import_model(model)
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
+
+
+def test_nonfinite_mismatch_rules():
+    """NaN must stay NaN and each infinity the same infinity; a max reduction may spread NaN further."""
+    from woodpecker.measure.timing import nonfinite_mismatch
+
+    expected = np.array([np.nan, np.inf, -np.inf, 1.0, 2.0], np.float32)
+    assert nonfinite_mismatch(expected.copy(), expected) is None
+    assert "NaN of the reference became numbers" in nonfinite_mismatch(np.nan_to_num(expected, nan=0.0), expected)
+    spread = expected.copy()
+    spread[3] = np.nan
+    assert "became NaN" in nonfinite_mismatch(spread, expected)
+    assert nonfinite_mismatch(spread, expected, nan_may_spread=True) is None
+    assert "infinities differ" in nonfinite_mismatch(-expected, expected)
+    wrong = expected.copy()
+    wrong[4] = 2.5
+    assert "relative error" in nonfinite_mismatch(wrong, expected)
+
+
+def test_openvino_nan_is_rejected(rng):
+    """OpenVINO's Conv with a fused Relu turns NaN into 0 where ONNX Runtime keeps it: the measurement
+    rejects it as a candidate, so a plan cannot take it without a word."""
+    pytest.importorskip("openvino")
+    from woodpecker.measure.timing import TimingSettings
+    from woodpecker.measure.worker import measure_prepared, prepare
+
+    weight = const("w", rng.standard_normal((16, 8, 3, 3)).astype(np.float32))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    workload = single_workload(nodes, [tensor("x", [1, 8, 10, 10])], [tensor("y", [1, 16, 10, 10])], [weight])
+    prepared = prepare(workload, seed=int(rng.integers(1 << 30)))
+    settings = TimingSettings(min_runs=1, max_runs=2, min_seconds=0.0, max_seconds=0.01)
+    result = measure_prepared(prepared, "openvino", {}, settings)
+    assert not result.ok and "NaN/Inf" in result.error, result
+    assert measure_prepared(prepared, "onnxruntime", {}, settings).ok
 
 
 def test_a_kernel_that_skips_writes_fails_the_check(rng):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import const, make_model, tensor
 from onnx import helper
-from test_kernels import assert_kernel_family, assert_library_kernel
+from test_kernels import assert_kernel_family, assert_library_kernel, assert_matches_reference, references
 
 from woodpecker import api
 from woodpecker.graph.ir import Value
@@ -18,7 +18,6 @@ from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
 from woodpecker.kernels.generated.common import native_vector_width
 from woodpecker.kernels.workload import Workload
-from woodpecker.measure.timing import check, empty_outputs, random_inputs
 from woodpecker.plan.verify import random_feeds
 from woodpecker.runtime.executor import Executor
 
@@ -66,13 +65,11 @@ def test_blocked_conv2d_batch_inside_the_channel_blocks(rng):
     blocked = with_blocks(workload, {"x": 16, workload.node.outputs[0]: 16, workload.node.inputs[3]: 16})
     impl = registry.get("halide.conv2d_blocked")
     assert {c["batch_inner"] for c in impl.space(blocked).all_configs()} == {False, True}
-    inputs = random_inputs(blocked, seed=int(rng.integers(1 << 30)))
-    reference = empty_outputs(blocked)
-    registry.get("onnxruntime").build(blocked, {})(inputs, reference)
+    data = references(blocked, seed=int(rng.integers(1 << 30)))
     for parallel in ("y", "yk", "k"):
         for batch_inner in (False, True):
             config = {**impl.space(blocked).defaults[0], "parallel": parallel, "batch_inner": batch_inner}
-            assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
+            assert_matches_reference(impl.build(blocked, config), blocked, data, config)
 
 
 @pytest.mark.parametrize(("c_out", "epilogue"), [(24, "add_relu"), (40, "relu")])
@@ -95,11 +92,9 @@ def test_blocked_conv2d_wide_pairs_of_half_vector_blocks(c_out, epilogue, rng):
         if c["wide"] and c["tile_x"] in (3, 4) and plain_knobs.items() <= c.items()
     ]
     assert {c["tile_k"] for c in wide} == {1, 2, 3} if c_out == 40 else {1, 2}
-    inputs = random_inputs(blocked, seed=int(rng.integers(1 << 30)))
-    reference = empty_outputs(blocked)
-    registry.get("onnxruntime").build(blocked, {})(inputs, reference)
+    data = references(blocked, seed=int(rng.integers(1 << 30)))
     for config in wide:
-        assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
+        assert_matches_reference(impl.build(blocked, config), blocked, data, config)
 
 
 @pytest.mark.parametrize(
@@ -126,11 +121,9 @@ def test_blocked_conv2d_chunks(c_in, c_out, size, k, stride, pad, epilogue, batc
         ("yk", True),
     }
     assert not any(c["batch_inner"] for c in configs)
-    inputs = random_inputs(blocked, seed=int(rng.integers(1 << 30)))
-    reference = empty_outputs(blocked)
-    registry.get("onnxruntime").build(blocked, {})(inputs, reference)
+    data = references(blocked, seed=int(rng.integers(1 << 30)))
     for config in configs:
-        assert check(impl.build(blocked, config), inputs, reference) <= 1e-4, config
+        assert_matches_reference(impl.build(blocked, config), blocked, data, config)
 
 
 def test_chunked_starting_points(rng):

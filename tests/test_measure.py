@@ -1,6 +1,10 @@
 """The measuring worker: right answers are timed, failures come back as results, hangs are cut off."""
 
+import os
+import time
+
 import numpy as np
+import pytest
 from conftest import const, make_model, tensor
 from onnx import helper
 
@@ -112,3 +116,19 @@ def test_foreign_sqlite_file_is_refused(tmp_path):
     garbage.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(RecordsError):
         Records(garbage)
+
+
+def _die_at_start() -> None:
+    os._exit(3)
+
+
+def test_a_pool_whose_workers_cannot_start_stops_at_once():
+    """multiprocessing.Pool restarts such workers without end; WorkerPool reports the first death."""
+    from woodpecker.measure.processes import WorkerDied, WorkerPool
+
+    pool = WorkerPool(2, "test", initializer=_die_at_start)
+    start = time.monotonic()
+    with pytest.raises(WorkerDied, match="a test worker process died"):
+        pool.result(pool.submit(abs, -1), timeout=60)
+    pool.terminate()
+    assert time.monotonic() - start < 30

@@ -4,82 +4,69 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import onnx
 
-from woodpecker.errors import PlanError, WoodpeckerError
+from woodpecker.errors import MemoryLimitError, WoodpeckerError
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.onnx_import import import_model, load_onnx
 from woodpecker.graph.passes import BLOCKED_PASSES, EXPAND_PASSES, optimize_graph
 from woodpecker.graph.passes.layout import block_layout
-from woodpecker.kernels import registry
 from woodpecker.kernels.generated.common import native_vector_width
-from woodpecker.measure.runner import LocalRunner
-from woodpecker.plan.choice import Choice
+from woodpecker.measure.runner import LocalRunner, Runner
+from woodpecker.options import LAYOUTS, OptimizeOptions, SearchOptions, build
 from woodpecker.plan.explore import ExploreOptions, explore, summarize
 from woodpecker.plan.plan import Plan
-from woodpecker.plan.select import MEMORY_RULES, TIE, select_plan
-from woodpecker.plan.verify import verify
+from woodpecker.plan.select import select_plan
+from woodpecker.plan.verify import Verification, verify
 from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
-from woodpecker.search.strategies import STRATEGIES
-
-LAYOUTS = ("blocked", "plain")
+from woodpecker.runtime.memory import check_model_memory
 
 
-def optimize(
-    model: str | Path | onnx.ModelProto,
-    *,
-    budget: int = 8,
-    strategy: str = "anneal",
-    records: str | Path | None = None,
-    batch: int | None = None,
-    libraries: tuple[str, ...] | None = None,
-    seed: int = 0,
-    patience: int = 0,
-    seconds: float = 0.0,
-    progress: bool | None = None,
-    threads: int | None = None,
-    timeout_s: float = 120.0,
-    ray: str | None = None,
-    layout: str = "blocked",
-    tie: float = TIE,
-    memory: str = "onnxruntime",
-) -> Plan:
+def optimize(model: str | Path | onnx.ModelProto, options: OptimizeOptions | None = None, **changes: Any) -> Plan:
     """Optimize an ONNX model for this machine and return a plan verified against ONNX Runtime.
-    `tie`: whole plans within this fraction of the fastest count as equally fast, and the one
-    with the lowest peak memory is kept; `memory`: "onnxruntime" keeps only plans that peak no
-    higher than ONNX Runtime running the same graph, "any" does not (see plan/select.py's `pick`)."""
+
+    `options` (or the same names as keywords, e.g. `budget=4`): see woodpecker/options.py. `tie`:
+    whole plans within this fraction of the fastest count as equally fast, and the one with the
+    lowest peak memory is kept; `memory`: "onnxruntime" keeps only plans that peak no higher than
+    ONNX Runtime running the same graph, "any" does not (see plan/select.py's `pick`)."""
     start = time.perf_counter()
-    options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
-    if tie < 0:
-        raise WoodpeckerError(f"--tie must not be negative, got {tie * 100:g}")
-    if memory not in MEMORY_RULES:
-        raise WoodpeckerError(f"unknown --memory '{memory}'; choose from {', '.join(MEMORY_RULES)}")
+    opts: OptimizeOptions = build(OptimizeOptions, options, **changes)
     proto = load_onnx(model)
-    graph = import_model(proto, batch)
-    fused, others = graph_variants(graph, layout)
-    explored = _explore([fused, *others.values()], options, records, threads, timeout_s, ray)
+    with _measuring(opts) as (runner, store):  # a bad --records or --ray fails here, before any work
+        graph = import_model(proto, opts.batch)
+        check_model_memory(graph, opts.max_memory)
+        fused, others = graph_variants(graph, opts.layout)
+        explored = [explore(g, _explore_options(opts), runner, store) for g in [fused, *others.values()]]
     alternatives = {label: (other, choices) for (label, other), choices in zip(others.items(), explored[1:])}
+
+    def check(candidate: Graph, choices: list, executor) -> Verification:  # before a candidate is kept
+        return verify(Plan(candidate, choices, executor=executor), proto, opts.batch, seed=opts.seed + 1234)
+
     best, timed = select_plan(
         fused,
         explored[0],
-        options.libraries,
-        seed,
-        options.progress,
-        threads,
+        opts.libraries,
+        opts.seed,
+        _progress(opts),
+        opts.threads,
         alternatives=alternatives,
-        tie=tie,
-        memory=memory,
+        tie=opts.tie,
+        memory=opts.memory,
+        verify=check,
     )
     optimized, choices = best.graph, best.choices
     meta = {
         "source_model": str(Path(model).resolve()) if isinstance(model, str | Path) else None,
         "batch": graph.values[graph.inputs[0]].shape[0] if graph.inputs else None,
-        "strategy": strategy,
-        "budget": budget,
-        "layout": layout,
+        "strategy": opts.strategy,
+        "budget": opts.budget,
+        "layout": opts.layout,
         "hardware": fingerprint(),
         "summary": summarize(graph, optimized, choices, time.perf_counter() - start),
     }
@@ -92,45 +79,31 @@ def optimize(
         }
         for c in timed
     }
-    meta["selected"], meta["tie"], meta["memory_rule"] = best.name, tie, memory
+    meta["selected"], meta["tie"], meta["memory_rule"] = best.name, opts.tie, opts.memory
     arena = best.executor.memory  # not `memory`: that names the selection rule above
     weights = sum(a.nbytes for a in optimized.constants.values())
     meta["memory"] = {"arena_bytes": arena.arena_bytes, "unplanned_bytes": arena.total_bytes, "weight_bytes": weights}
+    if opts.max_memory is not None and arena.arena_bytes + weights > opts.max_memory:
+        raise MemoryLimitError(
+            f"the selected plan needs {(arena.arena_bytes + weights) / 2**20:.0f} MiB of activations and "
+            f"weights, more than --max-memory {opts.max_memory / 2**20:.0f} MiB; nothing saved"
+        )
     plan = Plan(optimized, choices, meta, executor=best.executor)
-    check = verify(plan, proto, batch, seed=seed + 1234)
-    if not check.ok:
-        raise PlanError(f"the plan does not match ONNX Runtime: {check.describe()}; not saved")
-    plan.meta["verification"] = {
-        "output_error": check.output_error,
-        "difference_error": check.difference_error,
-        "input_sensitive": check.input_sensitive,
-    }
+    plan.meta["verification"] = best.verification.to_json()
     plan.meta["summary"]["optimize_seconds"] = round(time.perf_counter() - start, 1)
     return plan
 
 
-def tune(
-    model: str | Path | onnx.ModelProto,
-    *,
-    budget: int = 8,
-    strategy: str = "anneal",
-    records: str | Path | None = None,
-    batch: int | None = None,
-    libraries: tuple[str, ...] | None = None,
-    seed: int = 0,
-    patience: int = 0,
-    seconds: float = 0.0,
-    progress: bool | None = None,
-    threads: int | None = None,
-    timeout_s: float = 120.0,
-    ray: str | None = None,
-    layout: str = "blocked",
-) -> dict:
+def tune(model: str | Path | onnx.ModelProto, options: SearchOptions | None = None, **changes: Any) -> dict:
     """Measure every distinct workload of a model into the records; no plan is written."""
     start = time.perf_counter()
-    options = _options(budget, strategy, libraries, seed, progress, patience, seconds)
-    fused, others = graph_variants(import_model(model, batch), layout)
-    explored = _explore([fused, *others.values()], options, records, threads, timeout_s, ray)
+    opts: SearchOptions = build(SearchOptions, options, **changes)
+    proto = load_onnx(model)
+    with _measuring(opts) as (runner, store):
+        graph = import_model(proto, opts.batch)
+        check_model_memory(graph, opts.max_memory)
+        fused, others = graph_variants(graph, opts.layout)
+        explored = [explore(g, _explore_options(opts), runner, store) for g in [fused, *others.values()]]
     best = {c.workload: c for choices in explored for c in choices}
     return {
         "workloads": len(best),
@@ -167,48 +140,36 @@ def graph_variants(graph: Graph, layout: str) -> tuple[Graph, dict[str, Graph]]:
     return fused, kept
 
 
-def _options(
-    budget: int,
-    strategy: str,
-    libraries: tuple[str, ...] | None,
-    seed: int,
-    progress: bool | None,
-    patience: int = 0,
-    seconds: float = 0.0,
-) -> ExploreOptions:
-    if strategy not in STRATEGIES:
-        raise WoodpeckerError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
-    if budget < 1:
-        raise WoodpeckerError(f"--budget must be at least 1, got {budget}")
-    unknown = sorted(set(libraries or ()) - set(registry.LIBRARIES))
-    if unknown:
-        raise WoodpeckerError(f"unknown libraries {unknown}; choose from {', '.join(registry.LIBRARIES)}")
-    progress = sys.stderr.isatty() if progress is None else progress
+def _progress(opts: SearchOptions) -> bool:
+    return sys.stderr.isatty() if opts.progress is None else opts.progress
+
+
+def _explore_options(opts: SearchOptions) -> ExploreOptions:
     return ExploreOptions(
-        budget=budget,
-        strategy=strategy,
-        seed=seed,
-        progress=progress,
-        patience=patience,
-        seconds=seconds,
-        **({"libraries": tuple(libraries)} if libraries is not None else {}),
+        budget=opts.budget,
+        strategy=opts.strategy,
+        seed=opts.seed,
+        progress=_progress(opts),
+        patience=opts.patience,
+        seconds=opts.seconds,
+        libraries=opts.libraries,
     )
 
 
-def _explore(
-    graphs: list[Graph], options: ExploreOptions, records, threads: int | None, timeout_s: float, ray: str | None
-) -> list[list[Choice]]:
-    """Each graph explored in turn with one runner; workloads they share are measured once (records)."""
-    store = Records(records)
+@contextmanager
+def _measuring(opts: SearchOptions) -> Iterator[tuple[Runner, Records]]:
+    """The records and the runner, opened first so that a records file that cannot be written or a
+    cluster that cannot be reached is reported before any work; closed at the end."""
+    store = Records(opts.records)
     try:
-        if ray:
+        if opts.ray:
             from woodpecker.measure.ray_runner import RayRunner
 
-            runner = RayRunner(ray, threads=threads, timeout_s=timeout_s, seed=options.seed)
+            runner: Any = RayRunner(opts.ray, threads=opts.threads, timeout_s=opts.timeout_s, seed=opts.seed)
         else:
-            runner = LocalRunner(threads=threads, timeout_s=timeout_s, seed=options.seed)
+            runner = LocalRunner(threads=opts.threads, timeout_s=opts.timeout_s, seed=opts.seed)
         with runner:
-            return [explore(graph, options, runner, store) for graph in graphs]
+            yield runner, store
     finally:
         store.close()
 

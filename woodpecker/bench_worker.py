@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -15,6 +16,7 @@ from woodpecker.measure.threads import configure_threads
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: `wpk bench` stops this process and says so
     args = json.loads(sys.argv[1])
     # A peer has the cores to itself: its library's own waiting policy, as its users would run it.
     threads = configure_threads(args["threads"], shared=args["runtime"] == "woodpecker")
@@ -52,6 +54,8 @@ def import_runtime(runtime: str) -> None:
     """Import what the runtime needs before the memory baseline (a plan may use any library)."""
     modules = {
         "woodpecker": ["onnxruntime", "openvino", "halide", "woodpecker.plan.plan", "woodpecker.runtime.executor"],
+        "woodpecker-runtime": ["woodpecker.plan.plan", "woodpecker.runtime.executor"],
+        "halide": ["halide"],
         "onnxruntime": ["onnxruntime"],
         "openvino": ["openvino"],
         "openvino-bf16": ["openvino"],

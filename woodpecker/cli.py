@@ -6,21 +6,28 @@ Errors the user can act on print one line and exit 1; --debug shows the tracebac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from woodpecker.errors import InputError, WoodpeckerError
 from woodpecker.measure.threads import configure_threads
+from woodpecker.options import LAYOUTS, OptimizeOptions, SearchOptions, build, parse_size
+from woodpecker.output_files import check_output_file, is_json_lines, is_json_with, is_npz, write_replacing
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     configure_threads()  # before any library starts a thread pool
+    if not args.debug:  # a warning is one line, like an error, not a source location and a line of code
+        warnings.showwarning = _one_line_warning
     try:
         return args.handler(args) or 0
     except WoodpeckerError as exc:
@@ -41,36 +48,32 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 1, like every other mistake a user can make."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"wpk: warning: {message}", file=sys.stderr)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wpk", description="Woodpecker: make a trained model run faster here.")
+    parser = _Parser(prog="wpk", description="Woodpecker: make a trained model run faster here.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("optimize", help="optimize an ONNX model into a verified inference plan")
     p.add_argument("model", help="the .onnx file")
-    p.add_argument("-o", "--output", required=True, help="plan directory to write")
-    _search_options(p)
-    p.add_argument(
-        "--tie",
-        type=float,
-        default=None,
-        metavar="PERCENT",
-        help="whole plans within PERCENT of the fastest count as equally fast; the one with the lowest peak"
-        " memory is kept (default 3; raise it to trade speed for memory)",
-    )
-    p.add_argument(
-        "--memory",
-        choices=("onnxruntime", "any"),
-        default="onnxruntime",
-        help="onnxruntime (default): keep only plans that peak no higher than ONNX Runtime running the same"
-        " graph; any: the fastest plan whatever its peak",
-    )
+    p.add_argument("-o", "--output", required=True, help="plan directory to write (new, empty, or a plan to replace)")
+    _add_options(p, OptimizeOptions)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_optimize)
 
     p = sub.add_parser("tune", help="measure every distinct workload of a model into the records (no plan)")
     p.add_argument("model", help="the .onnx file")
-    _search_options(p)
+    _add_options(p, SearchOptions)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_tune)
 
@@ -126,41 +129,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", type=int, default=8, help="configurations tried per generated kernel (default 8)")
-    p.add_argument(
-        "--strategy", default="anneal", help="anneal (cost model, default), ga (genetic), rl (PPO) or random"
-    )
-    p.add_argument("--records", help="tuning-records database (default: ~/.cache/woodpecker/records.sqlite)")
-    p.add_argument("--batch", type=int, help="batch size to plan for (default: the model's, or 1 if dynamic)")
-    p.add_argument(
-        "--libraries", default="onnxruntime,openvino,torch,numpy", help="library kernels to consider, comma-separated"
-    )
-    p.add_argument("--patience", type=int, default=0, help="stop a kernel's search after K batches without gain")
-    p.add_argument("--seconds", type=float, default=0.0, help="time budget per workload and generated kernel")
-    p.add_argument("--ray", metavar="ADDRESS", help="measure on a Ray cluster ('local' starts a one-node one)")
-    p.add_argument("--seed", type=int, default=0)
-    _layout_option(p)
+def _add_options(p: argparse.ArgumentParser, cls: type[SearchOptions]) -> None:
+    """One flag per field of `cls` that has help text; unset flags stay None (the field's default)."""
+    from woodpecker.search.strategies import STRATEGIES
+
+    parsers = {int: int, float: float, str: str, "list": _comma_list, "size": _size, "percent": _percent}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        choices = tuple(STRATEGIES) if meta.get("choices") == "strategies" else meta.get("choices")
+        p.add_argument(
+            meta.get("flag", "--" + f.name.replace("_", "-")),
+            dest=f.name,
+            default=None,
+            type=parsers[meta.get("type", str)],
+            choices=choices,
+            metavar=meta.get("metavar"),
+            help=meta["help"],
+        )
+
+
+def options_from_args(args: argparse.Namespace, cls: type[SearchOptions]) -> SearchOptions:
+    """The options the flags set (the others at their defaults), checked."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return build(cls, **given)
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _percent(text: str) -> float:
+    return float(text) / 100
 
 
 def _layout_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--layout",
-        choices=("blocked", "plain"),
+        choices=LAYOUTS,
         default="blocked",
         help="blocked: channels in blocks of one vector through the graph (default); plain: NCHW",
-    )
-
-
-def _search_kwargs(args) -> dict:
-    return dict(
-        budget=args.budget,
-        strategy=args.strategy,
-        records=args.records,
-        batch=args.batch,
-        libraries=tuple(x for x in args.libraries.split(",") if x),
-        seed=args.seed,
-        layout=args.layout,
     )
 
 
@@ -172,9 +188,11 @@ def _peers() -> tuple[str, ...]:
 
 def _optimize(args) -> int:
     from woodpecker.api import optimize
+    from woodpecker.plan.manifest import check_output_dir
 
-    tie = {"tie": args.tie / 100} if args.tie is not None else {}  # else the optimizer's default
-    plan = optimize(args.model, **tie, memory=args.memory, **_search_kwargs(args))
+    options = options_from_args(args, OptimizeOptions)
+    check_output_dir(args.output)  # before the work, which can take minutes; checked again when saving
+    plan = optimize(args.model, options)
     plan.save(args.output, progress=sys.stderr.isatty())
     summary = plan.meta["summary"]
     if args.json:
@@ -211,9 +229,10 @@ def _optimize(args) -> int:
         f"({m['unplanned_bytes'] / 2**20:.1f} MiB without reuse), {m['weight_bytes'] / 2**20:.1f} MiB of weights"
     )
     v = plan.meta["verification"]
+    nan = ", a NaN input propagated as ONNX Runtime propagates it" if v.get("nan_checked") else ""
     print(
         f"  verified against ONNX Runtime: max relative error {v['output_error']:.1e}, "
-        f"input-difference error {v['difference_error']:.1e}"
+        f"input-difference error {v['difference_error']:.1e}{nan}"
     )
     if not v.get("input_sensitive", True):
         print(
@@ -227,7 +246,7 @@ def _optimize(args) -> int:
 def _tune(args) -> int:
     from woodpecker.api import tune
 
-    report = tune(args.model, **_search_kwargs(args))
+    report = tune(args.model, options_from_args(args, SearchOptions))
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -243,17 +262,25 @@ def _tune(args) -> int:
 def _profile(args) -> int:
     from woodpecker.profile import format_profile, profile
 
-    if args.runs < 1:
-        raise WoodpeckerError(f"--runs must be at least 1, got {args.runs}")
+    _at_least_one(runs=args.runs, top=args.top)
     report = profile(args.plan, args.runs)
     print(json.dumps(report, indent=1) if args.json else format_profile(report, args.top))
     return 0
 
 
 def _records(args) -> int:
-    from woodpecker.records.database import Records
+    from woodpecker.records.database import Records, default_path, parse_export
 
-    store = Records(args.records)
+    if args.action == "export" and args.file != "-":  # before reading: never a half-written export
+        target = check_output_file(args.file, is_json_lines({"hardware", "workload", "result"}), "a records export")
+    if args.action != "import" and not args.records and not default_path().exists():
+        print(f"no tuning records yet ({default_path()})", file=sys.stderr)
+        return 0
+    if args.action == "import":  # read first: a file that is no export adds nothing and creates nothing
+        source = sys.stdin if args.file == "-" else _open_for_import(args.file)
+        with source:
+            exported = parse_export(source, args.file)
+    store = Records(args.records, readonly=args.action != "import")
     try:
         if args.action == "list":
             for row in store.summary():
@@ -266,14 +293,17 @@ def _records(args) -> int:
             lines = (line + "\n" for line in store.export_lines(args.all_hardware))
             if args.file == "-":
                 sys.stdout.writelines(lines)
-            else:  # written beside, then renamed: never a half-written export
-                tmp = Path(args.file).with_name(Path(args.file).name + ".tmp")
-                tmp.write_text("".join(lines))
-                tmp.replace(args.file)
+            else:
+                write_replacing(target, lambda f: f.writelines(line.encode() for line in lines))
         else:
-            source = sys.stdin if args.file == "-" else _open_for_import(args.file)
-            count = store.import_lines(source, args.file)
-            print(f"imported {count} records into {store.path}", file=sys.stderr)
+            report = store.import_records(exported)
+            print(f"imported {report['records']} records into {store.path}", file=sys.stderr)
+            if report["other_hardware"]:
+                print(
+                    f"note: {report['other_hardware']} of them were measured on other hardware (differing in "
+                    f"{', '.join(report['differs'])}); they are kept but not used on this machine",
+                    file=sys.stderr,
+                )
     finally:
         store.close()
     return 0
@@ -281,7 +311,7 @@ def _records(args) -> int:
 
 def _open_for_import(path: str):
     try:
-        return open(path)  # noqa: SIM115
+        return open(path, encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         raise WoodpeckerError(f"{path}: cannot read ({exc.strerror})") from None
 
@@ -289,6 +319,7 @@ def _open_for_import(path: str):
 def _run(args) -> int:
     from woodpecker.plan.plan import Plan
 
+    out = check_output_file(args.output, is_npz, "an .npz archive")  # before loading and running
     plan = Plan.load(args.plan)
     feeds = {}
     for item in args.input:
@@ -299,13 +330,10 @@ def _run(args) -> int:
             name = plan.graph.inputs[0]
         try:
             feeds[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"input '{name}': cannot read {file} as .npy ({exc})") from None
     outputs = plan.run(feeds)
-    out = Path(args.output)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, **outputs)
-    tmp.replace(out)
+    write_replacing(out, lambda f: np.savez(f, **outputs))
     print(f"wrote {', '.join(f'{k}{list(v.shape)}' for k, v in outputs.items())} to {out}")
     return 0
 
@@ -313,6 +341,9 @@ def _run(args) -> int:
 def _bench(args) -> int:
     from woodpecker.bench import BenchSettings, bench, format_table
 
+    _at_least_one(batch=args.batch, runs=args.runs, rounds=args.rounds, threads=args.threads)
+    if args.json not in (None, "-"):
+        target = check_output_file(args.json, is_json_with({"model", "batch", "results"}), "a bench report")
     settings = BenchSettings(batch=args.batch, runs=args.runs, rounds=args.rounds, threads=args.threads)
     report = bench(args.target, [p for p in args.vs.split(",") if p], settings)
     if args.json == "-":
@@ -320,23 +351,32 @@ def _bench(args) -> int:
         return 0
     print(format_table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        write_replacing(target, lambda f: f.write(json.dumps(report, indent=1).encode()))
     return 0
 
 
 def _inspect(args) -> int:
     from woodpecker.inspect_graph import format_inspection, inspect_model
 
+    _at_least_one(batch=args.batch)
     report = inspect_model(args.model, args.batch, args.layout)
     print(json.dumps(report, indent=1) if args.json else format_inspection(report))
     return 0
 
 
 def _export(args) -> int:
-    from woodpecker.models import export_torchvision
+    from woodpecker.models import export_torchvision, torchvision_name
 
+    check_output_file(args.output, lambda path: torchvision_name(path) is not None, "a model `wpk export` wrote")
     print(f"wrote {export_torchvision(args.name, args.output)}")
     return 0
+
+
+def _at_least_one(**values: int | None) -> None:
+    """A one-line error for a count flag (--runs, --batch...) given as 0 or less."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise WoodpeckerError(f"--{name} must be at least 1, got {value}")
 
 
 if __name__ == "__main__":

@@ -23,3 +23,7 @@ class PlanError(WoodpeckerError):
 
 class RecordsError(WoodpeckerError):
     """The tuning-records database is damaged or not ours."""
+
+
+class MemoryLimitError(WoodpeckerError):
+    """A model or plan needs more memory than --max-memory allows or than the machine has available."""

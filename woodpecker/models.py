@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
 from woodpecker.errors import WoodpeckerError
+from woodpecker.output_files import umask
 
 TORCHVISION_KEY = "woodpecker.torchvision_model"
 KNOWN_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vgg16", "squeezenet1_1")
@@ -27,7 +30,9 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
                 parameter.normal_(0.0, 0.02)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
     # Attention's fused fast path (vision transformers) has no ONNX export: off while exporting.
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -48,6 +53,7 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, {TORCHVISION_KEY: name})
         onnx.save(proto, str(tmp))
+        tmp.chmod(0o666 & ~umask())
         tmp.replace(path)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -56,8 +62,12 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
 
 
 def torchvision_name(model_path: str | Path) -> str | None:
-    """The torchvision model an ONNX file was exported from by `export_torchvision`, if any."""
+    """The torchvision model an ONNX file was exported from by `export_torchvision`, if any (None also
+    for a file that is no ONNX model)."""
     import onnx
 
-    proto = onnx.load(str(model_path), load_external_data=False)
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # protobuf raises several unrelated types
+        return None
     return next((p.value for p in proto.metadata_props if p.key == TORCHVISION_KEY), None)

@@ -7,6 +7,7 @@ objects are shared until a pass replaces them).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,18 @@ def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
 
 
 @dataclass(frozen=True)
+class Subgraph:
+    """A graph-valued attribute (If's branches, Loop's and Scan's body), kept as serialized ONNX: no
+    pass looks inside, and the node runs whole on ONNX Runtime."""
+
+    proto: bytes
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.proto).hexdigest()
+
+
+@dataclass(frozen=True)
 class Node:
     """One operation. `op` is the ONNX op type; fused epilogues live in `attrs`.
 
@@ -57,6 +70,9 @@ class Node:
     may start with a depthwise one (`depthwise`: its attributes and activation; its weights and
     bias are its sixth and seventh inputs). A depthwise Conv may start with a 1x1 expansion
     (`expand`: its activation; its weights and bias at the same sixth and seventh places).
+    A node with subgraphs (If, Loop, Scan) lists the outer values its subgraphs read after its own
+    inputs, so that liveness, segments and dead-node elimination see them; `outer_names` holds the
+    names the subgraphs call them by (passes may rename the inputs).
     """
 
     name: str
@@ -67,6 +83,19 @@ class Node:
 
     def replace(self, **changes: Any) -> Node:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def has_subgraphs(self) -> bool:
+        return any(
+            isinstance(v, Subgraph) or isinstance(v, list) and any(isinstance(g, Subgraph) for g in v)
+            for v in self.attrs.values()
+        )
+
+    @property
+    def explicit_inputs(self) -> tuple[str, ...]:
+        """The inputs the ONNX node lists (without the outer values its subgraphs read)."""
+        implicit = len(self.attrs.get("outer_names", ()))
+        return self.inputs[: len(self.inputs) - implicit] if implicit else self.inputs
 
     @property
     def fused(self) -> list[str]:
@@ -101,6 +130,9 @@ class Graph:
     constants: dict[str, np.ndarray]
     opset: int = 17
     name: str = "graph"
+    # Each step that changed the number of nodes: (step, nodes before, nodes after). Import and the
+    # named passes are the only steps that may remove a node (tests/test_import.py checks this).
+    history: list[tuple[str, int, int]] = field(default_factory=list)
 
     def copy(self) -> Graph:
         return Graph(
@@ -111,6 +143,7 @@ class Graph:
             dict(self.constants),
             self.opset,
             self.name,
+            list(self.history),
         )
 
     def producers(self) -> dict[str, Node]:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from woodpecker.graph.ir import Graph, Node
+from woodpecker.graph.ir import Graph, Node, Subgraph
 from woodpecker.ops import activations
 
 FUSABLE_OPS = ("Conv", "Gemm", "MatMul", "BatchNormalization")
@@ -36,10 +36,12 @@ class ExternalTensor:
 def expand_node(node: Node) -> list[onnx.NodeProto]:
     """ONNX nodes computing `node`, with its fused input scale, bias, residual add and activation unfused."""
     attrs = {k: v for k, v in node.attrs.items() if k not in _WPK_ATTRS}
+    if node.has_subgraphs:
+        return [_subgraph_node(node, attrs)]
     if node.op == "Relayout":  # changes the bytes' order only; values are logical NCHW in ONNX
         return [helper.make_node("Identity", list(node.inputs), list(node.outputs), name=node.name)]
     if node.op not in FUSABLE_OPS or not node.fused:
-        return [helper.make_node(node.op, list(node.inputs), list(node.outputs), name=node.name, **attrs)]
+        return [helper.make_node(node.op, list(node.explicit_inputs), list(node.outputs), name=node.name, **attrs)]
     out = node.outputs[0]
     main_inputs = list(
         {"Conv": node.inputs[:3], "Gemm": node.inputs[:3], "MatMul": node.inputs[:2]}.get(node.op, node.inputs)
@@ -83,8 +85,38 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
 
 _WPK_ATTRS = {
     *activations.PARAMETERS,
-    *("residual", "bias_folded", "bias_fused", "input_scale", "pool", "depthwise", "expand"),
+    *("residual", "bias_folded", "bias_fused", "input_scale", "pool", "depthwise", "expand", "outer_names"),
 }
+
+
+def _subgraph_node(node: Node, attrs: dict) -> onnx.NodeProto:
+    """An If, Loop or Scan node, its subgraphs reading the outer values by the names they have now."""
+    outer = node.attrs.get("outer_names", [])
+    renamed = {old: new for old, new in zip(outer, node.inputs[len(node.inputs) - len(outer) :]) if old != new}
+    for key, value in attrs.items():
+        if isinstance(value, Subgraph):
+            attrs[key] = _renamed(onnx.GraphProto.FromString(value.proto), renamed)
+        elif isinstance(value, list) and any(isinstance(v, Subgraph) for v in value):
+            attrs[key] = [_renamed(onnx.GraphProto.FromString(v.proto), renamed) for v in value]
+    return helper.make_node(node.op, list(node.explicit_inputs), list(node.outputs), name=node.name, **attrs)
+
+
+def _renamed(graph: onnx.GraphProto, names: dict[str, str]) -> onnx.GraphProto:
+    """`graph` reading outer values by new `names`; a name the graph defines itself hides the outer one."""
+    own = {i.name for i in [*graph.input, *graph.initializer]} | {o for n in graph.node for o in n.output}
+    names = {old: new for old, new in names.items() if old not in own}
+    if not names:
+        return graph
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                attr.g.CopyFrom(_renamed(attr.g, names))
+            for sub in attr.graphs:
+                sub.CopyFrom(_renamed(sub, names))
+    for output in graph.output:  # a branch may return an outer value as it is
+        output.name = names.get(output.name, output.name)
+    return graph
 
 
 def graph_to_onnx(

@@ -9,7 +9,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from woodpecker.errors import ModelError
-from woodpecker.graph.ir import Graph, Node, Value
+from woodpecker.graph.ir import Graph, Node, Subgraph, Value
 
 MIN_OPSET = 7
 MAX_OPSET = 22
@@ -39,7 +39,25 @@ def load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"invalid ONNX model: {first}") from None
+    except UnicodeDecodeError:  # a name or string the checker reads is not UTF-8
+        raise ModelError("invalid ONNX model: a name or string is not UTF-8") from None
+    _check_text(proto.graph, "graph")
     return proto
+
+
+def _check_text(message, where: str) -> None:
+    """Every string field of `message` holds text: protobuf hands a string that is not UTF-8 over as
+    bytes, which the checker lets through (a graph named b'\x99...')."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            texts = value if field.is_repeated else [value]
+            if any(not isinstance(text, str) for text in texts):
+                raise ModelError(f"invalid ONNX model: {where}.{field.name} is not UTF-8 text")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value if field.is_repeated else [value]:
+                _check_text(item, f"{where}.{field.name}")
 
 
 def default_opset(proto: onnx.ModelProto) -> int:
@@ -50,13 +68,18 @@ def default_opset(proto: onnx.ModelProto) -> int:
 
 
 def import_model(model: str | Path | onnx.ModelProto, batch: int | None = None) -> Graph:
-    """ONNX -> Graph with every value's shape known. `batch` overrides the first input dim."""
+    """ONNX -> Graph with every value's shape known. `batch` overrides the first input dim.
+
+    Every node of the model becomes a node of the graph, except Constant nodes (their values become
+    constants) and nodes folded here because their outputs are known before any input arrives; the
+    graph's `history` records how many were folded."""
     proto = load_onnx(model)
     proto = _infer_shapes(with_static_inputs(proto, batch))
+    computing = sum(node.op_type != "Constant" for node in proto.graph.node)
     while not _all_static(proto) and _fold_known(proto):
         proto = _infer_shapes(proto)
     g = proto.graph
-    constants = {init.name: numpy_helper.to_array(init) for init in g.initializer}
+    constants = {init.name: tensor_array(init, f"initializer '{init.name}'") for init in g.initializer}
     values: dict[str, Value] = {}
     for info in list(g.input) + list(g.value_info) + list(g.output):
         if info.name in constants:
@@ -82,9 +105,29 @@ def import_model(model: str | Path | onnx.ModelProto, batch: int | None = None) 
         for out in proto_node.output:
             if out and out not in values:
                 raise ModelError(f"node {name} ({proto_node.op_type}): shape of output '{out}' could not be inferred")
-        nodes.append(Node(name, proto_node.op_type, tuple(proto_node.input), tuple(proto_node.output), attrs))
+        inputs = tuple(proto_node.input)
+        outer = [n for n in outer_names(proto_node) if n in values or n in constants]
+        if outer:  # read by the node's subgraphs: inputs for liveness and for the ONNX Runtime segment
+            inputs, attrs["outer_names"] = (*inputs, *outer), outer
+        nodes.append(Node(name, proto_node.op_type, inputs, tuple(proto_node.output), attrs))
     inputs = [i.name for i in g.input if i.name not in constants]
-    return Graph(nodes, values, inputs, [o.name for o in g.output], constants, default_opset(proto), g.name or "graph")
+    history = [("fold_known (import)", computing, len(nodes))] if len(nodes) != computing else []
+    graph = Graph(nodes, values, inputs, [o.name for o in g.output], constants, default_opset(proto), g.name or "graph")
+    graph.history = history
+    return graph
+
+
+def outer_names(node: onnx.NodeProto) -> list[str]:
+    """The names a node's subgraphs read from enclosing scopes, in first-use order."""
+    found: list[str] = []
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            defined = {i.name for i in [*sub.input, *sub.initializer]} | {o for n in sub.node for o in n.output}
+            for inner in sub.node:
+                for name in [*inner.input, *outer_names(inner)]:
+                    if name and name not in defined and name not in found:
+                        found.append(name)
+    return found
 
 
 def with_static_inputs(proto: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
@@ -143,13 +186,16 @@ def _fold_known(proto: onnx.ModelProto) -> bool:
     from woodpecker.graph.passes.fold_constants import evaluate, too_large
 
     g = proto.graph
-    known = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    known = {i.name: tensor_array(i, f"initializer '{i.name}'") for i in g.initializer}
     shapes = {
         i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in [*g.input, *g.value_info] if _static(i)
     }
     opsets = list(proto.opset_import)
     kept, folded = [], []
     for node in g.node:
+        if has_subgraphs(node):  # runs whole on ONNX Runtime; its subgraphs may read the inputs
+            kept.append(node)
+            continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Shape" and node.input[0] in shapes:
             full = np.array(shapes[node.input[0]], np.int64)
@@ -188,6 +234,10 @@ def _fold_known(proto: onnx.ModelProto) -> bool:
     return True
 
 
+def has_subgraphs(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
 def _value_from_info(info: onnx.ValueInfoProto) -> Value:
     tensor = info.type.tensor_type
     shape = []
@@ -199,14 +249,29 @@ def _value_from_info(info: onnx.ValueInfoProto) -> Value:
     return Value(info.name, tuple(shape), dtype)
 
 
+def tensor_array(tensor: onnx.TensorProto, what: str) -> np.ndarray:
+    """A TensorProto's values; data that does not fit its declared type and shape is a ModelError."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # onnx raises ValueError, TypeError, KeyError... for damaged tensors
+        raise ModelError(f"{what}: unreadable tensor ({type(exc).__name__}: {exc})") from None
+
+
 def _attribute(attr: onnx.AttributeProto):
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return Subgraph(attr.g.SerializeToString())
+    if attr.type == onnx.AttributeProto.GRAPHS:
+        return [Subgraph(g.SerializeToString()) for g in attr.graphs]
     value = helper.get_attribute_value(attr)
     if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [v.decode() if isinstance(v, bytes) else v for v in value]
+        return tensor_array(value, f"attribute '{attr.name}'")
+    try:
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, list):
+            return [v.decode() if isinstance(v, bytes) else v for v in value]
+    except UnicodeDecodeError:
+        raise ModelError(f"attribute '{attr.name}': a string that is not UTF-8") from None
     return value
 
 

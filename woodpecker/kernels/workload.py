@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from woodpecker.graph.ir import Graph, Node, Value
+from woodpecker.graph.ir import Graph, Node, Subgraph, Value
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,10 @@ def _block(value: Value) -> list[int]:
 
 
 def _jsonable(value):
+    if isinstance(value, Subgraph):
+        return {"subgraph": value.digest}
+    if isinstance(value, list) and any(isinstance(v, Subgraph) for v in value):
+        return [_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, float):

@@ -7,7 +7,6 @@ finished does the measuring worker time the candidates one by one.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from woodpecker.kernels.workload import Workload
+from woodpecker.measure.processes import WorkerDied, WorkerPool
 
 ENTRY = "wpk_candidate"
 
@@ -64,14 +64,14 @@ def compile_objects(
 
     items = list(jobs.items())
     bar = tqdm(total=len(items), desc="compile kernels", unit="kernel", leave=False, disable=not progress)
-    pool = mp.get_context("spawn").Pool(min(default_processes(), len(items)), initializer=_start_compile_process)
+    pool = WorkerPool(min(default_processes(), len(items)), "compile", _start_compile_process)
     try:
-        pending = [(item, pool.apply_async(_compile_object, (item,))) for item in items]
+        pending = [(item, pool.submit(_compile_object, item)) for item in items]
         deadline = time.monotonic() + timeout_s
         for (_, (workload, impl_name, _, _)), job in pending:
             try:
-                job.get(timeout=max(0.0, deadline - time.monotonic()))
-            except mp.TimeoutError:
+                pool.result(job, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
                 raise WoodpeckerError(
                     f"{workload.node.name} ({workload.op}): compiling {impl_name} did not finish in {timeout_s:.0f} s"
                 ) from None
@@ -79,7 +79,6 @@ def compile_objects(
     finally:
         bar.close()
         pool.terminate()
-        pool.join()
 
 
 def _compile_object(item: tuple[Path, tuple[Workload, str, dict, str]]) -> None:
@@ -104,32 +103,46 @@ class CompilePool:
     def __init__(self, processes: int | None = None, timeout_s: float = 120.0):
         self.processes = processes or default_processes()
         self.timeout_s = timeout_s
-        self._pool = None
+        self._pool: WorkerPool | None = None
+        self._proven = False  # whether the current pool has finished a compile (so it can start workers)
         self._scratch: Path | None = None
         self._count = 0
 
     def compile(self, workload: Workload, impl_name: str, configs: list[dict]) -> list[Compiled]:
-        """Compile every config in parallel and wait for all of them (at most `timeout_s` in all)."""
+        """Compile every config in parallel and wait for all of them (at most `timeout_s` in all). A
+        compile that hangs or kills its worker costs the batch's unfinished candidates one failed trial
+        each and the pool is replaced; a new pool whose workers die before any compile is an error."""
         if self._pool is None:
-            self._pool = mp.get_context("spawn").Pool(self.processes, initializer=_start_compile_process)
+            self._pool, self._proven = WorkerPool(self.processes, "compile", _start_compile_process), False
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="wpk-compile-"))
+        pool = self._pool
         pending = []
         for config in configs:
             self._count += 1
             directory = self._scratch / f"k{self._count}"
-            pending.append(self._pool.apply_async(compile_candidate, (workload, impl_name, config, str(directory))))
+            pending.append(pool.submit(compile_candidate, workload, impl_name, config, str(directory)))
         deadline = time.monotonic() + self.timeout_s
         results: list[Compiled] = []
+        lost = None  # why the rest of the batch was lost
         for job in pending:
+            if lost:
+                results.append(Compiled(None, lost, 0.0))
+                continue
             try:
-                results.append(job.get(timeout=max(0.0, deadline - time.monotonic())))
-            except mp.TimeoutError:
-                # A compile that hangs (or a worker that died, which mp.Pool never reports) costs the batch's
-                # remaining candidates one failed trial each; the pool is replaced.
-                results.append(Compiled(None, f"compile timeout after {self.timeout_s:.0f}s", self.timeout_s))
+                results.append(pool.result(job, max(0.0, deadline - time.monotonic())))
+                self._proven = True
+            except TimeoutError:
+                lost = f"compile timeout after {self.timeout_s:.0f}s"
+                results.append(Compiled(None, lost, self.timeout_s))
                 self._terminate()
-                deadline = time.monotonic()
+            except WorkerDied as exc:
+                if not self._proven:
+                    self._terminate()
+                    raise
+                lost = f"compile: {exc}"
+                results.append(Compiled(None, lost, 0.0))
+                self._terminate()
         return results
 
     def release(self, compiled: Compiled) -> None:
@@ -140,13 +153,11 @@ class CompilePool:
     def _terminate(self) -> None:
         if self._pool is not None:
             self._pool.terminate()
-            self._pool.join()
             self._pool = None
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
-            self._pool.join()
             self._pool = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)

@@ -9,6 +9,11 @@ MeasureResult like the local runner's, and the driver writes them to the same re
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from woodpecker.errors import WoodpeckerError
@@ -18,6 +23,7 @@ from woodpecker.measure.runner import DEFAULT_TIMEOUT_S
 from woodpecker.measure.timing import TimingSettings
 
 RESOURCE = "wpk_measure"
+CONNECT_TIMEOUT_S = 5.0
 _prepared: dict = {}  # per Ray worker process: workload key -> inputs and reference outputs
 
 
@@ -32,6 +38,32 @@ def _measure_task(
     if key not in _prepared:
         _prepared[key] = prepare(workload, seed)
     return measure_prepared(_prepared[key], impl, config, settings)
+
+
+def reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise a one-line error unless something accepts connections at `address` (host:port, or
+    ray://host:port): Ray itself keeps retrying an address nobody answers for a minute or more."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or str(exc)
+        raise WoodpeckerError(f"--ray: cannot reach a Ray cluster at {address} ({reason})") from None
+
+
+@contextlib.contextmanager
+def _stderr_kept_back() -> Iterator[None]:
+    """Standard error (file descriptor 2, which native libraries write to) discarded meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class RayRunner:
@@ -51,11 +83,17 @@ class RayRunner:
         self.settings = settings or TimingSettings()
         self._owns_cluster = not ray.is_initialized()
         if self._owns_cluster:
+            if address not in ("local", "auto"):
+                reachable(address)
+                # Something answers there; if it is no Ray cluster, give up after a few seconds, quietly.
+                os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(int(CONNECT_TIMEOUT_S)))
+                os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
             try:
                 if address == "local":
                     ray.init(resources={RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
                 else:
-                    ray.init(address=address, log_to_driver=False)
+                    with _stderr_kept_back():  # Ray's C++ client logs every failed attempt
+                        ray.init(address=address, log_to_driver=False)
             except Exception as exc:
                 raise WoodpeckerError(f"cannot join Ray cluster at {address}: {exc}") from None
         if not ray.cluster_resources().get(RESOURCE):

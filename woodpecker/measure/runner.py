@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 from typing import Any, Protocol
 
 from woodpecker.errors import WoodpeckerError
@@ -11,6 +10,7 @@ from woodpecker.kernels import registry
 from woodpecker.kernels.generated.aot import compiler_available
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.compile_pool import Compiled, CompilePool
+from woodpecker.measure.processes import SpawnContext
 from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.timing import TimingSettings
 from woodpecker.measure.worker import worker_main
@@ -45,7 +45,7 @@ class LocalRunner:
         self.settings = settings or TimingSettings()
         parallel = compile_processes != 0 and compiler_available()
         self._compiler = CompilePool(compile_processes, timeout_s) if parallel else None
-        self._context = mp.get_context("spawn")  # no inherited thread pools or JIT state
+        self._context = SpawnContext()  # no inherited thread pools or JIT state
         self._process = None
         self._conn = None
         self._sent: set[str] = set()

@@ -12,6 +12,9 @@ import numpy as np
 from woodpecker.kernels.workload import Workload
 
 REL_TOLERANCE = 1e-4
+# Ops whose ONNX Runtime kernels keep or drop a NaN depending on where it falls in the reduction
+# (MLAS's vector max returns its second operand when one is NaN); Woodpecker's always keep it.
+ORDER_DEPENDENT_NAN_OPS = ("MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "ArgMax", "ArgMin")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,19 @@ def random_inputs(workload: Workload, seed: int) -> list[np.ndarray]:
     return [arrays[name] for name in workload.dynamic_inputs]
 
 
+def nonfinite_inputs(workload: Workload, seed: int) -> list[np.ndarray]:
+    """`random_inputs` with a NaN, a +Inf and a -Inf at random places of each float input: every
+    candidate must treat them as ONNX Runtime does (`nonfinite_mismatch`)."""
+    arrays = random_inputs(workload, seed)
+    rng = np.random.default_rng(seed + 1)
+    for array in {id(a): a for a in arrays}.values():
+        if array.dtype.kind == "f" and array.size:
+            flat = array.reshape(-1)
+            places = rng.choice(flat.size, size=min(flat.size, 3), replace=False)
+            flat[places] = np.array([np.nan, np.inf, -np.inf], array.dtype)[: len(places)]
+    return arrays
+
+
 def empty_outputs(workload: Workload) -> list[np.ndarray]:
     """Outputs pre-filled with a sentinel (NaN) so a kernel that skips writes cannot pass."""
     outputs = []
@@ -87,21 +103,73 @@ def empty_outputs(workload: Workload) -> list[np.ndarray]:
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """max |a - e| / max |e|: NaN anywhere (an unwritten sentinel) counts as infinitely wrong."""
+    """max |a - e| / max |e| over the finite values. NaN and +-Inf count as right where the reference
+    holds the same (a mask filled with -Inf, a layer that overflows), and as infinitely wrong
+    elsewhere: an output left unwritten (its NaN sentinel) can never pass."""
     if actual.shape != expected.shape:
         return float("inf")
     if actual.size == 0:
         return 0.0
-    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    if not np.all(np.isfinite(diff)):
-        return float("inf")
-    return float(diff.max() / max(float(np.abs(expected).max()), 1e-12))
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    finite = np.isfinite(a) & np.isfinite(e)
+    if not finite.all():
+        same = (a == e) | (np.isnan(a) & np.isnan(e))
+        if not np.all(same | finite):
+            return float("inf")
+    if not finite.any():
+        return 0.0
+    diff = np.abs(a[finite] - e[finite])
+    return float(diff.max() / max(float(np.abs(e[finite]).max()), 1e-12))
+
+
+def nan_may_spread(op: str, attrs: dict) -> bool:
+    """Whether a node reduces with an order-dependent max (a fused MaxPool included)."""
+    return op in ORDER_DEPENDENT_NAN_OPS or (attrs.get("pool") or {}).get("op") == "MaxPool"
+
+
+def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray, nan_may_spread: bool = False) -> str | None:
+    """How `actual` treats NaN and +-Inf differently from `expected`, or None: every NaN of the reference
+    must stay NaN, every +-Inf the same infinity, and the finite values agree within REL_TOLERANCE.
+    `nan_may_spread`: for max reductions, where ONNX Runtime keeps or drops a NaN depending on its
+    place in the window, `actual` may be NaN where the reference is a number (a NaN propagated)."""
+    if actual.shape != expected.shape:
+        return f"shape {actual.shape} instead of {expected.shape}"
+    if expected.dtype.kind != "f":
+        return None if np.array_equal(actual, expected) else "different values"
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    lost = np.isnan(e) & ~np.isnan(a)
+    if lost.any():
+        return f"{int(lost.sum())} NaN of the reference became numbers (e.g. {a[lost][0]:g})"
+    added = np.isnan(a) & ~np.isnan(e)
+    if added.any() and not nan_may_spread:
+        return f"{int(added.sum())} values became NaN (e.g. {e[added][0]:g} expected)"
+    both = ~np.isnan(a) & ~np.isnan(e)
+    infinite = both & (np.isinf(a) | np.isinf(e))
+    if np.any(a[infinite] != e[infinite]):
+        where = infinite & (a != e)
+        return f"{int(where.sum())} infinities differ (e.g. {a[where][0]:g} instead of {e[where][0]:g})"
+    finite = both & ~infinite
+    error = relative_error(a[finite], e[finite])
+    return None if error <= REL_TOLERANCE else f"max relative error {error:.2e} on the finite values"
 
 
 def check(kernel: Callable, inputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
     outputs = [np.full_like(r, np.nan) if r.dtype.kind == "f" else np.full_like(r, -7) for r in reference]
     kernel(inputs, outputs)
     return max((relative_error(o, r) for o, r in zip(outputs, reference)), default=0.0)
+
+
+def check_nonfinite(
+    kernel: Callable, inputs: list[np.ndarray], reference: list[np.ndarray], nan_may_spread: bool = False
+) -> str | None:
+    """Run `kernel` on `nonfinite_inputs` and compare with the reference's outputs (`nonfinite_mismatch`)."""
+    outputs = [np.full_like(r, -7) for r in reference]  # not NaN: an unwritten output must not look right
+    kernel(inputs, outputs)
+    for actual, expected in zip(outputs, reference):
+        mismatch = nonfinite_mismatch(actual, expected, nan_may_spread)
+        if mismatch:
+            return mismatch
+    return None
 
 
 def time_kernel(

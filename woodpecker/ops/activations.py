@@ -60,27 +60,82 @@ def of_node(node: Node, constants: Mapping[str, np.ndarray]) -> dict[str, Any] |
 
 
 def halide(attrs: dict[str, Any], x):
-    """`x` (a Halide expression) with the activation applied."""
+    """`x` (a Halide expression) with the activation applied, NaN and +-Inf as ONNX Runtime treats
+    them (see `limits`): Halide compiles with fast-math flags, under which max(NaN, 0) is 0 and its
+    exp(Inf) is 0, so non-finite inputs are selected apart from the formula for finite ones."""
     import halide as hl
 
     name = attrs.get("activation")
+    if not name:
+        return x
     if name == "relu":
-        return hl.max(x, 0.0)
-    if name == "clip":
-        return hl.clamp(x, hl.f32(max(attrs["clip_min"], -FLOAT_MAX)), hl.f32(min(attrs["clip_max"], FLOAT_MAX)))
-    if name == "sigmoid":
-        return 1.0 / (1.0 + hl.exp(-x))
-    if name == "silu":
-        return x / (1.0 + hl.exp(-x))
-    if name == "hardsigmoid":
-        return hl.clamp(x * hl.f32(attrs["hardsigmoid_alpha"]) + hl.f32(attrs["hardsigmoid_beta"]), 0.0, 1.0)
-    if name == "hardswish":
-        return x * hl.clamp(x * hl.f32(1.0 / 6.0) + 0.5, 0.0, 1.0)
-    if name == "gelu":
+        value = hl.max(x, 0.0)
+    elif name == "clip":
+        value = hl.clamp(x, *(hl.f32(bound) for bound in clip_range(attrs)))
+    elif name == "sigmoid":
+        value = 1.0 / (1.0 + hl.exp(-x))
+    elif name == "silu":
+        value = x / (1.0 + hl.exp(-x))
+    elif name == "hardsigmoid":
+        value = hl.clamp(x * hl.f32(attrs["hardsigmoid_alpha"]) + hl.f32(attrs["hardsigmoid_beta"]), 0.0, 1.0)
+    elif name == "hardswish":
+        value = x * hl.clamp(x * hl.f32(1.0 / 6.0) + 0.5, 0.0, 1.0)
+    elif name == "gelu":
         scaled = x * hl.f32(np.sqrt(0.5))
         magnitude = _erf_magnitude(hl.abs(scaled), hl.exp, hl.f32)
-        return 0.5 * x * (1.0 + hl.select(scaled < 0, -magnitude, magnitude))
-    return x
+        value = 0.5 * x * (1.0 + hl.select(scaled < 0, -magnitude, magnitude))
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return halide_nonfinite(x, value, *limits(attrs))
+
+
+def limits(attrs: dict[str, Any]) -> tuple[float, float]:
+    """The activation's value at +Inf and at -Inf, as ONNX Runtime computes it from the ONNX ops
+    (`onnx_nodes`): x * sigmoid(x) at -Inf is -Inf * 0, NaN."""
+    name = attrs["activation"]
+    nan, inf = float("nan"), float("inf")
+    if name == "clip":
+        low, high = clip_range(attrs)
+        return high, low
+    if name == "hardsigmoid":
+        alpha, beta = attrs["hardsigmoid_alpha"], attrs["hardsigmoid_beta"]
+        if alpha == 0:
+            return float(np.clip(beta, 0, 1)), float(np.clip(beta, 0, 1))
+        return (1.0, 0.0) if alpha > 0 else (0.0, 1.0)
+    return {"relu": (inf, 0.0), "sigmoid": (1.0, 0.0), "silu": (inf, nan), "hardswish": (inf, nan), "gelu": (inf, nan)}[
+        name
+    ]
+
+
+def clip_range(attrs: dict[str, Any]) -> tuple[float, float]:
+    """A Clip's bounds; where the model gave none (stored as -+FLOAT_MAX), float32's extremes, which
+    is what ONNX Runtime clamps +-Inf to."""
+    largest = float(np.finfo(np.float32).max)
+    return max(attrs["clip_min"], -largest), min(attrs["clip_max"], largest)
+
+
+def halide_nonfinite(x, value, at_inf: float, at_minus_inf: float):
+    """`value`, computed for finite `x`, where `x` is finite; `x` itself where it is NaN, and the given
+    limits where it is +-Inf."""
+    import halide as hl
+
+    value = hl.select(halide_is_inf(x), hl.select(x > 0, hl.f32(at_inf), hl.f32(at_minus_inf)), value)
+    return hl.select(halide_is_nan(x), x, value)
+
+
+def halide_is_nan(x):
+    """Whether `x` is NaN, tested on its bits: Halide's is_nan is folded to false by LLVM when `x` comes
+    from arithmetic compiled with fast-math flags (a convolution's sum), which promise no NaN."""
+    import halide as hl
+
+    return (hl.reinterpret(hl.UInt(32), x) & 0x7FFFFFFF) > 0x7F800000
+
+
+def halide_is_inf(x):
+    """Whether `x` is +-Inf, tested on its bits (see halide_is_nan)."""
+    import halide as hl
+
+    return (hl.reinterpret(hl.UInt(32), x) & 0x7FFFFFFF) == 0x7F800000
 
 
 def _erf_magnitude(a, exp, const=float):
@@ -93,11 +148,18 @@ def _erf_magnitude(a, exp, const=float):
 
 
 def numpy_inplace(attrs: dict[str, Any], out: np.ndarray) -> None:
+    """`out` with the activation applied in place; NaN and +-Inf as IEEE arithmetic gives them,
+    which is what ONNX Runtime computes (no warnings: they are expected values, not accidents)."""
+    with np.errstate(all="ignore"):
+        _numpy_inplace(attrs, out)
+
+
+def _numpy_inplace(attrs: dict[str, Any], out: np.ndarray) -> None:
     name = attrs.get("activation")
     if name == "relu":
         np.maximum(out, 0, out=out)
     elif name == "clip":
-        np.clip(out, attrs["clip_min"], attrs["clip_max"], out=out)
+        np.clip(out, *clip_range(attrs), out=out)
     elif name == "sigmoid":
         out[...] = 1.0 / (1.0 + np.exp(-out))
     elif name == "silu":
@@ -118,7 +180,7 @@ def torch_inplace(attrs: dict[str, Any], out) -> None:
     if name == "relu":
         out.relu_()
     elif name == "clip":
-        out.clamp_(attrs["clip_min"], attrs["clip_max"])
+        out.clamp_(*clip_range(attrs))
     elif name == "sigmoid":
         out.sigmoid_()
     elif name == "silu":
@@ -161,9 +223,10 @@ def onnx_nodes(attrs: dict[str, Any], source: str, target: str, prefix: str) -> 
             helper.make_node("Mul", [source, gate], [target], name=f"{prefix}/silu"),
         ]
     lo, hi = f"{target}__lo", f"{target}__hi"
+    low, high = clip_range(attrs)
     return [
-        _constant(lo, attrs["clip_min"]),
-        _constant(hi, attrs["clip_max"]),
+        _constant(lo, low),
+        _constant(hi, high),
         helper.make_node("Clip", [source, lo, hi], [target], name=f"{prefix}/clip"),
     ]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import signal
 import statistics
 import sys
 import time
@@ -44,12 +45,17 @@ def time_executor(executor, feeds: dict[str, np.ndarray], warmup: int, runs: int
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the optimizer stops this process and says so
     directory, graph_file, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     threads, seed = int(sys.argv[4]), int(sys.argv[5])
     configure_threads(threads)
     from woodpecker.bench_worker import import_runtime, peak_rss_mib, reset_peak, rss_mib
 
-    import_runtime("woodpecker")  # every library a plan may use, before the memory baseline
+    plan = json.loads((directory / f"{name}.json").read_text())
+    for library in ("onnxruntime", "openvino", "halide"):  # those the plan runs, before the memory baseline
+        if library == "halide" or any(c["impl"] == library for c in plan["choices"]):
+            import_runtime(library)
+    import_runtime("woodpecker-runtime")
     baseline = rss_mib()
     peak_reset = reset_peak()
     from woodpecker.errors import WoodpeckerError
@@ -62,7 +68,6 @@ def main() -> None:
 
     data = json.loads((directory / graph_file).read_text())
     graph = graph_from_data(data, SavedConstants(directory / CONSTANTS, data["constants"]))
-    plan = json.loads((directory / f"{name}.json").read_text())
     choices = [Choice.from_json(c) for c in plan["choices"]]
     feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, seed)
     try:

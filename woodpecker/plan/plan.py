@@ -17,15 +17,25 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import blake3
 import numpy as np
 
 from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
+from woodpecker.output_files import umask
 from woodpecker.plan.choice import Choice
+from woodpecker.plan.manifest import (
+    PLAN_FILE,
+    check_manifest,
+    check_output_dir,
+    is_plan,
+    nearest_existing,
+    write_manifest,
+)
 from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data, graph_to_data, save_constants
 
 if TYPE_CHECKING:
@@ -33,8 +43,6 @@ if TYPE_CHECKING:
 
 KERNELS_DIR = "kernels"
 FORMAT_VERSION = 5
-CHECKSUM = "blake3"  # SHA-256 took 0.55 s of VGG-16's load (1 GB/s a core); BLAKE3 hashes 4-7 GB/s
-FILES = ("plan.json", CONSTANTS)
 SAVE_CHECK_TOLERANCE = 1e-5  # compiled ahead of time vs JIT, libraries from files: only rounding may differ
 
 
@@ -48,6 +56,7 @@ class Plan:
         library: KernelLibrary | None = None,
         kernels: dict[str, str] | None = None,
         library_models: dict[str, Path] | None = None,
+        source: Path | None = None,
     ):
         self.graph = graph
         self.choices = choices
@@ -55,6 +64,7 @@ class Plan:
         self._executor = executor  # built lazily: loading a plan only reads files
         self.library, self.kernels = library, kernels or {}  # compiled kernels (node -> entry), once saved
         self.library_models = library_models or {}  # segment label -> ONNX file, once saved
+        self.source = source  # the directory it was loaded from
 
     @property
     def input_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -64,19 +74,40 @@ class Plan:
         if self._executor is None:
             from woodpecker.runtime.executor import Executor
 
-            self._executor = Executor(
-                self.graph, self.choices, progress, self.library, self.kernels, self.library_models
-            )
+            with self._as_plan_error("built"):
+                self._executor = Executor(
+                    self.graph, self.choices, progress, self.library, self.kernels, self.library_models
+                )
         return self._executor
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.executor().run(inputs)
+        executor = self.executor()
+        with self._as_plan_error("run"):
+            return executor.run(inputs)
+
+    @contextmanager
+    def _as_plan_error(self, what: str) -> Iterator[None]:
+        """A loaded plan is data from disk (its checksums only prove it unchanged since it was written):
+        whatever fails while building or running it is reported as a PlanError naming the plan."""
+        try:
+            yield
+        except WoodpeckerError:
+            raise
+        except Exception as exc:
+            if self.source is None:
+                raise
+            raise PlanError(
+                f"{self.source}: the plan cannot be {what} ({type(exc).__name__}: {exc}); optimize the model again"
+            ) from None
 
     def save(self, directory: str | Path, progress: bool = False) -> Path:
+        """Write the plan to `directory`: a new path, an empty directory or an existing plan, which
+        is replaced only once the new one is complete and checked (manifest.check_output_dir)."""
         from woodpecker.kernels.generated.aot import compiler, compiler_available  # Halide: saving only
         from woodpecker.plan.compiled import compile_plan_kernels, save_library_models
 
-        target = Path(directory).resolve()
+        target = check_output_dir(directory)
+        existing = nearest_existing(target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
@@ -90,6 +121,7 @@ class Plan:
                 warnings.warn(message, stacklevel=2)
             data = {
                 "format": FORMAT_VERSION,
+                "producer": "woodpecker",
                 "graph": graph_to_data(self.graph),
                 "constant_keys": names,
                 "choices": [c.to_json() for c in self.choices],
@@ -97,15 +129,15 @@ class Plan:
                 "library_models": models,
                 "meta": self.meta,
             }
-            (staging / "plan.json").write_text(json.dumps(data, indent=1, default=_json_default))
-            files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-            manifest = {"checksum": CHECKSUM, "files": {name: _digest(staging / name) for name in files}}
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            (staging / PLAN_FILE).write_text(json.dumps(data, indent=1, default=_json_default))
+            write_manifest(staging)
+            _readable_as_umask_allows(staging)
             if kernels or models:
                 self._check_saved(Plan.load(staging))
-            _replace_dir(staging, target)
+            _replace_dir(staging, target, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            _remove_created(target.parent, existing)
             raise
         return target
 
@@ -123,64 +155,111 @@ class Plan:
 
     @staticmethod
     def load(directory: str | Path) -> Plan:
+        """Read a saved plan; a directory the manifest does not vouch for, or a plan.json that does not
+        describe a plan, is refused with a PlanError before anything in it is run."""
         path = Path(directory)
-        if not (path / "manifest.json").is_file():
-            raise PlanError(f"{path}: not a Woodpecker plan (no manifest.json)")
+        if not path.is_dir():
+            raise PlanError(f"{path}: not a Woodpecker plan (no such directory)")
+        check_manifest(path)
         try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PlanError(f"{path}/manifest.json: unreadable ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("checksum") != CHECKSUM:
-            raise PlanError(
-                f"{path}: written by another version of Woodpecker (manifest without {CHECKSUM} checksums); "
-                "optimize the model again"
-            )
-        files = manifest.get("files")
-        if not isinstance(files, dict):
-            raise PlanError(f"{path}/manifest.json: malformed (no table of files and their checksums)")
-        for name in sorted(set(FILES) | set(files)):
-            if not (path / name).is_file():
-                raise PlanError(f"{path}: missing {name}")
-            if files.get(name) != _digest(path / name):
-                raise PlanError(f"{path}/{name}: checksum does not match the manifest (modified or damaged)")
-        data = json.loads((path / "plan.json").read_text())
-        if data.get("format") != FORMAT_VERSION:
-            raise PlanError(
-                f"{path}: plan format {data.get('format')} is not {FORMAT_VERSION}; optimize the model again"
-            )
-        graph = graph_from_data(data["graph"], SavedConstants(path / CONSTANTS, data["constant_keys"]))
+            data = json.loads((path / PLAN_FILE).read_text())
+        except (ValueError, OSError) as exc:
+            raise PlanError(f"{path}/{PLAN_FILE}: unreadable ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise PlanError(f"{path}: plan format {found} is not {FORMAT_VERSION}; optimize the model again")
+        try:
+            graph = graph_from_data(data["graph"], SavedConstants(path / CONSTANTS, data["constant_keys"]))
+            choices = [Choice.from_json(c) for c in data["choices"]]
+            models = {label: _top_level_file(path, name) for label, name in data["library_models"].items()}
+            kernels, meta = data["kernels"], data["meta"]
+            check_plan_data(graph, choices, kernels, meta)
+        except PlanError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanError(f"{path}/{PLAN_FILE}: malformed ({type(exc).__name__}: {exc})") from None
         library = None
-        if data["kernels"]:
+        if kernels:
             from woodpecker.kernels.generated.aot import KernelLibrary  # Halide: plans with compiled kernels only
 
             try:
                 library = KernelLibrary(path / KERNELS_DIR)
             except WoodpeckerError as exc:
                 raise PlanError(str(exc)) from None
-        choices = [Choice.from_json(c) for c in data["choices"]]
-        models = {label: path / name for label, name in data["library_models"].items()}
-        return Plan(graph, choices, data["meta"], library=library, kernels=data["kernels"], library_models=models)
+            except Exception as exc:  # a kernels.json, .npz or .so that is not what it should be
+                message = f"{type(exc).__name__}: {exc}"
+                raise PlanError(f"{path}/{KERNELS_DIR}: unreadable kernel library ({message})") from None
+        return Plan(graph, choices, meta, library=library, kernels=kernels, library_models=models, source=path)
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move `staging` to `target`; an existing plan there is replaced only after the new one is in place."""
-    if target.exists() and not (target / "manifest.json").exists() and any(target.iterdir()):
-        raise PlanError(f"{target}: exists and is not a Woodpecker plan; refusing to overwrite it")
+def check_plan_data(graph: Graph, choices: list[Choice], kernels: Any, meta: Any) -> None:
+    """What a plan.json must hold beyond its syntax: values with shapes and dtypes, nodes reading
+    and writing known values, one registered implementation per node, library files of the plan."""
+    from woodpecker.kernels import registry
+
+    for value in graph.values.values():
+        if not all(isinstance(d, int) and d >= 0 for d in value.shape) or not isinstance(value.block, int):
+            raise ValueError(f"value '{value.name}' has shape {value.shape}, block {value.block}")
+        np.dtype(value.dtype)
+        if value.block and (len(value.shape) != 4 or value.block < 0 or value.shape[1] % value.block):
+            raise ValueError(f"value '{value.name}' of shape {value.shape} cannot be blocked by {value.block}")
+    available = set(graph.inputs) | set(graph.constants)  # values a node may read: computed before it
+    for node in graph.nodes:
+        unknown = [n for n in node.inputs if n and n not in available]
+        unknown += [n for n in node.outputs if n not in graph.values]
+        if not isinstance(node.attrs, dict) or unknown:
+            raise ValueError(f"node '{node.name}' refers to values no earlier node computes: {unknown}")
+        available.update(node.outputs)
+    for name in (*graph.inputs, *graph.outputs):
+        if name not in graph.values or name not in available:
+            raise ValueError(f"graph input or output '{name}' has no value")
+    if sorted(c.node for c in choices) != sorted(n.name for n in graph.nodes):
+        raise ValueError("the choices do not name each node once")
+    for choice in choices:
+        if choice.impl not in registry.WHERE or not isinstance(choice.config, dict):
+            raise ValueError(f"node '{choice.node}' runs on unknown implementation '{choice.impl}'")
+    if not isinstance(kernels, dict) or not set(kernels) <= {n.name for n in graph.nodes}:
+        raise ValueError("the compiled kernels name nodes the graph does not have")
+    if not isinstance(meta, dict):
+        raise ValueError("meta is not a table")
+
+
+def _top_level_file(directory: Path, name: Any) -> Path:
+    """A file directly inside the plan directory (the manifest has vouched for every file there)."""
+    if not isinstance(name, str) or "/" in name or name in ("", ".", "..") or not (directory / name).is_file():
+        raise ValueError(f"library model '{name}' is not a file of the plan")
+    return directory / name
+
+
+def _replace_dir(staging: Path, target: Path, given: str | Path) -> None:
+    """Move `staging` to `target`. What is there now is checked again (it may have changed while the
+    plan was optimized): an empty directory is removed, a plan replaced once the new one is in place."""
+    check_output_dir(given)
     old = None
-    if target.exists():
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    elif target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         target.rename(old)
     staging.rename(target)
-    if old is not None:
+    if old is not None and is_plan(old):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _digest(path: Path) -> str:
-    """The file's BLAKE3, hashed on every core (VGG-16's two 550 MB weight files: 0.2 s)."""
-    digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if path.stat().st_size:  # an empty file cannot be mapped
-        digest.update_mmap(path)
-    return digest.hexdigest()
+def _readable_as_umask_allows(directory: Path) -> None:
+    """Modes as the user's umask makes them (mkdtemp makes 700, safetensors 600: a serving account
+    could not read the plan)."""
+    mask = umask()
+    for path in [directory, *directory.rglob("*")]:
+        executable = path.is_dir() or path.stat().st_mode & 0o111
+        path.chmod((0o777 if executable else 0o666) & ~mask)
+
+
+def _remove_created(directory: Path, existing: Path) -> None:
+    """Remove the empty directories between `existing` and `directory` that saving created."""
+    while directory != existing and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+        directory = directory.parent
 
 
 def _json_default(value: Any) -> Any:

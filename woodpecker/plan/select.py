@@ -38,24 +38,28 @@ and the saved plan, compile once); JIT-compiled only where no C compiler is avai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from woodpecker.errors import WoodpeckerError
+from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
 from woodpecker.kernels.base import importable
 from woodpecker.kernels.generated.aot import KernelLibrary, compiler_available
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.threads import configure_threads
+from woodpecker.options import MEMORY_RULES, TIE
 from woodpecker.plan.candidate_worker import PREFIX
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.compiled import compile_plan_kernels
@@ -64,12 +68,6 @@ from woodpecker.plan.serialize import CONSTANTS, graph_to_data, save_constants
 
 CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) or timing one whole plan
 ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
-# Plans within this fraction of the fastest are a tie, which the smaller memory wins: two
-# runs of the same plans here differ by more than this, so the speed given up is noise (VGG-16:
-# all-OpenVINO and OpenVINO with generated dense layers 1.00x apart interleaved in one process,
-# 2.5 % apart as candidates).
-TIE = 0.03
-MEMORY_RULES = ("onnxruntime", "any")  # the peak a plan may reach: ONNX Runtime's on the graph, or any
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,7 @@ class PlanCandidate:
     resident_mib: float | None = None  # memory its process holds after building and running it once
     peak_mib: float | None = None  # its process's peak until then, where that is what loading costs
     error: str | None = None
+    verification: object | None = None  # plan/verify.py's Verification of the selected candidate
 
 
 def candidate_choices(
@@ -154,12 +153,14 @@ def select_plan(
     alternatives: dict[str, tuple[Graph, list[Choice]]] | None = None,
     tie: float = TIE,
     memory: str = "onnxruntime",
+    verify: Callable[[Graph, list[Choice], Any], Any] | None = None,
 ) -> tuple[PlanCandidate, list[PlanCandidate]]:
     """Time every candidate plan in its own process, the candidates' rounds interleaved; return the
     fastest (best round; with its graph and the executor built here; a tie within `tie` goes to the
     smaller memory, see `pick`) and all candidates with their times, memory or errors. `alternatives`:
     label -> (graph, choices) of other graphs of the same model, whose weights are among `graph`'s;
-    they add their own-kernel candidates."""
+    they add their own-kernel candidates. `verify(graph, choices, executor)` returns a Verification:
+    a candidate that fails it is passed over (its error says why) for the next in `rank` order."""
     from woodpecker.runtime.executor import Executor
 
     threads = configure_threads(threads)
@@ -194,13 +195,14 @@ def select_plan(
                     continue
                 plan = {"choices": [c.to_json() for c in candidate], "kernels": kernels[name]}
                 (directory / f"{name}.json").write_text(json.dumps(plan))
-                worker = _Worker(directory, graph_files[id(candidate_graph)], name, threads, seed)
-                workers[name] = worker
-                ready = worker.wait_ready()
+                # Started now, waited for below: the processes import and build while the next
+                # candidate compiles (each measures its own memory, so they may overlap).
+                workers[name] = _Worker(directory, graph_files[id(candidate_graph)], name, threads, seed)
+            for name in list(workers):
+                ready = workers[name].wait_ready()
                 if "error" in ready:
                     errors[name] = ready["error"]
-                    worker.close()
-                    del workers[name]
+                    workers.pop(name).close()
                 else:
                     ready_messages[name] = ready
             times: dict[str, list[float]] = {name: [] for name in workers}
@@ -212,6 +214,8 @@ def select_plan(
                     else:
                         times[name].append(result["median_s"])
         finally:
+            for worker in workers.values():  # all told to end first: each takes a moment to exit
+                worker.finish()
             for worker in workers.values():
                 worker.close()
         timed = [
@@ -231,10 +235,28 @@ def select_plan(
             raise WoodpeckerError(
                 "no candidate plan could be built: " + "; ".join(f"{c.name}: {c.error}" for c in timed)
             )
-        best = pick(ok, tie, memory)
-        library = KernelLibrary(directory / f"{best.name}-kernels") if kernels[best.name] else None
-        executor = Executor(best.graph, best.choices, progress, library, kernels[best.name])
-    return replace(best, executor=executor), timed
+        rejected: dict[str, str] = {}
+        for best in rank(ok, tie, memory):
+            library = KernelLibrary(directory / f"{best.name}-kernels") if kernels[best.name] else None
+            executor = Executor(best.graph, best.choices, progress, library, kernels[best.name])
+            check = verify(best.graph, best.choices, executor) if verify else None
+            if check is None or check.ok:
+                timed = [replace(c, error=rejected[c.name]) if c.name in rejected else c for c in timed]
+                return replace(best, executor=executor, verification=check), timed
+            rejected[best.name] = f"does not match ONNX Runtime: {check.describe()}"
+        raise PlanError(
+            "no candidate plan matches ONNX Runtime, nothing saved: "
+            + "; ".join(f"{n}: {e}" for n, e in rejected.items())
+        )
+
+
+def rank(timed: list[PlanCandidate], tie: float = TIE, memory: str = "onnxruntime") -> list[PlanCandidate]:
+    """The candidates in the order `pick` prefers them: its choice, then its choice among the rest..."""
+    left, order = list(timed), []
+    while left:
+        order.append(pick(left, tie, memory))
+        left = [c for c in left if c is not order[-1]]
+    return order
 
 
 def pick(timed: list[PlanCandidate], tie: float = TIE, memory: str = "onnxruntime") -> PlanCandidate:
@@ -307,9 +329,15 @@ class _Worker:
         code = self.process.wait()
         return {"error": f"exit {code}: {self.log.read_text(errors='replace').strip()[-300:]}"}
 
+    def finish(self) -> None:
+        """Tell the worker to end (its input closes), without waiting for it."""
+        if self.process.poll() is None and not self.process.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
+
     def close(self) -> None:
+        self.finish()
         if self.process.poll() is None:
-            self.process.stdin.close()
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

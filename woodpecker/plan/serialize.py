@@ -7,6 +7,7 @@ offset, so a library can map them straight from the file (ONNX external data, se
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from collections.abc import Iterator, Mapping
@@ -18,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from woodpecker.errors import PlanError
-from woodpecker.graph.ir import Graph, Node, Value
+from woodpecker.graph.ir import Graph, Node, Subgraph, Value
 
 if TYPE_CHECKING:
     from woodpecker.graph.onnx_export import ExternalTensor
@@ -65,7 +66,8 @@ CONSTANTS = "constants.safetensors"
 def save_constants(graph: Graph, path: Path) -> list[str]:
     """The weights as safetensors, keys c0, c1, ... for the names in sorted order (returned)."""
     names = sorted(graph.constants)
-    save_file({f"c{i}": np.ascontiguousarray(graph.constants[n]) for i, n in enumerate(names)}, str(path))
+    # (not np.ascontiguousarray, which makes a 0-d array 1-d)
+    save_file({f"c{i}": np.require(graph.constants[n], requirements="C") for i, n in enumerate(names)}, str(path))
     return names
 
 
@@ -131,6 +133,10 @@ class SavedConstants(Mapping[str, np.ndarray]):
 
 
 def _encode(value: Any) -> Any:
+    if isinstance(value, Subgraph):
+        return {"__subgraph__": base64.b64encode(value.proto).decode()}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
     if isinstance(value, np.ndarray):
         return {"__ndarray__": value.tolist(), "dtype": value.dtype.name, "shape": list(value.shape)}
     if isinstance(value, np.generic):
@@ -139,6 +145,10 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "__subgraph__" in value:
+        return Subgraph(base64.b64decode(value["__subgraph__"], validate=True))
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
     if isinstance(value, dict) and "__ndarray__" in value:
         return np.array(value["__ndarray__"], dtype=value["dtype"]).reshape(value["shape"])
     return value

@@ -12,9 +12,10 @@ from importlib import metadata
 LIBRARIES = ("halide", "onnxruntime", "openvino", "torch", "numpy")
 # Bumped when measurements stop being comparable with recorded ones (2: large weights timed cold;
 # 3: pooling schedules changed under the same configs, so recorded pool timings no longer apply;
-# 4: generated kernels' parallel loops run on the native spinning pool, not Halide's).
+# 4: generated kernels' parallel loops run on the native spinning pool, not Halide's;
+# 5: candidates are also checked on inputs with NaN and +-Inf, and kernels handle them as ONNX Runtime).
 # One kernel's change bumps that kernel's `revision` instead (registry.record_name).
-MEASUREMENT_METHOD = 4
+MEASUREMENT_METHOD = 5
 
 
 @cache

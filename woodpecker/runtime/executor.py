@@ -28,7 +28,7 @@ from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import MERGEABLE, Segment, segments
-from woodpecker.runtime.memory import Lifetime, MemoryPlan, aligned_empty, plan_memory
+from woodpecker.runtime.memory import Lifetime, MemoryPlan, aligned_empty, check_memory, plan_memory
 
 if TYPE_CHECKING:  # Halide is imported only for plans with compiled kernels
     from woodpecker.kernels.generated.aot import KernelLibrary
@@ -72,6 +72,7 @@ class Executor:
         # A graph library that runs beside no other pool may keep its workers spinning between runs.
         self.alone = sum(segment.impl != "numpy" for segment, _, _ in parts) == 1
         self.memory, slots = self._plan_memory(parts)
+        check_memory(self.memory.arena_bytes, "the plan's activations")
         self.arena = aligned_empty(self.memory.arena_bytes)
         self.buffers = {
             name: self._view(name, self.memory.offsets[root])

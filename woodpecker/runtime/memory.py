@@ -10,9 +10,14 @@ sub-graph never reach the executor and take no memory here.
 from __future__ import annotations
 
 import mmap
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from woodpecker.errors import MemoryLimitError
+from woodpecker.graph.ir import Graph, Value
 
 ALIGNMENT = 64  # bytes: a cache line, and a full AVX-512 vector
 HUGE_PAGE = 2**21  # bytes: x86-64's transparent huge page
@@ -79,3 +84,54 @@ def plan_memory(lifetimes: list[Lifetime]) -> MemoryPlan:
         placed.append((offset, value))
     arena = max((offset + _aligned(max(v.nbytes, 1)) for offset, v in placed), default=0)
     return MemoryPlan(offsets, arena, sum(_aligned(max(v.nbytes, 1)) for v in lifetimes))
+
+
+def available_bytes() -> int:
+    """Memory this process can still get: the kernel's MemAvailable, lowered by a cgroup limit."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            available = min(available, int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_memory(needed: int, what: str, limit: int | None = None) -> None:
+    """Refuse, before allocating, to need more than `limit` bytes (--max-memory) or than is available."""
+    if limit is not None and needed > limit:
+        raise MemoryLimitError(f"{what} need {_size(needed)}, more than --max-memory {_size(limit)}")
+    available = available_bytes()
+    if needed > available:
+        raise MemoryLimitError(f"{what} need {_size(needed)}; this machine has {_size(available)} available")
+
+
+def check_model_memory(graph: Graph, limit: int | None = None) -> None:
+    """The least any plan of `graph` needs (its weights, and the largest node's inputs and outputs at
+    once), checked before optimizing: a model declaring a 20000 x 20000 image fails here in a second,
+    not after growing past the machine's memory."""
+    weights = sum(_nbytes(graph.values[n]) for n in graph.constants if n in graph.values)
+    largest = max(
+        (
+            sum(_nbytes(graph.values[n]) for n in {*node.inputs, *node.outputs} if n and n not in graph.constants)
+            for node in graph.nodes
+        ),
+        default=0,
+    )
+    inputs = sum(_nbytes(graph.values[n]) for n in graph.inputs)
+    check_memory(weights + max(largest, inputs), "the model's weights and largest layer", limit)
+
+
+def _nbytes(value: Value) -> int:
+    return value.size * np.dtype(value.dtype).itemsize
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"

@@ -41,7 +41,11 @@ EXPAND_PASSES: tuple[Pass, ...] = (fuse_pool, fuse_expand)
 
 def optimize_graph(graph: Graph, passes: tuple[Pass, ...] = DEFAULT_PASSES) -> Graph:
     for run_pass in passes:
+        before = len(graph.nodes)
         graph = run_pass(graph)
+        if len(graph.nodes) != before:
+            name = getattr(run_pass, "__name__", None) or run_pass.func.__name__  # a pass or a partial of one
+            graph.history = [*graph.history, (name, before, len(graph.nodes))]
     return graph
 
 

@@ -62,7 +62,10 @@ def evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray], node: str) ->
 
 
 def _foldable(graph: Graph, node) -> bool:
-    """All inputs are constants (a node without inputs folds unless it is random)."""
+    """All inputs are constants (a node without inputs folds unless it is random); a node with
+    subgraphs never folds: it runs whole on ONNX Runtime."""
+    if node.has_subgraphs:
+        return False
     real_inputs = [n for n in node.inputs if n]
     if not real_inputs:
         return node.op not in ("RandomNormal", "RandomUniform")

@@ -145,3 +145,32 @@ def row_tile(width: int) -> int:
     """Pixels per register tile along a row: 7 where 7 divides the row and 8 does not (7, 14, 28,
     35 wide: no partial tile), else 8 (56 and 112 wide too)."""
     return 7 if width % 7 == 0 and width % 8 != 0 else 8
+
+
+NAN = float("nan")
+is_nan = activations.halide_is_nan
+
+
+def is_nonfinite(value: hl.Expr) -> hl.Expr:
+    """NaN or +-Inf, told by the exponent bits (see activations.halide_is_nan)."""
+    return (hl.reinterpret(hl.UInt(32), value) & 0x7F800000) == 0x7F800000
+
+
+def nan_max(a: hl.Expr, b: hl.Expr) -> hl.Expr:
+    """max(a, b), NaN where either is NaN, as ONNX Runtime's Max and NumPy's maximum: the max Halide
+    compiles (with fast-math flags) returns the other operand."""
+    return hl.select(is_nan(a) | is_nan(b), hl.f32(NAN), hl.max(a, b))
+
+
+def nan_min(a: hl.Expr, b: hl.Expr) -> hl.Expr:
+    """min(a, b), NaN where either is NaN (see nan_max)."""
+    return hl.select(is_nan(a) | is_nan(b), hl.f32(NAN), hl.min(a, b))
+
+
+def window_max(taps: list[hl.Expr]) -> hl.Expr:
+    """The max of a pooling window's taps, NaN if any is NaN (NumPy's and PyTorch's max pooling; ONNX
+    Runtime's keeps or drops a NaN depending on where it falls in the window, see docs)."""
+    value, nan = taps[0], is_nan(taps[0])
+    for tap in taps[1:]:
+        value, nan = hl.max(value, tap), nan | is_nan(tap)
+    return hl.select(nan, hl.f32(NAN), value)

@@ -35,8 +35,10 @@ from woodpecker.kernels.generated.common import (
     divisors,
     fix_layout,
     is_constant_conv,
+    is_nonfinite,
     native_vector_width,
     row_tile,
+    window_max,
 )
 from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
@@ -80,8 +82,9 @@ class HalideConv2dBlocked(GeneratedImplementation):
             return block > 0 and in_block > 0 and fused_ok and p["groups"] == 1
         if _depthwise(p):
             return block > 0 and in_block == block and fused_ok
-        if p["groups"] > 1:
-            return block > 0 and in_block > 0 and fused_ok and bool(_span(p, in_block, block))
+        if p["groups"] > 1:  # (no fused pool: its exact recomputation, see _exact_grouped, is per output pixel)
+            ok = block > 0 and in_block > 0 and fused_ok and not node.attrs.get("pool")
+            return ok and bool(_span(p, in_block, block))
         return block > 0 and fused_ok  # any input block: `inner` adapts
 
     def space(self, workload: Workload) -> ConfigSpace:
@@ -258,6 +261,11 @@ class HalideConv2dBlocked(GeneratedImplementation):
         total = result + residual[c, x, y, k, n] if has_residual else result
         out = hl.Func("conv")
         out[c, x, y, k, n] = apply_activation(workload, total)
+        grouped = p["groups"] > 1 and not depthwise
+        if grouped:
+            exact_at, group_param, group_weight = _exact_grouped(
+                workload, p, out, source, scaled if has_scale else inp, b_param, residual if has_residual else None
+            )
         pool, pool_rows = node.attrs.get("pool"), config.get("pool_rows", 0)
         pooled = _pool_stage(out, pool, p, c, x, y, k, n) if pool else None
 
@@ -336,12 +344,74 @@ class HalideConv2dBlocked(GeneratedImplementation):
             fix_layout(residual, workload.values[node.inputs[3]].stored_shape)
         params = [inp] + ([residual] if has_residual else []) + ([scale] if has_scale else []) + [w_param, b_param]
         constants = [np.ascontiguousarray(blocked_weight), bias]
+        if grouped:
+            exact_at()
+            params.append(group_param)
+            constants.append(group_weight)
         if stage:
             params += [dw_w_param, dw_b_param]
             constants += [dw_weight, dw_bias]
             fix_layout(dw_w_param, dw_weight.shape)
             fix_layout(dw_b_param, dw_bias.shape)
         return Definition(pooled if pool else out, params, constants)
+
+
+def _exact_grouped(workload: Workload, p: dict, out: hl.Func, source, raw, b_param, residual):
+    """Output rows of a grouped convolution whose input rows hold NaN or +-Inf, computed again over
+    each output channel's own group only. Where a block holds several groups, each lane multiplies
+    the other groups' inputs by zero weights, and 0 * Inf = NaN would spill into them.
+
+    Adds updates of `out` over the flagged rows; returns a function that schedules them, and the
+    parameter and array of the plain weights they read."""
+    node = workload.node
+    b, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
+    c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
+    group_in, group_out = p["c_in"] // p["groups"], p["c_out"] // p["groups"]
+    weight = np.ascontiguousarray(workload.constants[node.inputs[1]].astype(np.float32))  # (O, I/groups, KH, KW)
+    w_param = hl.ImageParam(hl.Float(32), 4, "group_weight")
+    fix_layout(w_param, weight.shape)
+    # Flags: per input row (any pixel, any channel; reduced in vectors of a block's channels), then
+    # per output row (any input row its windows read).
+    pixels_in = hl.RDom([hl.Range(0, p["w"]), hl.Range(0, p["c_in"] // in_block)], "pixels_in")
+    lanes = hl.Func("nonfinite_lanes")
+    lanes[c, y, n] = hl.maximum(hl.select(is_nonfinite(raw[c, pixels_in.x, y, pixels_in.y, n]), 1, 0))
+    across = hl.RDom([hl.Range(0, in_block)], "across")
+    input_row = hl.Func("nonfinite_input_row")
+    input_row[y, n] = hl.maximum(lanes[across.x, y, n])
+    inside = hl.BoundaryConditions.constant_exterior(input_row, 0, [hl.Range(0, p["h"])])
+    taps = hl.RDom([hl.Range(0, p["kh"])], "taps")
+    row = hl.Func("nonfinite_row")
+    row[y, n] = hl.maximum(inside[y * p["strides"][0] + taps.x * p["dilations"][0] - p["pad_top"], n])
+    # The exact sum over the group's own input channels and the epilogue, for the flagged rows. The
+    # activation is a stage of its own: read inside it (its NaN tests reinterpret bits), `exact`
+    # would be computed whether or not the predicate holds.
+    q = hl.RDom([hl.Range(0, group_in), hl.Range(0, p["kw"]), hl.Range(0, p["kh"])], "q")
+    channel = k * b + c
+    source_channel = channel / group_out * group_in + q.x
+    in_x = x * p["strides"][1] + q.y * p["dilations"][1] - p["pad_left"]
+    in_y = y * p["strides"][0] + q.z * p["dilations"][0] - p["pad_top"]
+    exact = hl.Func("exact")
+    exact[c, x, y, k, n] = b_param[channel] + (residual[c, x, y, k, n] if residual is not None else 0)
+    exact[c, x, y, k, n] += (
+        w_param[q.y, q.z, q.x, channel] * source[source_channel % in_block, in_x, in_y, source_channel / in_block, n]
+    )
+    pixels = hl.RDom([hl.Range(0, p["w_out"])], "pixels")
+    pixels.where(row[y, n] != 0)
+    out[c, pixels.x, y, k, n] = exact[c, pixels.x, y, k, n]
+    activated = bool(workload.node.attrs.get("activation"))
+    if activated:
+        out[c, pixels.x, y, k, n] = apply_activation(workload, out[c, pixels.x, y, k, n])
+
+    def schedule() -> None:
+        lanes.compute_root().bound(c, 0, in_block).vectorize(c).parallel(y)
+        input_row.compute_root()
+        row.compute_root()
+        for stage in range(2 if activated else 1):
+            out.update(stage).reorder(c, pixels.x, k, y, n).vectorize(c).parallel(y)
+        exact.compute_at(out, pixels.x).vectorize(c)
+        exact.update().vectorize(c)
+
+    return schedule, w_param, weight
 
 
 def _chunks(workload: Workload, p: dict) -> tuple[int, ...]:
@@ -441,11 +511,11 @@ def _pool_stage(conv: hl.Func, pool: dict, p: dict, c, x, y, k, n) -> hl.Func:
         for j in range(kh)
         for i in range(kw)
     ]
-    value = taps[0]
-    for tap in taps[1:]:
-        value = hl.max(value, tap) if pool["op"] == "MaxPool" else value + tap
     pooled = hl.Func("pool")
-    pooled[c, x, y, k, n] = value if pool["op"] == "MaxPool" else value * hl.f32(1.0 / (kh * kw))
+    if pool["op"] == "MaxPool":
+        pooled[c, x, y, k, n] = window_max(taps)
+    else:
+        pooled[c, x, y, k, n] = sum(taps[1:], taps[0]) * hl.f32(1.0 / (kh * kw))
     return pooled
 
 

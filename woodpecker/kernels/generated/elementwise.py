@@ -9,7 +9,7 @@ import numpy as np
 
 from woodpecker.graph.ir import broadcasts_to
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
+from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, nan_max, nan_min, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 from woodpecker.search.space import Config, ConfigSpace, Knob
@@ -19,12 +19,12 @@ BINARY = {
     "Sub": lambda a, b: a - b,
     "Mul": lambda a, b: a * b,
     "Div": lambda a, b: a / b,
-    "Max": hl.max,
-    "Min": hl.min,
+    "Max": nan_max,
+    "Min": nan_min,
 }
-UNARY = {  # besides the activations of ops.activations
-    "Tanh": hl.tanh,
-    "Exp": hl.exp,
+UNARY = {  # besides the activations of ops.activations; NaN passes through, +-Inf as ONNX Runtime maps it
+    "Tanh": lambda a: activations.halide_nonfinite(a, hl.tanh(a), 1.0, -1.0),
+    "Exp": lambda a: activations.halide_nonfinite(a, hl.exp(a), float("inf"), 0.0),
     "Neg": lambda a: -a,
     "Abs": hl.abs,
 }

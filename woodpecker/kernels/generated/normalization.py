@@ -15,6 +15,7 @@ import numpy as np
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops import activations
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 
@@ -59,7 +60,8 @@ class HalideNormalization(GeneratedImplementation):
         if node.op == "Softmax":
             peak = _row_reduce("peak", lambda col: inp[col, row], width, lanes, "max", row)
             exp = hl.Func("exp")
-            exp[c, row] = hl.exp(inp[c, row] - peak[0][row])
+            shifted = inp[c, row] - peak[0][row]  # NaN where the row holds NaN or +Inf: the row is then NaN
+            exp[c, row] = activations.halide_nonfinite(shifted, hl.exp(shifted), np.inf, 0.0)
             total = _row_reduce("total", lambda col: exp[col, row], width, lanes, "sum", row)
             out[c, row] = exp[c, row] / total[0][row]
             reductions = [peak, total]

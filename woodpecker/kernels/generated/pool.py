@@ -10,7 +10,14 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
+from woodpecker.kernels.generated.common import (
+    NAN,
+    Definition,
+    GeneratedImplementation,
+    is_nan,
+    vector_widths,
+    window_max,
+)
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
@@ -85,12 +92,11 @@ class HalidePool(GeneratedImplementation):
         out = hl.Func(node.op)
         if is_max and kh * kw <= 16:  # taps written out: no reduction loop around a vector max
             taps = [source(x * sx + i * dx - left, y * sy + j * dy - top, c, n) for j in range(kh) for i in range(kw)]
-            value = taps[0]
-            for tap in taps[1:]:
-                value = hl.max(value, tap)
-            out[x, y, c, n] = value
-        elif is_max:
-            out[x, y, c, n] = hl.maximum(source(in_x, in_y, c, n))
+            out[x, y, c, n] = window_max(taps)
+        elif is_max:  # NaN anywhere in the window makes it NaN (window_max)
+            tap = source(in_x, in_y, c, n)
+            nan = hl.maximum(hl.select(is_nan(tap), 1, 0))
+            out[x, y, c, n] = hl.select(nan > 0, hl.f32(NAN), hl.maximum(tap))
         else:
             if node.attrs.get("count_include_pad", 0):
                 # Window clipped to the padded extent (ONNX does not count ceil_mode overhang).
@@ -121,12 +127,14 @@ def _global_pool_blocked(op: str, channels: int, h: int, w: int, block: int, con
     inp = hl.ImageParam(hl.Float(32), 5, "input")
     r = hl.RDom([hl.Range(0, w), hl.Range(0, h)], "r")
     is_max = "Max" in op
-    acc = hl.Func("acc")
-    acc[c, n] = hl.f32(-np.inf) if is_max else hl.f32(0.0)
+    acc = hl.Func("acc")  # a max, or a sum; and whether a NaN was seen (see window_max)
+    acc[c, n] = (hl.f32(-np.inf) if is_max else hl.f32(0.0), hl.f32(0.0))
     value = inp[c % block, r.x, r.y, c // block, n]
-    acc[c, n] = hl.max(acc[c, n], value) if is_max else acc[c, n] + value
+    seen = acc[c, n][1] + hl.select(is_nan(value), hl.f32(1), hl.f32(0))
+    acc[c, n] = (hl.max(acc[c, n][0], value) if is_max else acc[c, n][0] + value, seen)
     out = hl.Func(op)
-    out[x, y, c, n] = acc[c, n] if is_max else acc[c, n] * hl.f32(1.0 / (h * w))
+    result = hl.select(acc[c, n][1] > 0, hl.f32(NAN), acc[c, n][0]) if is_max else acc[c, n][0]
+    out[x, y, c, n] = result if is_max else result * hl.f32(1.0 / (h * w))
     out.bound(x, 0, 1).bound(y, 0, 1).bound(c, 0, channels)
     out.split(c, co, ci, block).vectorize(ci)
     if config["parallel"] == "c":

@@ -75,7 +75,8 @@ class HalideResize(GeneratedImplementation):
             ys = [_within(p[y], h_in) for p in (py0, py1)]
             top = inp[xs[0], ys[0], c, n] * (1.0 - pwx[x]) + inp[xs[1], ys[0], c, n] * pwx[x]
             bottom = inp[xs[0], ys[1], c, n] * (1.0 - pwx[x]) + inp[xs[1], ys[1], c, n] * pwx[x]
-            out[x, y, c, n] = top * (1.0 - pwy[y]) + bottom * pwy[y]
+            # Strict: fast math may rewrite a * (1 - w) + b * w as a + w * (b - a), Inf + -Inf at an Inf.
+            out[x, y, c, n] = hl.strict_float(top * (1.0 - pwy[y]) + bottom * pwy[y])
             params = [inp, px0, px1, pwx, py0, py1, pwy]
 
         # How to schedule it
@@ -126,7 +127,10 @@ def _nearest(source: np.ndarray, mode: str, size_in: int) -> np.ndarray:
 
 
 def _linear(source: np.ndarray, size_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Both neighbours and the second one's weight, coordinates clamped to the image."""
+    """Both neighbours and the second one's weight, coordinates clamped to the image. Where both are
+    one edge pixel each weighs 0.5, as in ONNX Runtime: an Inf there stays Inf (not Inf * 0 = NaN)."""
     clamped = np.clip(source, 0, size_in - 1)
     first = np.floor(clamped).astype(np.int32)
-    return first, np.minimum(first + 1, size_in - 1).astype(np.int32), (clamped - first).astype(np.float32)
+    second = np.minimum(first + 1, size_in - 1).astype(np.int32)
+    weight = np.where(first == second, np.float32(0.5), clamped - first).astype(np.float32)
+    return first, second, weight

@@ -17,6 +17,12 @@ transformed weights per multiply-add. Tiles are computed by strips of `strip` ro
 the whole image), the strip's transformed input and products kept in cache; cores share out the
 strips, or (`parallel` "inside") the products of one strip, for layers with few strips.
 F(4x4, 3x3) rounds to about 1e-5 of the output in float32 (F(2x2) to about 5e-7).
+
+NaN and +-Inf: the transforms mix a tile's inputs, so one Inf would make the whole tile NaN
+(Inf - Inf) where a direct convolution, and ONNX Runtime, give +-Inf or finite values. A tile whose
+input window holds a non-finite value is therefore computed again directly, from weights recovered
+from the transformed ones (g = P U P^T); flagging the pixels costs one more read of the input, and
+other tiles never pay for the direct computation.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from woodpecker.kernels.generated.common import (
     conv_bias,
     fix_layout,
     is_constant_conv,
+    is_nonfinite,
 )
 from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
-# (B^T, G, A^T) of F(m x m, 3 x 3) per output tile size m (Lavin & Gray, section 4).
+# (B^T, G, A^T) of F(m x m, 3 x 3) per output tile size m (Lavin & Gray, section 4), and a sparse
+# left inverse P of G (P G = I), which recovers the 3x3 weights g = P U P^T from the transformed ones.
 TRANSFORMS = {
     2: (
         np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
@@ -67,6 +75,10 @@ TRANSFORMS = {
         ),
         np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
     ),
+}
+RECOVER = {
+    2: np.array([[1, 0, 0, 0], [0, 1, -1, 0], [0, 0, 0, 1]]),
+    4: np.array([[4, 0, 0, 0, 0, 0], [0, -3, 3, 0, 0, 0], [0, 0, 0, 0, 0, 1]]),
 }
 STRIPS = (1, 2, 4, 0)  # rows of tiles per strip; 0: the whole image
 
@@ -177,10 +189,39 @@ class HalideWinograd(GeneratedImplementation):
         acc[c, t, e, k, ty, n] += u_param[c, r.x, r.y, k, e] * transformed[r.x, t, e, r.y, ty, n]
         product = hl.Func("product")
         product[c, t, e, k, ty, n] = acc[c, t, e, k, ty, n]
-        # Y = A^T M A, one expression per output position of the tile.
-        tile = [product[c, x / m, position, k, y / m, n] for position in range(a * a)]
-        outputs = [_combine(np.outer(a_t[i], a_t[j]).ravel(), tile) for i in range(m) for j in range(m)]
-        total = hl.mux((y % m) * m + x % m, outputs) + b_param[k * b + c]
+        # Y = A^T M A, one expression per output position (xi, yi) of tile (t, ty).
+        px, py = hl.Var("px"), hl.Var("py")
+        tile = [product[c, t, position, k, ty, n] for position in range(a * a)]
+        positions = [_combine(np.outer(a_t[i], a_t[j]).ravel(), tile) for i in range(m) for j in range(m)]
+        tiles = hl.Func("tiles")
+        tiles[c, px, py, t, k, ty, n] = hl.mux(py * m + px, positions)
+        # Tiles whose input window holds NaN or +-Inf: computed again, directly. Flags per pixel (over
+        # the input blocks, in vectors), then per tile over its (m+2) x (m+2) window.
+        blocks_in = hl.RDom([hl.Range(0, c_in // in_block)], "blocks_in")
+        pixel_lanes = hl.Func("nonfinite_lanes")
+        pixel_lanes[c, x, y, n] = hl.maximum(hl.select(is_nonfinite(source[c, x, y, blocks_in.x, n]), 1, 0))
+        lanes = hl.RDom([hl.Range(0, in_block)], "lanes")
+        flagged = hl.Func("nonfinite_pixel")
+        flagged[x, y, n] = hl.maximum(pixel_lanes[lanes.x, x, y, n])
+        window = hl.RDom([hl.Range(0, a), hl.Range(0, a)], "window")
+        nonfinite = hl.Func("nonfinite_tile")
+        nonfinite[t, ty, n] = hl.maximum(flagged[t * m + window.x - 1, ty * m + window.y - 1, n])
+        rt = hl.RDom([hl.Range(0, m), hl.Range(0, m)], "rt")
+        rt.where(nonfinite[t, ty, n] != 0)
+        rc = hl.RDom([hl.Range(0, c_in)], "rc")
+        recover = RECOVER[m]
+        direct = hl.Func("direct")
+        direct[c, px, py, t, k, ty, n] = hl.f32(0)
+        for i in range(3):
+            for j in range(3):
+                weight = _combine(
+                    np.outer(recover[i], recover[j]).ravel(),
+                    [u_param[c, rc.x % in_block, rc.x / in_block, k, e] for e in range(a * a)],
+                )
+                pixel = source[rc.x % in_block, t * m + px + j - 1, ty * m + py + i - 1, rc.x / in_block, n]
+                direct[c, px, py, t, k, ty, n] += weight * pixel
+        tiles[c, rt.x, rt.y, t, k, ty, n] = direct[c, rt.x, rt.y, t, k, ty, n]
+        total = tiles[c, x % m, y % m, x / m, k, y / m, n] + b_param[k * b + c]
         if has_residual:
             total = total + residual[c, x, y, k, n]
         out = hl.Func("conv")
@@ -195,6 +236,15 @@ class HalideWinograd(GeneratedImplementation):
         out.reorder(c, xi, yii, tx, k, ti_row, yo, n).vectorize(c).unroll(xi).unroll(yii)
         out.fuse(yo, n, strips)
         to, ti, ko, ki = hl.Var("to"), hl.Var("ti"), hl.Var("ko"), hl.Var("ki")
+        tiles.compute_at(out, strips).bound(c, 0, b).bound(px, 0, m).bound(py, 0, m)
+        tiles.reorder(c, px, py, t, k, ty, n).vectorize(c).unroll(px).unroll(py)
+        tiles.update().reorder(c, rt.x, rt.y, t, k, ty, n).vectorize(c)
+        direct.compute_at(tiles, rt.x).vectorize(c)
+        for stage in range(9):
+            direct.update(stage).vectorize(c)
+        nonfinite.compute_at(out, strips)
+        flagged.compute_at(out, strips)
+        pixel_lanes.compute_at(out, strips).bound(c, 0, in_block).vectorize(c)
         product.compute_at(out, strips).bound(c, 0, b).bound(e, 0, a * a)
         product.split(t, to, ti, config["tile_t"], guard).split(k, ko, ki, config["tile_k"])
         product.reorder(c, ti, ki, to, ko, e, ty, n).vectorize(c)
@@ -207,6 +257,7 @@ class HalideWinograd(GeneratedImplementation):
         else:  # one strip at a time, its steps shared out: products by position, the rest by blocks
             product.parallel(e)
             transformed.parallel(k)
+            pixel_lanes.parallel(y)
             out.parallel(k)
 
         fix_layout(inp, workload.values[node.inputs[0]].stored_shape)

@@ -24,7 +24,10 @@ def session_options(threads: int | None = None, spinning: bool = False, prepack:
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    # Fatal only: a failing session raises, and Woodpecker reports it (ONNX Runtime's own error lines
+    # on standard error would come on top of that one line).
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
     if threads:
         options.intra_op_num_threads = threads
     return options
