@@ -32,13 +32,22 @@ def check_output_file(path: str | Path, is_ours: Callable[[Path], bool], kind: s
     parent = target.parent
     if not parent.is_dir():
         raise OutputError(f"{path}: no such directory {parent}")
-    try:  # a real write, not os.access: root passes that test on read-only file systems too
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write in {parent} ({exc.strerror})") from None
+    reason = cannot_write_in(parent)
+    if reason:
+        raise OutputError(f"{path}: cannot write in {parent} ({reason})")
     if target.exists() and not is_ours(target):
         raise OutputError(f"{path}: exists and is not {kind}; refusing to overwrite it")
     return target
+
+
+def cannot_write_in(directory: Path) -> str | None:
+    """Why no file can be created in `directory`, or None. A real write, not os.access: root passes
+    that test on read-only file systems too."""
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def write_replacing(path: Path, write: Callable[[IO[bytes]], None]) -> None:

@@ -123,10 +123,10 @@ def outer_names(node: onnx.NodeProto) -> list[str]:
     for attr in node.attribute:
         for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
             defined = {i.name for i in [*sub.input, *sub.initializer]} | {o for n in sub.node for o in n.output}
-            for inner in sub.node:
-                for name in [*inner.input, *outer_names(inner)]:
-                    if name and name not in defined and name not in found:
-                        found.append(name)
+            read = [name for inner in sub.node for name in [*inner.input, *outer_names(inner)]]
+            for name in [*read, *(o.name for o in sub.output)]:  # a branch may return an outer value as it is
+                if name and name not in defined and name not in found:
+                    found.append(name)
     return found
 
 

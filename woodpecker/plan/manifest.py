@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import blake3
 
 from woodpecker.errors import PlanError
+from woodpecker.output_files import cannot_write_in
 
 MANIFEST = "manifest.json"
 PLAN_FILE = "plan.json"
@@ -93,10 +93,9 @@ def check_output_dir(directory: str | Path) -> Path:
     parent = nearest_existing(target.parent)
     if not parent.is_dir():
         raise PlanError(f"{directory}: {parent} is not a directory")
-    try:  # a real write, not os.access: root passes that test on read-only file systems too
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as exc:
-        raise PlanError(f"{directory}: cannot write in {parent} ({exc.strerror})") from None
+    reason = cannot_write_in(parent)
+    if reason:
+        raise PlanError(f"{directory}: cannot write in {parent} ({reason})")
     return target
 
 

@@ -159,7 +159,7 @@ class Plan:
         describe a plan, is refused with a PlanError before anything in it is run."""
         path = Path(directory)
         if not path.is_dir():
-            raise PlanError(f"{path}: not a Woodpecker plan (no such directory)")
+            raise PlanError(f"{path}: not a Woodpecker plan (not a directory)")
         check_manifest(path)
         try:
             data = json.loads((path / PLAN_FILE).read_text())
@@ -193,8 +193,9 @@ class Plan:
 
 
 def check_plan_data(graph: Graph, choices: list[Choice], kernels: Any, meta: Any) -> None:
-    """What a plan.json must hold beyond its syntax: values with shapes and dtypes, nodes reading
-    and writing known values, one registered implementation per node, library files of the plan."""
+    """What a plan.json must hold beyond its syntax (a ValueError says what is wrong): values with
+    shapes and dtypes, nodes that read values computed before them, one registered implementation
+    per node, compiled kernels of the graph's nodes."""
     from woodpecker.kernels import registry
 
     for value in graph.values.values():

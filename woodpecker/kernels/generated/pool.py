@@ -127,14 +127,17 @@ def _global_pool_blocked(op: str, channels: int, h: int, w: int, block: int, con
     inp = hl.ImageParam(hl.Float(32), 5, "input")
     r = hl.RDom([hl.Range(0, w), hl.Range(0, h)], "r")
     is_max = "Max" in op
-    acc = hl.Func("acc")  # a max, or a sum; and whether a NaN was seen (see window_max)
-    acc[c, n] = (hl.f32(-np.inf) if is_max else hl.f32(0.0), hl.f32(0.0))
+    acc = hl.Func("acc")
     value = inp[c % block, r.x, r.y, c // block, n]
-    seen = acc[c, n][1] + hl.select(is_nan(value), hl.f32(1), hl.f32(0))
-    acc[c, n] = (hl.max(acc[c, n][0], value) if is_max else acc[c, n][0] + value, seen)
     out = hl.Func(op)
-    result = hl.select(acc[c, n][1] > 0, hl.f32(NAN), acc[c, n][0]) if is_max else acc[c, n][0]
-    out[x, y, c, n] = result if is_max else result * hl.f32(1.0 / (h * w))
+    if is_max:  # the max, and how many NaN were seen (see window_max)
+        acc[c, n] = (hl.f32(-np.inf), hl.f32(0.0))
+        acc[c, n] = (hl.max(acc[c, n][0], value), acc[c, n][1] + hl.select(is_nan(value), hl.f32(1), hl.f32(0)))
+        out[x, y, c, n] = hl.select(acc[c, n][1] > 0, hl.f32(NAN), acc[c, n][0])
+    else:
+        acc[c, n] = hl.f32(0.0)
+        acc[c, n] = acc[c, n] + value
+        out[x, y, c, n] = acc[c, n] * hl.f32(1.0 / (h * w))
     out.bound(x, 0, 1).bound(y, 0, 1).bound(c, 0, channels)
     out.split(c, co, ci, block).vectorize(ci)
     if config["parallel"] == "c":
