@@ -25,11 +25,11 @@ def main() -> None:
     args = parser.parse_args()
     configure_threads()
 
+    from woodpecker.compile.pool import default_processes
     from woodpecker.graph.onnx_import import import_model
     from woodpecker.graph.passes import optimize_graph
-    from woodpecker.kernels.generated.conv2d import HalideConv2d
+    from woodpecker.kernels.halide.conv2d import HalideConv2d
     from woodpecker.kernels.workload import Workload
-    from woodpecker.measure.compile_pool import default_processes
     from woodpecker.measure.runner import LocalRunner
 
     graph = optimize_graph(import_model(args.model))

@@ -10,6 +10,8 @@ shows median latency, the ratio best fp32 peer / Woodpecker (above 1: Woodpecker
 throughput, peak memory of the plan and of ONNX Runtime (resident memory added after the
 libraries were imported), the optimizer's whole-plan candidates and tuning time.
 `--reuse-plans` times the plans an earlier run left in `--out` instead of optimizing again.
+`--publish` also writes the results to benchmarks/results/<date>-b<batch>.json, which
+benchmarks/results.py renders into the README.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--reuse-plans", action="store_true", help="time the plans already in --out")
     parser.add_argument("--out", default="out/bench")
     parser.add_argument("--from-json", action="store_true", help="print the table of a finished run, run nothing")
+    parser.add_argument("--publish", action="store_true", help="also write benchmarks/results/<date>-b<batch>.json")
     args = parser.parse_args()
     out = Path(args.out)
     if args.from_json:
@@ -55,12 +58,43 @@ def main() -> None:
             print(format_row(rows[-1]), flush=True)
             continue
         report = bench(plan_dir, PEERS, BenchSettings(runs=args.runs, rounds=args.rounds))
-        report.update(model_name=name, tuning_s=plan.meta["summary"]["optimize_seconds"], summary=plan.meta["summary"])
+        report.update(
+            model_name=name,
+            tuning_s=plan.meta["summary"]["optimize_seconds"],
+            summary=plan.meta["summary"],
+            selected=plan.meta["selected"],
+            plan_candidates={n: c.get("median_ms") for n, c in plan.meta["plan_candidates"].items()},
+        )
         rows.append(report)
         print(format_row(report), flush=True)
         (out / f"results-b{args.batch}.json").write_text(json.dumps(rows, indent=1))
     print()
     print(format_table(rows, args.batch, args.budget))
+    if args.publish:
+        path = publish(rows, args)
+        print(f"written to {path}; render with benchmarks/results.py --readme")
+
+
+def publish(rows: list[dict], args: argparse.Namespace) -> Path:
+    """The run's rows with what it ran and where, as a dated file under benchmarks/results/."""
+    import datetime
+    import sys
+
+    from woodpecker.records.fingerprint import fingerprint
+
+    today = datetime.date.today().isoformat()
+    path = Path(__file__).parent / "results" / f"{today}-b{args.batch}.json"
+    path.parent.mkdir(exist_ok=True)
+    document = {
+        "date": today,
+        "command": " ".join(["benchmarks/e2e.py", *sys.argv[1:]]),
+        "batch": args.batch,
+        "budget": args.budget,
+        "machine": {k: fingerprint()[k] for k in ("cpu", "cores", "versions")},
+        "rows": rows,
+    }
+    path.write_text(json.dumps(document, indent=1))
+    return path
 
 
 def _optimize(model: Path, plan_dir: Path, args: argparse.Namespace) -> woodpecker.Plan:
@@ -87,8 +121,7 @@ def format_row(report: dict) -> str:
     for runtime in ("woodpecker", "onnxruntime"):
         peak = _result(report, runtime).get("peak_mib")
         cells.append(f"{peak:>9.0f}" if peak is not None else f"{'-':>9}")
-    meta = json.loads((Path(report["target"]) / "plan.json").read_text())["meta"]
-    candidates = {name: c.get("median_ms") for name, c in meta["plan_candidates"].items()}
+    candidates = report["plan_candidates"]
     unfused = [m for name, m in candidates.items() if name.endswith("-unfused") and m]
     expanded = [m for name, m in candidates.items() if name.endswith("-expanded") and m]
     library = [m for name, m in candidates.items() if name.startswith("all-") and m]
@@ -101,7 +134,7 @@ def format_row(report: dict) -> str:
     )
     for median in medians:
         cells.append(f"{median:>10.2f}" if median else f"{'-':>10}")
-    cells.append(f"  {meta['selected']:<14}")
+    cells.append(f"  {report['selected']:<14}")
     cells.append(f"{report['tuning_s']:>7.0f}")
     return "".join(cells)
 

@@ -21,8 +21,8 @@ import statistics
 from functools import partial
 
 import numpy as np
-from interleaved import round_medians
 
+from woodpecker.measure.rounds import round_medians
 from woodpecker.measure.threads import configure_threads
 
 
@@ -38,11 +38,12 @@ def main() -> None:
     configure_threads()
 
     from woodpecker.api import graph_variants
+    from woodpecker.explore.nodes import explore
+    from woodpecker.explore.select import on_generated
+    from woodpecker.explore.verify import random_feeds
     from woodpecker.graph.onnx_import import import_model
     from woodpecker.measure.runner import LocalRunner
-    from woodpecker.plan.explore import ExploreOptions, explore
-    from woodpecker.plan.select import on_generated
-    from woodpecker.plan.verify import random_feeds
+    from woodpecker.options import SearchOptions
     from woodpecker.records.database import Records
     from woodpecker.runtime.executor import Executor
 
@@ -51,7 +52,7 @@ def main() -> None:
     variants = {"fused": fused} | others
     if args.variant not in variants or "unfused" not in variants:
         raise SystemExit(f"{args.model}: nothing to fuse for --variant {args.variant}")
-    options = ExploreOptions(budget=args.budget, libraries=("numpy",))
+    options = SearchOptions(budget=args.budget, libraries=("numpy",), progress=True)
     plans = {}
     records = Records(args.records)
     for name in (args.variant, "unfused"):

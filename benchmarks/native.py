@@ -20,8 +20,8 @@ import tempfile
 from collections.abc import Callable
 
 import numpy as np
-from interleaved import round_medians
 
+from woodpecker.measure.rounds import round_medians
 from woodpecker.measure.threads import configure_threads
 
 
@@ -37,19 +37,20 @@ def main() -> None:
 
     import woodpecker
     from woodpecker.api import graph_variants
+    from woodpecker.explore.nodes import explore
+    from woodpecker.explore.select import on_generated
+    from woodpecker.explore.verify import random_feeds
     from woodpecker.graph.onnx_import import import_model
-    from woodpecker.kernels.generated.aot import start_native
     from woodpecker.measure.runner import LocalRunner
-    from woodpecker.plan.explore import ExploreOptions, explore
+    from woodpecker.options import SearchOptions
     from woodpecker.plan.plan import Plan
-    from woodpecker.plan.select import on_generated
-    from woodpecker.plan.verify import random_feeds
     from woodpecker.records.database import Records
+    from woodpecker.runtime.kernel_library import start_native
 
     graph, _ = graph_variants(import_model(args.model, 1), "blocked")
     with LocalRunner() as runner:
         explored = explore(
-            graph, ExploreOptions(budget=args.budget, libraries=("numpy",)), runner, Records(args.records)
+            graph, SearchOptions(budget=args.budget, libraries=("numpy",), progress=True), runner, Records(args.records)
         )
     tmp = tempfile.TemporaryDirectory()  # the loaded plan reads its weights from there while it builds
     Plan(graph, [on_generated(c) for c in explored]).save(f"{tmp.name}/plan")

@@ -34,7 +34,7 @@ def main() -> None:
     from woodpecker.graph.onnx_import import import_model
     from woodpecker.graph.passes import optimize_graph
     from woodpecker.kernels import registry
-    from woodpecker.kernels.generated.conv2d import HalideConv2d
+    from woodpecker.kernels.halide.conv2d import HalideConv2d
     from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
     from woodpecker.kernels.workload import Workload
     from woodpecker.measure.timing import REL_TOLERANCE, TimingSettings, check, random_inputs, time_kernel

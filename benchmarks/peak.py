@@ -57,7 +57,7 @@ ITERATIONS = 60_000_000  # about 0.3 s per run at 150 GFLOPS per core
 
 
 def build(directory: Path) -> Path:
-    from woodpecker.kernels.generated.aot import compiler
+    from woodpecker.compile.toolchain import compiler
 
     source, binary = directory / "peak.c", directory / "peak"
     source.write_text(SOURCE)

@@ -56,11 +56,11 @@ def main() -> None:
         return
     configure_threads()
 
+    from woodpecker.explore.nodes import measure_with_records
     from woodpecker.graph.onnx_import import import_model
     from woodpecker.graph.passes import optimize_graph
-    from woodpecker.kernels.generated.conv2d import HalideConv2d
+    from woodpecker.kernels.halide.conv2d import HalideConv2d
     from woodpecker.measure.runner import LocalRunner
-    from woodpecker.plan.explore import measure_with_records
     from woodpecker.records.database import Records
 
     graph = optimize_graph(import_model(args.model))
@@ -127,7 +127,7 @@ def _pick_layers(graph, count: int, depthwise: bool) -> list:
 
 def _search(workload, impl: str, space, name: str, seed: int, args, runner, records) -> list[float]:
     """Best-so-far GFLOPS after each trial of one strategy run."""
-    from woodpecker.plan.explore import measure_with_records
+    from woodpecker.explore.nodes import measure_with_records
     from woodpecker.search.strategies import STRATEGIES
 
     strategy = STRATEGIES[name](space, seed)

@@ -1,4 +1,9 @@
-"""Shared fixtures: small ONNX graphs built in the test, torchvision exports, a temp records DB."""
+"""Shared fixtures: small ONNX graphs built in the test, torchvision exports, a temp records DB.
+
+Tiers: tests marked `slow` (whole models, end-to-end optimizations, fuzzing, subprocesses) are
+left out by `scripts/test.sh --fast` (`-m "not slow"`), the inner loop; CI runs them all.
+A test that exports a torchvision model is slow by construction.
+"""
 
 from __future__ import annotations
 
@@ -47,3 +52,12 @@ def exported(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+SLOW_MODULES = ("test_e2e", "test_fuzz", "test_cli", "test_ray", "test_memory")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or "exported" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

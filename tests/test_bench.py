@@ -38,7 +38,7 @@ def test_ratio_is_the_median_of_the_ratios_within_rounds():
 def test_each_round_starts_the_runtimes_in_a_rotated_order(monkeypatch, tmp_path):
     order = []
 
-    def run_isolated(runtime, path, batch, settings, inputs):
+    def run_isolated(runtime, path, batch, settings, inputs, scratch):
         order.append(runtime)
         return result(runtime, 1.0)
 
@@ -66,3 +66,10 @@ def test_a_peer_keeps_its_library_waiting_policy(monkeypatch):
     assert all(os.environ[name] == value for name, value in SHARING.items())
     configure_threads(2, shared=False)  # as the peer's worker process, which inherited them
     assert not set(SHARING) & set(os.environ) and os.environ["OMP_NUM_THREADS"] == "2"
+
+
+def test_an_exported_model_names_its_torchvision_source(exported):
+    """The PyTorch peers find the architecture an ONNX file came from (the name, not a temporary file's)."""
+    from woodpecker.models import torchvision_name
+
+    assert torchvision_name(exported("squeezenet1_1")) == "squeezenet1_1"

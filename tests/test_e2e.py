@@ -127,7 +127,7 @@ def test_library_segments_load_from_files_that_refer_to_the_weights(library, can
     """A saved plan's library segments are ONNX files whose weights stay in constants.safetensors
     (external data), so loading one copies no weights through Python; the loaded plan still
     computes what the plan in memory does and what ONNX Runtime does on the source model."""
-    from woodpecker.plan.select import candidate_choices
+    from woodpecker.explore.select import candidate_choices
 
     pytest.importorskip(library)
     plan = woodpecker.load(small_plan / "plan")
@@ -152,16 +152,19 @@ def test_library_segments_load_from_files_that_refer_to_the_weights(library, can
         except RuntimeError:  # not set
             unpacked = False
         assert unpacked == candidate.endswith("unpacked")
-    # Its segment is built from its file: loading and running it in a fresh process imports no ONNX.
+    # Its segment is built from its file: loading and running it in a fresh process imports no ONNX,
+    # no Halide and nothing of the optimizer.
     script = (
         "import sys, numpy as np, woodpecker\n"
         "woodpecker.load(sys.argv[1]).run({'x': np.load(sys.argv[2])})\n"
-        "print('onnx' in sys.modules)"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'halide', 'torch')"
+        " or m.startswith(tuple('woodpecker.' + p for p in sys.argv[3].split(',')))))"
     )
     np.save(tmp_path / "x.npy", x)
-    command = [sys.executable, "-c", script, tmp_path / "plan", tmp_path / "x.npy"]
+    optimizer = "explore,search,compile,records,measure.runner,graph.passes,graph.onnx_import,kernels.halide"
+    command = [sys.executable, "-c", script, tmp_path / "plan", tmp_path / "x.npy", optimizer]
     result = subprocess.run(command, capture_output=True, text=True)
-    assert result.stdout.split() == ["False"], result.stderr
+    assert result.stdout.split() == ["[]"], result.stdout + result.stderr
 
 
 def wpk(*args):
@@ -300,12 +303,12 @@ def generated_plan(tmp_path_factory):
     from conftest import const, make_model, tensor
     from onnx import helper
 
+    from woodpecker.explore.verify import verify
     from woodpecker.graph.onnx_import import import_model
     from woodpecker.graph.passes import optimize_graph
     from woodpecker.kernels import registry
     from woodpecker.kernels.workload import Workload
     from woodpecker.plan.choice import Choice
-    from woodpecker.plan.verify import verify
 
     rng = np.random.default_rng()
     nodes = [
@@ -326,7 +329,7 @@ def generated_plan(tmp_path_factory):
     for node in graph.nodes:
         workload = Workload.of(graph, node)
         impl = next(
-            (i for i in registry.candidates(workload, ()) if i.kind == "generated"), registry.get("onnxruntime")
+            (i for i in registry.candidates(workload, ()) if i.capabilities.compiled), registry.get("onnxruntime")
         )
         config = impl.space(workload).sample(1, seed=int(rng.integers(1000)))
         choices.append(Choice(node.name, impl.name, config[0] if config else {}, impl.kind))
@@ -346,7 +349,7 @@ def test_saved_plan_runs_compiled_kernels_in_a_fresh_process(generated_plan):
     np.save(generated_plan / "x.npy", x)
     script = (
         "import sys, time, numpy as np, woodpecker\n"
-        "from woodpecker.kernels.generated.aot import AotKernel\n"
+        "from woodpecker.runtime.kernel_library import AotKernel\n"
         "start = time.perf_counter()\n"
         f"plan = woodpecker.load({str(plan_dir)!r})\n"
         f"y = plan.run({{'x': np.load({str(generated_plan / 'x.npy')!r})}})['y']\n"
@@ -426,8 +429,8 @@ def test_a_model_whose_output_ignores_its_input_is_flagged(rng):
     from conftest import const, make_model, tensor
     from onnx import helper
 
+    from woodpecker.explore.verify import verify
     from woodpecker.plan.choice import Choice
-    from woodpecker.plan.verify import verify
 
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
     inits = [const("w", np.zeros((4, 6), np.float32)), const("b", rng.standard_normal(4).astype(np.float32))]

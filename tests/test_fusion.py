@@ -15,14 +15,14 @@ from test_memory import per_node_choices
 from test_passes import assert_same_function
 
 from woodpecker import api
+from woodpecker.explore.verify import random_feeds
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import BLOCKED_PASSES, fuse_epilogue, fuse_expand, fuse_pool, optimize_graph
 from woodpecker.graph.passes.fuse_expand import MIN_EXPANDED_BYTES
 from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
-from woodpecker.kernels.generated.common import native_vector_width
+from woodpecker.kernels.halide.common import native_vector_width
 from woodpecker.kernels.workload import Workload
-from woodpecker.plan.verify import random_feeds
 from woodpecker.runtime.executor import Executor
 
 # name -> ONNX nodes computing y from c (the Conv or Gemm output)
@@ -63,6 +63,7 @@ def test_silu_does_not_fuse_when_the_conv_output_has_a_third_reader(rng):
     assert sorted(fuse_epilogue(graph).summary()) == ["Add", "Conv", "Mul", "Sigmoid"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sigmoid", "hardsigmoid", "hardswish", "silu"])
 @pytest.mark.parametrize("impl", ["halide.conv2d", "halide.conv2d_blocked"])
 def test_conv_kernels_apply_every_activation(name, impl, rng):
@@ -176,6 +177,7 @@ def se_block_model(rng, channels=32, size=10, batch=1):
     return make_model(nodes, [tensor("x", [batch, 16, size, size])], [tensor("y", [batch, 16, size, size])], inits)
 
 
+@pytest.mark.slow
 def test_squeeze_and_excitation_block_runs_on_generated_kernels(rng, records_path):
     if native_vector_width() != 16:
         pytest.skip("the conversion count assumes 16-lane vectors")
@@ -429,6 +431,7 @@ def expanded(graph, min_bytes=0):
     return optimize_graph(block_layout(optimize_graph(graph), 16), passes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("stride", "activation", "c_in", "channels", "size", "kernel"),
     [
@@ -469,6 +472,7 @@ def test_graph_variants_offer_the_expanded_graph_for_large_maps(rng):
     assert [n.fused for n in others["expanded"].nodes if n.op == "Conv"][1] == ["Conv(1x1)", "Clip", "Clip"]
 
 
+@pytest.mark.slow
 def test_plan_with_fused_pool_and_depthwise_runs_on_generated_kernels(rng, records_path, tmp_path):
     """Conv + ReLU + MaxPool, then depthwise + ReLU6 + 1x1 + residual: fused into two nodes on their
     generated kernels, they compute what ONNX Runtime computes; the optimizer times the plan with and

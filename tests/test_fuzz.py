@@ -189,7 +189,7 @@ def saved_plan(tmp_path_factory):
     status, stderr = run_cli([*argv, "--records", str(directory / "records.sqlite")])
     assert status == 0, stderr
     # The selected plan may run on libraries alone: a second one runs every node it can on compiled kernels.
-    from woodpecker.plan.select import on_generated
+    from woodpecker.explore.select import on_generated
 
     selected = Plan.load(directory / "plan")
     Plan(selected.graph, [on_generated(c) for c in selected.choices], selected.meta).save(directory / "own")

@@ -191,6 +191,7 @@ def subgraph_models(rng) -> dict[str, onnx.ModelProto]:
     return {"if": branch, "loop": loop, "scan": scan}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["if", "loop", "scan"])
 def test_nodes_with_subgraphs_run_whole_on_onnx_runtime(kind, rng, tmp_path):
     """Import keeps them, passes never fold or fuse them, and the plan (saved and loaded) computes

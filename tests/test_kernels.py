@@ -10,10 +10,10 @@ import pytest
 from conftest import const, make_model, tensor
 from onnx import helper
 
+from woodpecker.compile.toolchain import compile_library
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import optimize_graph
 from woodpecker.kernels import registry
-from woodpecker.kernels.generated.aot import KernelLibrary, compile_library
 from woodpecker.kernels.library.onnxruntime import OnnxRuntimeImplementation
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.timing import (
@@ -24,6 +24,7 @@ from woodpecker.measure.timing import (
     nonfinite_inputs,
     random_inputs,
 )
+from woodpecker.runtime.kernel_library import KernelLibrary
 
 
 def single_workload(nodes, inputs, outputs, inits):
@@ -295,6 +296,26 @@ def test_layer_normalization(shape, with_bias, rng):
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.normalization", n_configs=3)
 
 
+@pytest.mark.parametrize(
+    ("op", "shape", "opset"),
+    [
+        ("ReduceMean", (2, 7, 40), 17),  # a decomposed LayerNorm's mean: axes attribute
+        ("ReduceSum", (3, 5, 19), 17),  # axes as an input (opset 13 on); rows narrower than a vector
+        ("ReduceMax", (4, 64), 18),
+        ("ReduceMin", (6, 3), 18),
+    ],
+)
+def test_reduce_over_the_last_axis(op, shape, opset):
+    out_shape = [*shape[:-1], 1]
+    if op == "ReduceMean" and opset < 18:
+        nodes, inits = [helper.make_node(op, ["x"], ["y"], axes=[-1], keepdims=1)], []
+    else:
+        nodes, inits = [helper.make_node(op, ["x", "axes"], ["y"], keepdims=1)], [const("axes", np.array([-1]))]
+    model = make_model(nodes, [tensor("x", shape)], [tensor("y", out_shape)], inits, opset)
+    graph = optimize_graph(import_model(model))
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.reduce", n_configs=3)
+
+
 @pytest.mark.parametrize(("a", "b"), [((1, 3, 37, 16), (1, 3, 16, 37)), ((2, 20, 9), (2, 9, 33))])
 def test_batched_matmul(a, b):
     """Attention's q @ k^T and scores @ v: both sides computed at run time."""
@@ -385,7 +406,7 @@ def test_resize(mode, coordinates, nearest, scales, out_hw):
 def test_the_shared_runtime_builds_in_an_empty_cache(tmp_path):
     """On a fresh machine nothing is cached yet: loading the shared runtime builds runtime.o under
     the same lock file and used to wait on itself forever."""
-    script = "from woodpecker.kernels.generated.aot import load_runtime; load_runtime()"
+    script = "from woodpecker.compile.toolchain import load_runtime; load_runtime()"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

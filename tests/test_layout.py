@@ -11,14 +11,14 @@ from onnx import helper
 from test_kernels import assert_kernel_family, assert_library_kernel, assert_matches_reference, references
 
 from woodpecker import api
+from woodpecker.explore.verify import random_feeds
 from woodpecker.graph.ir import Value
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import optimize_graph
 from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
-from woodpecker.kernels.generated.common import native_vector_width
+from woodpecker.kernels.halide.common import native_vector_width
 from woodpecker.kernels.workload import Workload
-from woodpecker.plan.verify import random_feeds
 from woodpecker.runtime.executor import Executor
 
 
@@ -141,6 +141,7 @@ def test_chunked_starting_points(rng):
         assert (second.get("chunk", 0), second.get("chunk_rows", 0)) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BLOCKED_CONV_CASES)
 def test_blocked_conv2d(case, rng):
     *shape, epilogue, in_block, block = case
@@ -266,6 +267,7 @@ def every_generated(plan) -> list:
     return choices
 
 
+@pytest.mark.slow
 def test_blocked_plan_matches_onnxruntime_and_survives_save_load(rng, tmp_path, records_path):
     plan = api.optimize(branchy_model(rng), budget=2, records=records_path, libraries=("numpy",), progress=False)
     assert plan.meta["summary"]["relayouts"] == 1
@@ -323,6 +325,7 @@ def test_channel_last_blocks_move_whole_channel_vectors(rng):
             assert Workload.of(graph, node).blocks == {16}
 
 
+@pytest.mark.slow
 def test_channel_last_block_plan_on_generated_kernels_matches_onnxruntime(rng, records_path):
     plan = api.optimize(channel_last_block(rng), budget=1, records=records_path, libraries=("numpy",), progress=False)
     generated = every_generated(plan)

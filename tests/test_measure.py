@@ -9,7 +9,7 @@ from conftest import const, make_model, tensor
 from onnx import helper
 
 from woodpecker.graph.onnx_import import import_model
-from woodpecker.kernels.generated.conv2d import HalideConv2d
+from woodpecker.kernels.halide.conv2d import HalideConv2d
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.runner import LocalRunner
 from woodpecker.measure.timing import TimingSettings

@@ -35,7 +35,7 @@ def per_node_choices(graph, elementwise_config=None):
     choices = []
     for node in graph.nodes:
         workload = Workload.of(graph, node)
-        impl = next((i for i in registry.candidates(workload, ()) if i.kind == "generated"), None)
+        impl = next((i for i in registry.candidates(workload, ()) if i.capabilities.compiled), None)
         if node.op in RESHAPES or (node.op == "Concat" and registry.get("numpy").matches(workload)):
             choices.append(Choice(node.name, "numpy", {}, "library"))
         elif impl is None:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from test_segments import branchy_graph
 
+from woodpecker.compile import pool as compile_pool
+from woodpecker.compile.objects import compile_plan_kernels, kernel_key, prune
 from woodpecker.errors import PlanError
-from woodpecker.kernels.generated.aot import KernelLibrary, pool_threads
 from woodpecker.kernels.workload import Workload
-from woodpecker.measure import compile_pool
 from woodpecker.plan.choice import Choice
-from woodpecker.plan.compiled import compile_plan_kernels, kernel_key, prune
 from woodpecker.runtime.executor import Executor, NativeRun
+from woodpecker.runtime.kernel_library import KernelLibrary, pool_threads
 
 ELEMENTWISE = {"vec": 4, "chunk": 1024}
 
@@ -121,7 +121,7 @@ def test_the_object_cache_keeps_the_most_recently_used(tmp_path):
 
 def test_a_library_reads_its_constants_into_aligned_memory(rng, tmp_path):
     """Kernel weights come back equal to what was compiled, each starting on a cache line."""
-    from woodpecker.kernels.generated.aot import LibraryEntry, link_library
+    from woodpecker.compile.toolchain import LibraryEntry, link_library
 
     shapes = [((3, 5), np.float32), ((7,), np.int32), ((), np.float64), ((0, 4), np.float32)]
     constants = [(rng.standard_normal(shape) * 100).astype(dtype) for shape, dtype in shapes]
@@ -138,7 +138,7 @@ def test_a_library_reads_its_constants_into_aligned_memory(rng, tmp_path):
 def test_unreadable_kernel_weights_are_named(rng, tmp_path):
     """A compressed or truncated kernels.npz is refused with the file's name, not read half."""
     from woodpecker.errors import WoodpeckerError
-    from woodpecker.kernels.generated.aot import _read_constants
+    from woodpecker.runtime.kernel_library import _read_constants
 
     weights = {"k.0": rng.standard_normal((64, 64)).astype(np.float32)}
     np.savez_compressed(tmp_path / "compressed.npz", **weights)
@@ -154,7 +154,7 @@ def test_unreadable_kernel_weights_are_named(rng, tmp_path):
 
 def test_kernel_weights_read_in_pieces(rng, tmp_path, monkeypatch):
     """Weights larger than a read piece are read by several threads into the right places."""
-    from woodpecker.kernels.generated import aot
+    from woodpecker.runtime import kernel_library as aot
 
     monkeypatch.setattr(aot, "_READ_PIECE", 1000)
     weights = {

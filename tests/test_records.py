@@ -106,8 +106,8 @@ def test_transfer_returns_the_best_configs_of_the_nearest_workloads(tmp_path):
 
 
 def test_a_kernel_revision_hides_the_measurements_of_its_older_code(tmp_path, monkeypatch):
+    from woodpecker.explore.nodes import measure_with_records
     from woodpecker.kernels import registry
-    from woodpecker.plan.explore import measure_with_records
 
     class Runner:
         measured = 0

@@ -57,6 +57,7 @@ def test_proposals_are_valid_and_never_repeat(name):
     assert len(keys) == len(set(keys)) == 150 and all(SPACE.is_valid(c) for _, c in history)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ga", "rl", "anneal"])
 def test_finds_the_optimum_within_budget(name):
     runs = [run(STRATEGIES[name](SPACE, seed=seed), budget=120) for seed in range(5)]
@@ -64,6 +65,7 @@ def test_finds_the_optimum_within_budget(name):
     assert sum(f == OPTIMUM for f in found) >= 4, found  # 120 trials of 1474 valid configs; random: 0 of 10 seeds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ga", "rl", "anneal"])
 def test_beats_random_at_equal_trials(name):
     def best(strategy, seed):
@@ -105,27 +107,29 @@ class ScriptedRunner:
 def tune_with(runner, **options):
     from tqdm import tqdm
 
-    from woodpecker.plan.explore import ExploreOptions, _tune
+    from woodpecker.explore.nodes import _tune
+    from woodpecker.options import SearchOptions
 
-    return _tune(None, "key", "halide.test", SPACE, ExploreOptions(**options), runner, None, tqdm(disable=True))
+    options = SearchOptions(**options, progress=False)
+    return _tune(None, "key", "halide.test", SPACE, options, runner, None, tqdm(disable=True))
 
 
 def test_tuner_stops_after_patience_batches_without_gain():
     runner = ScriptedRunner(lambda config: 1.0)  # nothing ever improves on the first batch
-    results = tune_with(runner, budget=100, batch=4, strategy="ga", patience=2)
+    results = tune_with(runner, budget=100, strategy="ga", patience=2)
     assert len(results) == 12 and runner.calls == 12  # first batch, then two stale ones
 
 
 def test_tuner_spends_the_whole_budget_while_it_improves():
     runner = ScriptedRunner(cost)
-    results = tune_with(runner, budget=40, batch=4, strategy="ga", patience=0)
+    results = tune_with(runner, budget=40, strategy="ga", patience=0)
     assert len(results) == 40
     assert min(r.median_s for r in results) < min(r.median_s for r in results[:4])
 
 
 def test_tuner_time_budget():
     runner = ScriptedRunner(lambda config: time.sleep(0.05) or 1.0)
-    results = tune_with(runner, budget=1000, batch=2, strategy="random", seconds=0.3)
+    results = tune_with(runner, budget=1000, strategy="random", seconds=0.3)
     assert 2 <= len(results) <= 12
 
 

@@ -7,10 +7,10 @@ import pytest
 from conftest import const, make_model, tensor
 from onnx import helper
 
+from woodpecker.explore.select import PlanCandidate, candidate_choices, pick, select_plan
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.plan.choice import Choice
 from woodpecker.plan.segments import segments
-from woodpecker.plan.select import PlanCandidate, candidate_choices, pick, select_plan
 from woodpecker.runtime.executor import Executor
 
 

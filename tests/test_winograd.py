@@ -1,4 +1,4 @@
-"""Winograd 3x3 convolutions (kernels/generated/winograd.py): the transforms, the layers the
+"""Winograd 3x3 convolutions (kernels/halide/winograd.py): the transforms, the layers the
 kernel claims, and its outputs against ONNX Runtime over tile sizes, strips and edge tiles."""
 
 import numpy as np
@@ -7,7 +7,7 @@ from test_kernels import assert_kernel_family
 from test_layout import conv_workload, with_blocks
 
 from woodpecker.kernels import registry
-from woodpecker.kernels.generated.winograd import TRANSFORMS
+from woodpecker.kernels.halide.winograd import TRANSFORMS
 
 WINOGRAD = "halide.winograd"
 
@@ -28,6 +28,7 @@ def blocked(workload, in_block, out_block):
     return with_blocks(workload, blocks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("c_in", "c_out", "size", "epilogue", "in_block", "out_block", "batch"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -12,17 +13,17 @@ from typing import Any
 import onnx
 
 from woodpecker.errors import MemoryLimitError, WoodpeckerError
+from woodpecker.explore.nodes import explore, summarize
+from woodpecker.explore.select import select_plan
+from woodpecker.explore.verify import Verification, verify
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.onnx_import import import_model, load_onnx
 from woodpecker.graph.passes import BLOCKED_PASSES, EXPAND_PASSES, optimize_graph
 from woodpecker.graph.passes.layout import block_layout
-from woodpecker.kernels.generated.common import native_vector_width
+from woodpecker.kernels.halide.common import native_vector_width
 from woodpecker.measure.runner import LocalRunner, Runner
 from woodpecker.options import LAYOUTS, OptimizeOptions, SearchOptions, build
-from woodpecker.plan.explore import ExploreOptions, explore, summarize
 from woodpecker.plan.plan import Plan
-from woodpecker.plan.select import select_plan
-from woodpecker.plan.verify import Verification, verify
 from woodpecker.records.database import Records
 from woodpecker.records.fingerprint import fingerprint
 from woodpecker.runtime.memory import check_model_memory
@@ -34,7 +35,7 @@ def optimize(model: str | Path | onnx.ModelProto, options: OptimizeOptions | Non
     `options` (or the same names as keywords, e.g. `budget=4`): see woodpecker/options.py. `tie`:
     whole plans within this fraction of the fastest count as equally fast, and the one with the
     lowest peak memory is kept; `memory`: "onnxruntime" keeps only plans that peak no higher than
-    ONNX Runtime running the same graph, "any" does not (see plan/select.py's `pick`)."""
+    ONNX Runtime running the same graph, "any" does not (see explore/select.py's `pick`)."""
     start = time.perf_counter()
     opts: OptimizeOptions = build(OptimizeOptions, options, **changes)
     proto = load_onnx(model)
@@ -144,16 +145,8 @@ def _progress(opts: SearchOptions) -> bool:
     return sys.stderr.isatty() if opts.progress is None else opts.progress
 
 
-def _explore_options(opts: SearchOptions) -> ExploreOptions:
-    return ExploreOptions(
-        budget=opts.budget,
-        strategy=opts.strategy,
-        seed=opts.seed,
-        progress=_progress(opts),
-        patience=opts.patience,
-        seconds=opts.seconds,
-        libraries=opts.libraries,
-    )
+def _explore_options(opts: SearchOptions) -> SearchOptions:
+    return dataclasses.replace(opts, progress=_progress(opts))
 
 
 @contextmanager

@@ -11,9 +11,7 @@ share a slow spell, those in one round more often do).
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
+from woodpecker.measure.protocol import WorkerProcess
+from woodpecker.measure.rounds import interleaved_rounds
 from woodpecker.models import torchvision_name
 
 PEERS = ("onnxruntime", "openvino", "openvino-bf16", "torch", "torch-compile")
@@ -59,7 +59,6 @@ def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict
         if not model or not Path(model).exists():
             raise WoodpeckerError(f"cannot time peer {peer}: the plan's source model {model} is not available")
         runtimes.append((peer, model))
-    rounds: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="wpk-bench-") as tmp:
         # Peers start from files as their users' code would: ONNX peers from a copy of the model
         # with the batch fixed, PyTorch from its torchvision name. Preparing either inside the
@@ -70,15 +69,15 @@ def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict
             name: static if name in ONNX_PEERS else torchvision if name.startswith("torch") else path
             for name, path in runtimes
         }
-        names = list(sources)
         with tqdm(
-            total=settings.rounds * len(names), desc="bench", unit="run", leave=False, disable=not sys.stderr.isatty()
+            total=settings.rounds * len(sources), desc="bench", unit="run", leave=False, disable=not sys.stderr.isatty()
         ) as bar:
-            for i in range(settings.rounds):
-                rounds.append({})
-                for name in names[i % len(names) :] + names[: i % len(names)]:
-                    rounds[-1][name] = _run_isolated(name, sources[name], batch, settings, inputs)
-                    bar.update()
+            rounds = interleaved_rounds(
+                list(sources),
+                settings.rounds,
+                lambda name: _run_isolated(name, sources[name], batch, settings, inputs, Path(tmp)),
+                bar.update,
+            )
     results, best = summarize(rounds, batch)
     return {
         "target": str(target),
@@ -145,7 +144,9 @@ def _with_batch(model: str, batch: int, directory: Path) -> tuple[str, dict]:
     return str(path), inputs
 
 
-def _run_isolated(runtime: str, path: str | None, batch: int, settings: BenchSettings, inputs: dict) -> dict:
+def _run_isolated(
+    runtime: str, path: str | None, batch: int, settings: BenchSettings, inputs: dict, scratch: Path
+) -> dict:
     """`path`: the plan, the model with its batch fixed (ONNX peers) or the torchvision name;
     `inputs`: the peers' inputs (name -> (shape, dtype))."""
     if path is None:
@@ -160,20 +161,12 @@ def _run_isolated(runtime: str, path: str | None, batch: int, settings: BenchSet
         "threads": settings.threads,
         "inputs": inputs,
     }
+    worker = WorkerProcess("woodpecker.bench_worker", scratch / f"{runtime}.stderr")
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "woodpecker.bench_worker", json.dumps(args)],
-            capture_output=True,
-            text=True,
-            timeout=settings.timeout_s,
-        )
-    except subprocess.TimeoutExpired:
-        return {"runtime": runtime, "error": f"timed out after {settings.timeout_s:.0f}s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"runtime": runtime, "error": tail[:300]}
-    return json.loads(lines[-1])
+        result = worker.ask(args, settings.timeout_s)
+    finally:
+        worker.close()
+    return result if "error" not in result else {"runtime": runtime, "error": result["error"]}
 
 
 def format_table(report: dict) -> str:

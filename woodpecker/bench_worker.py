@@ -1,97 +1,76 @@
-"""One runtime timed in a process of its own; prints one JSON line. Used by `wpk bench`."""
+"""One runtime timed in a process of its own, asked and answered as measure/protocol.py says. Used by `wpk bench`."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import resource
-import signal
 import statistics
-import sys
-import time
+from pathlib import Path
 
 import numpy as np
 
+from woodpecker.measure.protocol import answer, requests
+from woodpecker.measure.rounds import MemoryProbe, run_times
 from woodpecker.measure.threads import configure_threads
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: `wpk bench` stops this process and says so
-    args = json.loads(sys.argv[1])
+    args = next(requests())
     # A peer has the cores to itself: its library's own waiting policy, as its users would run it.
     threads = configure_threads(args["threads"], shared=args["runtime"] == "woodpecker")
-    import_runtime(args["runtime"])
-    baseline = rss_mib()  # the libraries are loaded; what follows is the model's own memory
+    import_runtime(args["runtime"], args["path"])
+    memory = MemoryProbe()  # the libraries are loaded; what follows is the model's own memory
     run, feeds = _prepare(args["runtime"], args["path"], args["inputs"], threads)
-    for _ in range(args["warmup"]):
-        run(feeds)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < args["runs"] or time.perf_counter() - start < args["min_seconds"]:
-        t0 = time.perf_counter()
-        run(feeds)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 10 * args["runs"]:
-            break
+    times = run_times(lambda: run(feeds), args["warmup"], args["runs"], min_seconds=args["min_seconds"])
     median = statistics.median(times)
-    print(
-        json.dumps(
-            {
-                "runtime": args["runtime"],
-                "median_ms": median * 1e3,
-                "p10_ms": float(np.percentile(times, 10)) * 1e3,
-                "p90_ms": float(np.percentile(times, 90)) * 1e3,
-                "runs": len(times),
-                "throughput": args["batch"] / median,
-                "threads": threads,
-                "peak_mib": peak_rss_mib() - baseline,
-            }
-        )
+    answer(
+        {
+            "runtime": args["runtime"],
+            "median_ms": median * 1e3,
+            "p10_ms": float(np.percentile(times, 10)) * 1e3,
+            "p90_ms": float(np.percentile(times, 90)) * 1e3,
+            "runs": len(times),
+            "throughput": args["batch"] / median,
+            "threads": threads,
+            "peak_mib": memory.peak_mib(),
+        }
     )
 
 
-def import_runtime(runtime: str) -> None:
-    """Import what the runtime needs before the memory baseline (a plan may use any library)."""
-    modules = {
-        "woodpecker": ["onnxruntime", "openvino", "halide", "woodpecker.plan.plan", "woodpecker.runtime.executor"],
-        "woodpecker-runtime": ["woodpecker.plan.plan", "woodpecker.runtime.executor"],
-        "halide": ["halide"],
-        "onnxruntime": ["onnxruntime"],
-        "openvino": ["openvino"],
-        "openvino-bf16": ["openvino"],
-        "torch": ["torch", "torchvision"],
-        "torch-compile": ["torch", "torchvision"],
-    }
-    for module in modules.get(runtime, []):
+PEER_MODULES = {
+    "onnxruntime": ["onnxruntime"],
+    "openvino": ["openvino"],
+    "openvino-bf16": ["openvino"],
+    "torch": ["torch", "torchvision"],
+    "torch-compile": ["torch", "torchvision"],
+}
+
+
+def import_runtime(runtime: str, path: str) -> None:
+    """Import what the runtime needs before the memory baseline: a peer's modules, or the packages
+    a plan's implementations run on (registry.WHERE) and the plan runtime."""
+    if runtime == "woodpecker":
+        choices = json.loads((Path(path) / "plan.json").read_text()).get("choices", [])
+        import_plan_runtime({c.get("impl") for c in choices if isinstance(c, dict)})
+    else:
+        import_modules(PEER_MODULES.get(runtime, []))
+
+
+def import_plan_runtime(impls: set) -> None:
+    from woodpecker.kernels.registry import WHERE
+
+    packages = sorted({WHERE[i].package for i in impls if i in WHERE})
+    import_modules([*packages, "woodpecker.plan.plan", "woodpecker.runtime.executor"])
+
+
+def import_modules(modules: list[str]) -> None:
+    for module in modules:
         if importlib.util.find_spec(module) is not None:  # OpenVINO and PyTorch are optional
             __import__(module)
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024  # kB
-
-
-def reset_peak() -> bool:
-    """Start this process's peak resident memory (VmHWM) afresh, e.g. after imports that should not
-    count (Linux only: writing 5 to clear_refs); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def _prepare(runtime: str, path: str, inputs: dict, threads: int):
-    from woodpecker.plan.verify import random_feeds
+    from woodpecker.explore.verify import random_feeds
 
     if runtime == "woodpecker":
         from woodpecker.plan.plan import Plan

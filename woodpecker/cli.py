@@ -17,6 +17,7 @@ from typing import NoReturn
 import numpy as np
 
 from woodpecker.errors import InputError, WoodpeckerError
+from woodpecker.kernels.registry import FALLBACK
 from woodpecker.measure.threads import configure_threads
 from woodpecker.options import LAYOUTS, OptimizeOptions, SearchOptions, build, parse_size
 from woodpecker.output_files import check_output_file, is_json_lines, is_json_with, is_npz, write_replacing
@@ -220,7 +221,7 @@ def _optimize(args) -> int:
         for name, c in plan.meta["plan_candidates"].items()
     )
     rule = f"the fastest, or within {plan.meta['tie']:.0%} of it the lowest peak memory"
-    if plan.meta.get("memory_rule") == "onnxruntime":
+    if plan.meta.get("memory_rule") == FALLBACK:
         rule += ", among those peaking no higher than all-onnxruntime"
     print(f"  whole-plan candidates: {timings}; selected {plan.meta['selected']} ({rule})")
     m = plan.meta["memory"]

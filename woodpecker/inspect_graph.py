@@ -18,7 +18,7 @@ def inspect_model(model: str | Path, batch: int | None = None, layout: str = "bl
     for node in optimized.nodes:
         workload = Workload.of(optimized, node)
         impls = [impl.name for impl in registry.candidates(workload)]
-        generated = [i for i in impls if registry.get(i).kind == "generated"]
+        generated = [i for i in impls if registry.capabilities(i).compiled]
         native = [i for i in impls if i != registry.FALLBACK]
         rows.append(
             {

@@ -30,9 +30,9 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
                 parameter.normal_(0.0, 0.02)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
-    tmp = Path(name)
+    tmp = Path(tmp_name)
     # Attention's fused fast path (vision transformers) has no ONNX export: off while exporting.
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)

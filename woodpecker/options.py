@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from woodpecker.errors import WoodpeckerError
-from woodpecker.kernels.registry import LIBRARIES
+from woodpecker.kernels.registry import FALLBACK, LIBRARIES
 
 LAYOUTS = ("blocked", "plain")
-MEMORY_RULES = ("onnxruntime", "any")  # the peak a plan may reach: ONNX Runtime's on the graph, or any
+MEMORY_RULES = (FALLBACK, "any")  # the peak a plan may reach: ONNX Runtime's on the graph, or any
 # Plans within this fraction of the fastest are a tie, which the smaller memory wins: two runs of the
-# same plans differ by more than this, so the speed given up is noise (plan/select.py).
+# same plans differ by more than this, so the speed given up is noise (explore/select.py).
 TIE = 0.03
 RAY_ADDRESS = re.compile(r"(ray://)?[\w.\-]+:\d{1,5}")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -100,7 +100,7 @@ class OptimizeOptions(SearchOptions):
         metavar="PERCENT",
     )
     memory: str = _option(
-        "onnxruntime",
+        MEMORY_RULES[0],
         "onnxruntime (default): keep only plans that peak no higher than ONNX Runtime running the same graph;"
         " any: the fastest plan whatever its peak",
         choices=MEMORY_RULES,

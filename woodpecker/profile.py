@@ -20,8 +20,8 @@ OWN = "own"  # the column of a node's fastest correct generated kernel
 
 def profile(directory: str | Path, runs: int = 20) -> dict:
     """Median ms per step inside whole-plan runs, with the alone-timed alternatives of its nodes."""
+    from woodpecker.explore.verify import random_feeds
     from woodpecker.plan.plan import Plan
-    from woodpecker.plan.verify import random_feeds
 
     plan = Plan.load(directory)
     executor = plan.executor()
@@ -70,7 +70,7 @@ def _alone(choice: Choice) -> dict[str, float]:
     for c in choice.candidates:
         if c["error"] is not None or c["median_s"] is None:
             continue
-        column = OWN if registry.get(c["impl"]).kind == "generated" else c["impl"]
+        column = OWN if registry.capabilities(c["impl"]).compiled else c["impl"]
         times[column] = min(times.get(column, float("inf")), c["median_s"] * 1e3)
     return times
 

@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from woodpecker.graph.ir import Graph, Node, Subgraph
 from woodpecker.ops import activations
+from woodpecker.ops.conv import BIAS, DEPTHWISE_BIAS, DEPTHWISE_WEIGHT, RESIDUAL, SCALE
 
 FUSABLE_OPS = ("Conv", "Gemm", "MatMul", "BatchNormalization")
 
@@ -54,7 +55,9 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
             continue
         stage = node.attrs[key]
         conv_attrs = {k: v for k, v in stage.items() if k not in activations.PARAMETERS}
-        stage_inputs = [node.inputs[0], node.inputs[5]] + ([node.inputs[6]] if node.inputs[6] else [])
+        stage_inputs = [node.inputs[0], node.inputs[DEPTHWISE_WEIGHT]] + (
+            [node.inputs[DEPTHWISE_BIAS]] if node.inputs[DEPTHWISE_BIAS] else []
+        )
         name = f"{node.name}/{key}"
         protos.append(helper.make_node("Conv", stage_inputs, [f"{out}__{short}"], name=name, **conv_attrs))
         main_inputs[0] = f"{out}__{short}"
@@ -63,15 +66,19 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
             main_inputs[0] = f"{out}__{short}_act"
     if node.attrs.get("input_scale"):  # the input multiplied by its per-channel scale first
         scaled = f"{out}__scaled"
-        protos.append(helper.make_node("Mul", [node.inputs[0], node.inputs[4]], [scaled], name=f"{node.name}/scale"))
+        protos.append(
+            helper.make_node("Mul", [node.inputs[0], node.inputs[SCALE]], [scaled], name=f"{node.name}/scale")
+        )
         main_inputs[0] = scaled
     current = f"{out}__main"
     protos.append(helper.make_node(node.op, main_inputs, [current], name=node.name, **attrs))
     if node.op == "MatMul" and len(node.inputs) > 2 and node.inputs[2]:  # a fused bias
-        protos.append(helper.make_node("Add", [current, node.inputs[2]], [f"{out}__bias"], name=f"{node.name}/bias"))
+        protos.append(helper.make_node("Add", [current, node.inputs[BIAS]], [f"{out}__bias"], name=f"{node.name}/bias"))
         current = f"{out}__bias"
     if node.attrs.get("residual"):
-        protos.append(helper.make_node("Add", [current, node.inputs[3]], [f"{out}__add"], name=f"{node.name}/add"))
+        protos.append(
+            helper.make_node("Add", [current, node.inputs[RESIDUAL]], [f"{out}__add"], name=f"{node.name}/add")
+        )
         current = f"{out}__add"
     if node.attrs.get("activation"):
         protos += activations.onnx_nodes(node.attrs, current, f"{out}__act", node.name)

@@ -1,4 +1,4 @@
-"""The one small protocol every implementation follows, generated or library.
+"""The one small protocol every implementation follows, Halide family or library.
 
 `matches(workload)` says whether it can compute the node, `space(workload)` gives its knobs
 (empty for library kernels) and `build(workload, config)` returns a Kernel: a callable that
@@ -8,36 +8,57 @@ reads input arrays and writes into preallocated output arrays.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from woodpecker.kernels.workload import Workload
-from woodpecker.search.space import EMPTY_SPACE, Config, ConfigSpace
+
+if TYPE_CHECKING:  # a saved plan's library kernels need no search space
+    from woodpecker.search.space import ConfigSpace
 
 Kernel = Callable[[list[np.ndarray], list[np.ndarray]], None]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What the explorer, the plan and the executor may assume of an implementation: declared on
+    it, never inferred from its name."""
+
+    compiled: bool = False  # a Halide family: searchable knobs, compiled ahead of time into the plan's library
+    runs_subgraphs: bool = False  # runs consecutive nodes as one model (`build_graph`); the plan merges them
+    owns_threads: bool = False  # computes on a thread pool of its own: the native pool sleeps while it runs
+    in_place: bool = False  # reads each element before writing the same one, so it may write over an input
+    strided_outputs: bool = False  # writes outputs that are strided views (a slice of a Concat at batch > 1)
+    view_ops: frozenset[str] = frozenset()  # ops it runs as a view of the input's bytes: no step, no copy
+    concat_in_place: bool = False  # its Concat is a copy that producers writing into the output may replace
+    plan_variants: dict[str, dict] = field(default_factory=dict)  # whole-plan candidates "all-<name>-<suffix>"
+    # beside "all-<name>": suffix -> the config every segment gets
+
+
 class Implementation(Protocol):
     name: str
-    kind: str  # "generated" or "library"
+    capabilities: Capabilities
     revision: int  # bumped when recorded measurements of the same config stop applying (registry.record_name)
 
     def matches(self, workload: Workload) -> bool: ...
 
     def space(self, workload: Workload) -> ConfigSpace: ...
 
-    def build(self, workload: Workload, config: Config) -> Kernel: ...
+    def build(self, workload: Workload, config: dict) -> Kernel: ...
 
 
 class LibraryImplementation:
     """Base for library kernels: no knobs, one configuration."""
 
     name = "library"
-    kind = "library"
+    capabilities = Capabilities()
     revision = 1  # a library's own version is in the hardware fingerprint
 
     def space(self, workload: Workload) -> ConfigSpace:
+        from woodpecker.search.space import EMPTY_SPACE
+
         return EMPTY_SPACE
 
 

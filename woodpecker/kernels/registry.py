@@ -1,38 +1,49 @@
-"""Every implementation the explorer may choose from, generated first."""
+"""Every implementation the explorer may choose from, Halide families first: one line each."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from woodpecker.kernels.base import Implementation
+    from woodpecker.kernels.base import Capabilities, Implementation
     from woodpecker.kernels.workload import Workload
 
 FALLBACK = "onnxruntime"
+HALIDE = "halide"  # the package of the Halide families
 
-# name -> module and class, imported when first asked for: running a saved plan imports only the
+
+class Entry(NamedTuple):
+    module: str
+    cls: str
+    package: str  # the package it runs on: its version is part of the hardware fingerprint
+
+
+# name -> where it lives, imported when first asked for: running a saved plan imports only the
 # libraries it runs on (ONNX and Halide took 0.2 s of loading an all-ONNX Runtime plan).
-WHERE: dict[str, tuple[str, str]] = {
-    "halide.conv2d": ("woodpecker.kernels.generated.conv2d", "HalideConv2d"),
-    "halide.conv2d_blocked": ("woodpecker.kernels.generated.conv2d_blocked", "HalideConv2dBlocked"),
-    "halide.winograd": ("woodpecker.kernels.generated.winograd", "HalideWinograd"),
-    "halide.expand_depthwise": ("woodpecker.kernels.generated.expand_depthwise", "HalideExpandDepthwise"),
-    "halide.dense": ("woodpecker.kernels.generated.dense", "HalideDense"),
-    "halide.pool": ("woodpecker.kernels.generated.pool", "HalidePool"),
-    "halide.elementwise": ("woodpecker.kernels.generated.elementwise", "HalideElementwise"),
-    "halide.channelwise": ("woodpecker.kernels.generated.channelwise", "HalideChannelwise"),
-    "halide.data_movement": ("woodpecker.kernels.generated.data_movement", "HalideDataMovement"),
-    "halide.normalization": ("woodpecker.kernels.generated.normalization", "HalideNormalization"),
-    "halide.batched_matmul": ("woodpecker.kernels.generated.batched_matmul", "HalideBatchedMatmul"),
-    "halide.resize": ("woodpecker.kernels.generated.resize", "HalideResize"),
-    "onnxruntime": ("woodpecker.kernels.library.onnxruntime", "OnnxRuntimeImplementation"),
-    "openvino": ("woodpecker.kernels.library.openvino", "OpenVinoImplementation"),
-    "torch": ("woodpecker.kernels.library.torch", "TorchImplementation"),
-    "numpy": ("woodpecker.kernels.library.numpy", "NumpyImplementation"),
+WHERE: dict[str, Entry] = {
+    "halide.conv2d": Entry("woodpecker.kernels.halide.conv2d", "HalideConv2d", HALIDE),
+    "halide.conv2d_blocked": Entry("woodpecker.kernels.halide.conv2d_blocked", "HalideConv2dBlocked", HALIDE),
+    "halide.winograd": Entry("woodpecker.kernels.halide.winograd", "HalideWinograd", HALIDE),
+    "halide.expand_depthwise": Entry("woodpecker.kernels.halide.expand_depthwise", "HalideExpandDepthwise", HALIDE),
+    "halide.dense": Entry("woodpecker.kernels.halide.dense", "HalideDense", HALIDE),
+    "halide.pool": Entry("woodpecker.kernels.halide.pool", "HalidePool", HALIDE),
+    "halide.elementwise": Entry("woodpecker.kernels.halide.elementwise", "HalideElementwise", HALIDE),
+    "halide.channelwise": Entry("woodpecker.kernels.halide.channelwise", "HalideChannelwise", HALIDE),
+    "halide.data_movement": Entry("woodpecker.kernels.halide.data_movement", "HalideDataMovement", HALIDE),
+    "halide.normalization": Entry("woodpecker.kernels.halide.normalization", "HalideNormalization", HALIDE),
+    "halide.batched_matmul": Entry("woodpecker.kernels.halide.batched_matmul", "HalideBatchedMatmul", HALIDE),
+    "halide.resize": Entry("woodpecker.kernels.halide.resize", "HalideResize", HALIDE),
+    "halide.reduce": Entry("woodpecker.kernels.halide.reduce", "HalideReduce", HALIDE),
+    "onnxruntime": Entry("woodpecker.kernels.library.onnxruntime", "OnnxRuntimeImplementation", "onnxruntime"),
+    "openvino": Entry("woodpecker.kernels.library.openvino", "OpenVinoImplementation", "openvino"),
+    "torch": Entry("woodpecker.kernels.library.torch", "TorchImplementation", "torch"),
+    "numpy": Entry("woodpecker.kernels.library.numpy", "NumpyImplementation", "numpy"),
 }
-LIBRARIES = ("onnxruntime", "openvino", "torch", "numpy")
+LIBRARIES = tuple(name for name, entry in WHERE.items() if entry.package != HALIDE)
+PACKAGES = tuple(dict.fromkeys(entry.package for entry in WHERE.values()))
 
 
 def candidates(workload: Workload, libraries: tuple[str, ...] = LIBRARIES) -> list[Implementation]:
@@ -40,15 +51,34 @@ def candidates(workload: Workload, libraries: tuple[str, ...] = LIBRARIES) -> li
     return [
         impl
         for impl in map(get, WHERE)
-        if (impl.kind == "generated" or impl.name in libraries or impl.name == FALLBACK) and impl.matches(workload)
+        if (impl.capabilities.compiled or impl.name in libraries or impl.name == FALLBACK) and impl.matches(workload)
     ]
 
 
 @cache
 def get(name: str) -> Implementation:
     """The implementation called `name` (KeyError if there is none), its module imported now."""
-    module, cls = WHERE[name]
-    return getattr(importlib.import_module(module), cls)()
+    entry = WHERE[name]
+    return getattr(importlib.import_module(entry.module), entry.cls)()
+
+
+def capabilities(name: str) -> Capabilities:
+    return get(name).capabilities
+
+
+def installed(name: str) -> bool:
+    """Whether the package `name` runs on is installed (OpenVINO and PyTorch are optional)."""
+    return importlib.util.find_spec(WHERE[name].package) is not None
+
+
+def graph_libraries() -> tuple[str, ...]:
+    """The installed libraries that run whole sub-graphs: each gives an "all-<name>" plan candidate."""
+    return tuple(n for n in LIBRARIES if installed(n) and capabilities(n).runs_subgraphs)
+
+
+def status(name: str) -> str:
+    """A chosen implementation's `Choice.status` when the op is covered natively."""
+    return "generated" if capabilities(name).compiled else "library"
 
 
 def record_name(name: str) -> str:

@@ -112,7 +112,7 @@ class Workload:
         """Multiply-adds counted as two flops; used to report GFLOPS."""
         out = int(np.prod(self.output_shape))
         if self.op == "Conv":
-            from woodpecker.kernels.generated.conv2d import conv_params  # the output before a fused pool
+            from woodpecker.ops.conv import conv_params  # the output before a fused pool
 
             p = conv_params(self)
             flops = 2.0 * p["n"] * p["c_out"] * p["h_out"] * p["w_out"] * int(np.prod(self.input_shape(1)[1:]))

@@ -30,6 +30,11 @@ _prepared: dict = {}  # per Ray worker process: workload key -> inputs and refer
 def _measure_task(
     workload: Workload, impl: str, config: dict, settings: TimingSettings, seed: int, threads: int | None
 ) -> MeasureResult:
+    import tempfile
+
+    from woodpecker.compile.pool import compile_candidate
+    from woodpecker.compile.toolchain import compiler_available
+    from woodpecker.kernels import registry
     from woodpecker.measure.worker import measure_prepared, prepare, start_measuring_process
 
     if not _prepared:
@@ -37,7 +42,15 @@ def _measure_task(
     key = workload.key()
     if key not in _prepared:
         _prepared[key] = prepare(workload, seed)
-    return measure_prepared(_prepared[key], impl, config, settings)
+    if not (registry.capabilities(impl).compiled and compiler_available()):
+        return measure_prepared(_prepared[key], impl, config, settings)
+    # Compiled ahead of time as LocalRunner's batches are, so the trial runs on the plan's native runtime;
+    # here, before the timing: a node runs one task at a time.
+    with tempfile.TemporaryDirectory(prefix="wpk-ray-") as tmp:
+        built = compile_candidate(workload, impl, config, f"{tmp}/kernel")
+        if built.error:
+            return MeasureResult(impl, config, error=built.error, compile_s=built.compile_s)
+        return measure_prepared(_prepared[key], impl, config, settings, built)
 
 
 def reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:

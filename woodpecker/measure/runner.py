@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Protocol
 
+from woodpecker.compile.pool import Compiled, CompilePool
+from woodpecker.compile.toolchain import compiler_available
 from woodpecker.errors import WoodpeckerError
 from woodpecker.kernels import registry
-from woodpecker.kernels.generated.aot import compiler_available
 from woodpecker.kernels.workload import Workload
-from woodpecker.measure.compile_pool import Compiled, CompilePool
-from woodpecker.measure.processes import SpawnContext
+from woodpecker.measure.protocol import WorkerProcess
 from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.timing import TimingSettings
-from woodpecker.measure.worker import worker_main
 
 DEFAULT_TIMEOUT_S = 120.0
 STARTUP_TIMEOUT_S = 120.0
@@ -28,7 +31,8 @@ class Runner(Protocol):
 
 
 class LocalRunner:
-    """Sends (workload, implementation, config) to a worker and waits at most `timeout_s`."""
+    """Sends (workload, implementation, config) to a worker process (measure/worker.py) and waits
+    at most `timeout_s` for each answer."""
 
     def __init__(
         self,
@@ -39,94 +43,85 @@ class LocalRunner:
         compile_processes: int | None = None,
     ):
         """`compile_processes`: 0 JIT-compiles inside the measuring worker (also the case without a
-        C compiler to link with); otherwise batches of generated candidates are compiled ahead of
-        time by that many processes (default: one per core, at most 4) before any of them is timed."""
+        C compiler to link with); otherwise generated candidates are compiled ahead of time by that
+        many processes (default: one per core, at most 4) before any of the batch is timed."""
         self.threads, self.timeout_s, self.seed = threads, timeout_s, seed
         self.settings = settings or TimingSettings()
         parallel = compile_processes != 0 and compiler_available()
         self._compiler = CompilePool(compile_processes, timeout_s) if parallel else None
-        self._context = SpawnContext()  # no inherited thread pools or JIT state
-        self._process = None
-        self._conn = None
+        self._worker: WorkerProcess | None = None
+        self._scratch: Path | None = None  # the worker's log and the workloads sent to it
         self._sent: set[str] = set()
 
-    def measure(
-        self, workload: Workload, impl: str, config: dict[str, Any], built: Compiled | None = None
-    ) -> MeasureResult:
-        """Build (or load `built`), check and time one candidate in the worker."""
-        key = workload.key()
-        try:
-            self._ensure_started()
-            if key not in self._sent:
-                self._call(("workload", key, workload, self.seed), self.timeout_s)
-                self._sent.add(key)
-            reply = self._call(("measure", key, impl, config, built), self.timeout_s)
-            return reply[1]
-        except TimeoutError:
-            self._stop_worker()  # the next measurement starts a fresh worker
-            return MeasureResult(impl, config, error=f"timeout after {self.timeout_s:.0f}s")
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            code = self._process.exitcode if self._process else None
-            self._stop_worker()  # the next measurement starts a fresh worker
-            return MeasureResult(impl, config, error=f"crashed (worker exit code {code})")
+    def measure(self, workload: Workload, impl: str, config: dict[str, Any]) -> MeasureResult:
+        return self.measure_batch(workload, impl, [config])[0]
 
     def measure_batch(self, workload: Workload, impl: str, configs: list[dict[str, Any]]) -> list[MeasureResult]:
-        """Compile the batch in parallel (generated kernels), then time one candidate at a time."""
-        if self._compiler is None or len(configs) < 2 or registry.get(impl).kind != "generated":
-            return [self.measure(workload, impl, config) for config in configs]
+        """Compile the batch ahead of time in parallel (Halide families, whatever the batch's size: a
+        candidate is timed on the native runtime its plan will use), then time one candidate at a time."""
+        if self._compiler is None or not registry.capabilities(impl).compiled:
+            return [self._measure(workload, impl, config) for config in configs]
         results = []
         for config, compiled in zip(configs, self._compiler.compile(workload, impl, configs)):
             if compiled.error:
                 results.append(MeasureResult(impl, config, error=compiled.error, compile_s=compiled.compile_s))
             else:
-                results.append(self.measure(workload, impl, config, compiled))
+                results.append(self._measure(workload, impl, config, compiled))
             self._compiler.release(compiled)
         return results
 
-    def _call(self, message: tuple, timeout_s: float):
-        self._conn.send(message)
-        if not self._conn.poll(timeout_s):
-            raise TimeoutError
-        return self._conn.recv()
+    def _measure(
+        self, workload: Workload, impl: str, config: dict[str, Any], built: Compiled | None = None
+    ) -> MeasureResult:
+        """Build (or load `built`), check and time one candidate in the worker."""
+        key = workload.key()
+        self._ensure_started()
+        reply: dict = {"ok": True}
+        if key not in self._sent:
+            path = self._scratch / "workload.pickle"
+            with open(path, "wb") as f:
+                pickle.dump(workload, f, protocol=pickle.HIGHEST_PROTOCOL)
+            reply = self._worker.ask({"workload": str(path), "key": key, "seed": self.seed}, self.timeout_s)
+            path.unlink()
+            self._sent.add(key)
+        if "error" not in reply:
+            built_json = {"directory": str(built.directory), "compile_s": built.compile_s} if built else None
+            message = {"measure": key, "impl": impl, "config": config, "built": built_json}
+            reply = self._worker.ask(message, self.timeout_s)
+        if "result" in reply:
+            result = reply["result"]
+            return MeasureResult(**(result | {"times_s": tuple(result["times_s"])}))
+        self._stop_worker()  # the next measurement starts a fresh worker
+        if reply.get("timed_out"):
+            return MeasureResult(impl, config, error=f"timeout after {self.timeout_s:.0f}s")
+        return MeasureResult(impl, config, error=f"crashed (worker exit code {reply.get('exit_code')})")
 
     def _ensure_started(self) -> None:
-        if self._process is not None and self._process.is_alive():
+        if self._worker is not None and self._worker.process.poll() is None:
             return
-        parent, child = self._context.Pipe()
-        self._process = self._context.Process(
-            target=worker_main, args=(child, self.threads, self.settings), daemon=True, name="wpk-measure"
-        )
-        self._process.start()
-        child.close()
-        self._conn = parent
-        self._sent.clear()
+        self._stop_worker()
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="wpk-measure-"))
+        self._worker = WorkerProcess("woodpecker.measure.worker", self._scratch / "worker.stderr")
+        self._worker.send({"threads": self.threads, "settings": dataclasses.asdict(self.settings)})
         # A worker that cannot even start is the environment's fault, not a candidate's.
-        try:
-            ready = parent.poll(STARTUP_TIMEOUT_S) and parent.recv() == ("ready",)
-        except EOFError:
-            ready = False
-        if not ready:
-            code = self._process.exitcode
+        ready = self._worker.read(STARTUP_TIMEOUT_S)
+        if not ready.get("ready"):
             self._stop_worker()
-            raise WoodpeckerError(f"the measuring worker process failed to start (exit code {code})")
+            raise WoodpeckerError(f"the measuring worker process failed to start ({ready.get('error')})")
 
     def close(self) -> None:
         self._stop_worker()
         if self._compiler is not None:
             self._compiler.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def _stop_worker(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self._conn.send(("stop",))
-            self._process.join(timeout=2)
-            if self._process.is_alive():
-                self._process.kill()
-                self._process.join()
-        if self._conn is not None:
-            self._conn.close()
-        self._process = None
-        self._conn = None
+        if self._worker is not None:
+            self._worker.close(timeout_s=2)
+        self._worker = None
         self._sent.clear()
 
     def __enter__(self) -> LocalRunner:

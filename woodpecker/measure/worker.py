@@ -1,23 +1,29 @@
 """The measuring process: build a candidate, check it against ONNX Runtime, time it.
 
 It runs apart from the tuner so that a kernel that crashes, hangs or exhausts memory costs
-one failed trial. Workloads are sent once and cached here, since weights can be large.
+one failed trial. Protocol (measure/protocol.py), one JSON object per line: first the thread
+count and timing settings, answered {"ready": true}; then {"workload": FILE, "key", "seed"}
+(the workload pickled to a file once, since weights can be large; answered {"ok": true}) and
+{"measure": KEY, "impl", "config", "built"} (a kernel directory compiled ahead of time, or
+null to build here), answered {"result": ...}.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 
+from woodpecker.compile.pool import ENTRY, Compiled, short_error
 from woodpecker.kernels.base import Kernel
 from woodpecker.kernels.workload import Workload
-from woodpecker.measure.compile_pool import ENTRY, Compiled, short_error
-from woodpecker.measure.processes import ignore_interrupts
+from woodpecker.measure.protocol import answer, requests
 from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.threads import configure_threads
 from woodpecker.measure.timing import (
@@ -84,7 +90,7 @@ def measure_prepared(
         return _measure(
             entry, impl_name, config, settings, lambda: registry.get(impl_name).build(entry.workload, config)
         )
-    from woodpecker.kernels.generated.aot import KernelLibrary
+    from woodpecker.runtime.kernel_library import KernelLibrary
 
     loaded: list[KernelLibrary] = []
 
@@ -104,26 +110,23 @@ def _cold_caches() -> ColdCaches:
     return ColdCaches()  # one scratch buffer per process
 
 
-def worker_main(conn: Connection, threads: int | None, settings: TimingSettings) -> None:
-    ignore_interrupts()
-    start_measuring_process(threads)
-    workloads: dict = {}
-    conn.send(("ready",))
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        kind = message[0]
-        if kind == "stop":
-            return
-        if kind == "workload":
-            _, key, workload, seed = message
-            workloads[key] = prepare(workload, seed)
-            conn.send(("ok",))
+def main() -> None:
+    incoming = requests()
+    setup = next(incoming)
+    start_measuring_process(setup["threads"])
+    settings = TimingSettings(**setup["settings"])
+    workloads: dict[str, Prepared] = {}
+    answer({"ready": True})
+    for request in incoming:
+        if "workload" in request:
+            with open(request["workload"], "rb") as f:
+                workloads[request["key"]] = prepare(pickle.load(f), request["seed"])
+            answer({"ok": True})
             continue
-        _, key, impl_name, config, built = message
-        conn.send(("result", measure_prepared(workloads[key], impl_name, config, settings, built)))
+        built = request.get("built")
+        compiled = Compiled(Path(built["directory"]), None, built["compile_s"]) if built else None
+        result = measure_prepared(workloads[request["measure"]], request["impl"], request["config"], settings, compiled)
+        answer({"result": dataclasses.asdict(result)})
 
 
 def _measure(
@@ -164,3 +167,7 @@ def _measure(
     cold = _cold_caches() if weights > settings.flush_above_bytes else None
     times = time_kernel(kernel, entry.inputs, empty_outputs(entry.workload), settings, cold)
     return MeasureResult(impl_name, config, compile_s=compile_s, times_s=times, max_rel_error=error)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,7 @@
 On disk a plan is a directory: plan.json (graph, choices, metadata), constants.safetensors
 (weights; no pickle), kernels/ (the generated kernels compiled ahead of time into one shared
 library, their weights pre-packed), library<i>.onnx (each graph-library segment, its weights
-referred to in constants.safetensors; see plan/compiled.py) and manifest.json (BLAKE3 of each
+referred to in constants.safetensors; see compile/objects.py) and manifest.json (BLAKE3 of each
 file). Loading checks the manifest and the CPU the kernels were compiled for; the only code it
 runs from the plan is that library, and only once its checksum matched. Saving writes a
 temporary directory first, checks that the saved plan computes what the plan in memory
@@ -39,7 +39,7 @@ from woodpecker.plan.manifest import (
 from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data, graph_to_data, save_constants
 
 if TYPE_CHECKING:
-    from woodpecker.kernels.generated.aot import KernelLibrary
+    from woodpecker.runtime.kernel_library import KernelLibrary
 
 KERNELS_DIR = "kernels"
 FORMAT_VERSION = 5
@@ -103,8 +103,9 @@ class Plan:
     def save(self, directory: str | Path, progress: bool = False) -> Path:
         """Write the plan to `directory`: a new path, an empty directory or an existing plan, which
         is replaced only once the new one is complete and checked (manifest.check_output_dir)."""
-        from woodpecker.kernels.generated.aot import compiler, compiler_available  # Halide: saving only
-        from woodpecker.plan.compiled import compile_plan_kernels, save_library_models
+        from woodpecker.compile.objects import compile_plan_kernels
+        from woodpecker.compile.toolchain import compiler, compiler_available  # Halide: saving only
+        from woodpecker.plan.library_models import save_library_models
 
         target = check_output_dir(directory)
         existing = nearest_existing(target.parent)
@@ -144,8 +145,8 @@ class Plan:
     def _check_saved(self, saved: Plan) -> None:
         """The saved plan (compiled kernels, library segments from their files) must compute what
         this (verified) plan computes."""
+        from woodpecker.explore.verify import random_feeds
         from woodpecker.measure.timing import relative_error
-        from woodpecker.plan.verify import random_feeds
 
         feeds = random_feeds(self.input_specs, seed=4321)
         expected, actual = self.run(feeds), saved.run(feeds)
@@ -180,7 +181,7 @@ class Plan:
             raise PlanError(f"{path}/{PLAN_FILE}: malformed ({type(exc).__name__}: {exc})") from None
         library = None
         if kernels:
-            from woodpecker.kernels.generated.aot import KernelLibrary  # Halide: plans with compiled kernels only
+            from woodpecker.runtime.kernel_library import KernelLibrary  # Halide: plans with compiled kernels only
 
             try:
                 library = KernelLibrary(path / KERNELS_DIR)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from woodpecker.graph.ir import Graph, Node
+from woodpecker.kernels import registry
 from woodpecker.plan.choice import Choice
-
-MERGEABLE = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def segments(graph: Graph, choices: list[Choice]) -> list[Segment]:
     for node in graph.nodes:
         choice = by_node[node.name]
         last = groups[-1] if groups else None
-        if last is not None and choice.impl in MERGEABLE and last.impl == choice.impl:
+        if last is not None and last.impl == choice.impl and registry.capabilities(choice.impl).runs_subgraphs:
             groups[-1] = Segment(last.impl, (*last.nodes, node), last.config)
         else:
             groups.append(Segment(choice.impl, (node,), choice.config))

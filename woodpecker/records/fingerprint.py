@@ -9,7 +9,8 @@ import platform
 from functools import cache
 from importlib import metadata
 
-LIBRARIES = ("halide", "onnxruntime", "openvino", "torch", "numpy")
+from woodpecker.kernels.registry import PACKAGES
+
 # Bumped when measurements stop being comparable with recorded ones (2: large weights timed cold;
 # 3: pooling schedules changed under the same configs, so recorded pool timings no longer apply;
 # 4: generated kernels' parallel loops run on the native spinning pool, not Halide's;
@@ -32,7 +33,7 @@ def fingerprint() -> dict:
     except OSError:
         pass
     versions = {}
-    for name in LIBRARIES:
+    for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

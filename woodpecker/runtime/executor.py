@@ -24,14 +24,13 @@ import numpy as np
 from woodpecker.errors import InputError, PlanError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
-from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
-from woodpecker.plan.segments import MERGEABLE, Segment, segments
+from woodpecker.plan.segments import Segment, segments
 from woodpecker.runtime.memory import Lifetime, MemoryPlan, aligned_empty, check_memory, plan_memory
 
 if TYPE_CHECKING:  # Halide is imported only for plans with compiled kernels
-    from woodpecker.kernels.generated.aot import KernelLibrary
+    from woodpecker.runtime.kernel_library import KernelLibrary
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,6 @@ class Step:
     input_names: list[str]
     output_names: list[str]
     members: tuple[str, ...] = ()  # the graph nodes the step runs (one, or a library segment's)
-
-
-IN_PLACE = ("halide.elementwise", "halide.channelwise")  # kernels that read each element before writing the same one
 
 
 class Executor:
@@ -70,7 +66,7 @@ class Executor:
         parts = [(segment, *self._io(segment)) for segment in segments(graph, choices)]
         self.concat_slices = _concats_in_place(graph, parts)
         # A graph library that runs beside no other pool may keep its workers spinning between runs.
-        self.alone = sum(segment.impl != "numpy" for segment, _, _ in parts) == 1
+        self.alone = sum(_uses_a_pool(segment.impl) for segment, _, _ in parts) == 1
         self.memory, slots = self._plan_memory(parts)
         check_memory(self.memory.arena_bytes, "the plan's activations")
         self.arena = aligned_empty(self.memory.arena_bytes)
@@ -93,7 +89,7 @@ class Executor:
 
     def _io(self, segment: Segment) -> tuple[list[str], list[str]]:
         """The run-time values a segment reads and writes."""
-        if len(segment.nodes) == 1 and segment.impl not in MERGEABLE:
+        if len(segment.nodes) == 1 and not registry.capabilities(segment.impl).runs_subgraphs:
             node = segment.nodes[0]  # (not Workload.of: that would read the node's weights from the plan's file)
             return [n for n in node.inputs if n and n not in self.graph.constants], [n for n in node.outputs if n]
         subgraph = self.subgraphs[segment.label] = segment.subgraph(self.graph)
@@ -124,7 +120,7 @@ class Executor:
                     slot[name] = outputs[0]
             elif _is_view(segment):
                 slot[outputs[0]] = slot[inputs[0]]
-            elif segment.impl in IN_PLACE and len(outputs) == 1:
+            elif registry.capabilities(segment.impl).in_place and len(outputs) == 1:
                 out = outputs[0]
                 for name in inputs:  # overwrite an input that no step (nor any view of it) reads later
                     root = slot[name]
@@ -152,7 +148,7 @@ class Executor:
     def _build_step(self, segment: Segment, inputs: list[str], outputs: list[str]) -> Step:
         first = segment.nodes[0]
         try:
-            if segment.impl in MERGEABLE:  # a graph library runs the segment as one model
+            if registry.capabilities(segment.impl).runs_subgraphs:  # a graph library runs the segment as one model
                 model_file = self.library_models.get(segment.label)
                 library = registry.get(segment.impl)
                 subgraph = self.subgraphs[segment.label]
@@ -268,8 +264,13 @@ def _calls(steps: list[Step], library: KernelLibrary | None, one_by_one: bool = 
 
 
 def _has_own_threads(step: Step) -> bool:
-    """ONNX Runtime, OpenVINO and PyTorch run on thread pools of their own (NumPy's kernels here do not)."""
-    return registry.get(step.impl).kind == "library" and step.impl != "numpy"
+    return registry.capabilities(step.impl).owns_threads
+
+
+def _uses_a_pool(impl: str) -> bool:
+    """Whether `impl` computes on a thread pool: its own, or the native pool of compiled kernels."""
+    capabilities = registry.capabilities(impl)
+    return capabilities.owns_threads or capabilities.compiled
 
 
 def _writes_over_input(step: Step) -> bool:
@@ -278,8 +279,8 @@ def _writes_over_input(step: Step) -> bool:
 
 
 def _is_view(segment: Segment) -> bool:
-    """A reshape-like op given to NumPy: the same bytes under another shape, so no step at all."""
-    return segment.impl == "numpy" and len(segment.nodes) == 1 and segment.nodes[0].op in RESHAPES
+    """A reshape-like op run as a view: the same bytes under another shape, so no step at all."""
+    return len(segment.nodes) == 1 and segment.nodes[0].op in registry.capabilities(segment.impl).view_ops
 
 
 def _concats_in_place(graph: Graph, parts: list) -> dict[str, tuple[str, int, int]]:
@@ -289,10 +290,10 @@ def _concats_in_place(graph: Graph, parts: list) -> dict[str, tuple[str, int, in
     input is a slice of the output; the Concat then needs no step and no copy. Only inputs that
     a single-node step writes, that nothing else reads, and that are no graph input or output
     qualify (their bytes are the output's); with a batch above one a slice is strided, which
-    only generated kernels are built for. A Concat qualifies with all its inputs or not at all.
+    only kernels declaring `strided_outputs` are built for. A Concat qualifies with all its inputs or not at all.
     """
-    kinds = {  # the values a single-node step writes (not a view, not a Concat) -> the kind of its kernel
-        out: registry.get(segment.impl).kind
+    strided = {  # the values a single-node step writes (not a view, not a Concat) -> whether it may write a slice
+        out: registry.capabilities(segment.impl).strided_outputs
         for segment, _, outputs in parts
         if len(segment.nodes) == 1 and not _is_view(segment) and segment.nodes[0].op != "Concat"
         for out in outputs
@@ -302,7 +303,9 @@ def _concats_in_place(graph: Graph, parts: list) -> dict[str, tuple[str, int, in
     slices: dict[str, tuple[str, int, int]] = {}
     for segment, inputs, outputs in parts:
         node = segment.nodes[0]
-        if not (segment.impl == "numpy" and len(segment.nodes) == 1 and node.op == "Concat"):
+        if not (
+            len(segment.nodes) == 1 and node.op == "Concat" and registry.capabilities(segment.impl).concat_in_place
+        ):
             continue
         out = graph.values[outputs[0]]
         contiguous = out.shape[0] == 1
@@ -311,11 +314,11 @@ def _concats_in_place(graph: Graph, parts: list) -> dict[str, tuple[str, int, in
             and node.attrs["axis"] % 4 == 1
             and len(set(inputs)) == len(inputs) == len(node.inputs)
             and all(
-                name in kinds
+                name in strided
                 and len(readers[name]) == 1
                 and name not in ends
                 and name not in slices
-                and (contiguous or kinds[name] == "generated")
+                and (contiguous or strided[name])
                 for name in inputs
             )
         ):

@@ -7,7 +7,7 @@ MobileNet-style blocks (MobileNetV2/V3, MNASNet, EfficientNet, ShuffleNet) end i
 The 1x1 convolution needs every channel of one pixel, so the depthwise output can be computed
 a row at a time, right before the rows of the 1x1 that read it, and never written out; the
 kernel's schedule space also holds the unfused order (the whole depthwise output first), so
-the search measures which is faster (kernels/generated/conv2d_blocked.py). Runs after the layout
+the search measures which is faster (kernels/halide/conv2d_blocked.py). Runs after the layout
 pass and fuses blocked values only: the fused kernel exists in the blocked layout only.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from woodpecker.graph.ir import Graph, Node
 from woodpecker.ops import activations
+from woodpecker.ops.conv import DEPTHWISE_BIAS, DEPTHWISE_WEIGHT
 
-DEPTHWISE_WEIGHT, DEPTHWISE_BIAS = 5, 6  # input positions: X, W, B, residual, scale, W_dw, B_dw
 CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "group")
 
 

@@ -17,9 +17,9 @@ import numpy as np
 
 from woodpecker.graph.ir import Graph, Node, Value
 from woodpecker.ops import activations
+from woodpecker.ops.conv import BIAS, RESIDUAL
 
 EPILOGUE_HOSTS = ("Conv", "Gemm", "MatMul", "BatchNormalization")  # BatchNormalization: activations only
-BIAS, RESIDUAL = 2, 3  # input positions on a fused host: X, W, bias, residual
 
 
 @dataclass(frozen=True)

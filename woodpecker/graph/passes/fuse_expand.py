@@ -4,14 +4,11 @@
     Conv(x, W_dw, B_dw, "", "", W_1x1, B_1x1, expand={the 1x1's activation})
 
 MobileNetV2's inverted residual blocks (and MNASNet's, EfficientNet's) start with this pair,
-whose intermediate map is the block's widest: 4.8 MB at MobileNetV2's features.2, written by
-the expansion and read back by the depthwise convolution. The fused kernel computes the
-expanded rows as the depthwise rows need them and never writes them out
-(kernels/generated/expand_depthwise.py). Only maps of at least MIN_EXPANDED_BYTES per image are
-fused. The kernel's first version lost on 28x28 and smaller maps (0.63-0.92x of the two kernels
-inside whole plans); the second beats the two kernels on those pairs alone (0.99-1.37x), but a
-whole MobileNetV2 plan with every pair fused ran as fast as the one with features.2-4 fused
-(1.00x, interleaved in one process), so the small pairs are left apart and cost no tuning.
+whose intermediate map is the block's widest, written by the expansion and read back by the
+depthwise convolution. The fused kernel computes the expanded rows as the depthwise rows need
+them and never writes them out (kernels/halide/expand_depthwise.py). Only maps of at least
+MIN_EXPANDED_BYTES per image are fused: on smaller ones whole plans ran no faster fused (see
+docs/benchmark-history.md), so those pairs stay apart and cost no tuning.
 Runs after the layout pass, on blocked values only.
 """
 
@@ -22,8 +19,8 @@ import numpy as np
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.passes.fuse_depthwise import is_depthwise, is_pointwise
 from woodpecker.ops import activations
+from woodpecker.ops.conv import EXPAND_BIAS, EXPAND_WEIGHT
 
-EXPAND_WEIGHT, EXPAND_BIAS = 5, 6  # input positions: X, W_dw, B_dw, (residual), (scale), W_1x1, B_1x1
 MIN_EXPANDED_BYTES = 1 << 20
 
 

@@ -11,8 +11,7 @@ RegNetY save one pass over a feature map per block.
 from __future__ import annotations
 
 from woodpecker.graph.ir import Graph
-
-SCALE = 4  # input position on a Conv: X, W, B, residual, scale
+from woodpecker.ops.conv import SCALE
 
 
 def fuse_input_scale(graph: Graph) -> Graph:

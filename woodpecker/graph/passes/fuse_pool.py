@@ -5,7 +5,7 @@
 The kernel decides, by measurement, whether to compute the convolution a strip of rows at a
 time right before the pool reads it (the convolution's full output is never written: ResNet's
 stem, VGG's five blocks, AlexNet, GoogLeNet) or whole, as the unfused graph would: its schedule
-space holds both (see kernels/generated/conv2d_blocked.py), so fusing here never costs speed.
+space holds both (see kernels/halide/conv2d_blocked.py), so fusing here never costs speed.
 Runs after the layout pass and fuses blocked values only (the fused kernel's layout). Pools
 whose windows may hold no pixel of the image, or average over padding, are left alone.
 """

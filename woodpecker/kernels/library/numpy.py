@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from woodpecker.graph.ir import Value
-from woodpecker.kernels.base import LibraryImplementation, is_float32
+from woodpecker.kernels.base import Capabilities, LibraryImplementation, is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
-from woodpecker.search.space import Config
 
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")  # same bytes, new shape
 
 
 class NumpyImplementation(LibraryImplementation):
     name = "numpy"
+    capabilities = Capabilities(view_ops=frozenset(RESHAPES), concat_in_place=True)
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
@@ -36,7 +36,7 @@ class NumpyImplementation(LibraryImplementation):
             )
         return False
 
-    def build(self, workload: Workload, config: Config):
+    def build(self, workload: Workload, config: dict):
         node = workload.node
         if node.op == "Relayout":
             return _relayout(workload.values[node.inputs[0]], workload.values[node.outputs[0]])

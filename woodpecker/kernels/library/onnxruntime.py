@@ -8,9 +8,8 @@ import numpy as np
 import onnxruntime as ort
 
 from woodpecker.graph.ir import Graph
-from woodpecker.kernels.base import LibraryImplementation, per_use
+from woodpecker.kernels.base import Capabilities, LibraryImplementation, per_use
 from woodpecker.kernels.workload import Workload
-from woodpecker.search.space import Config
 
 
 def session_options(threads: int | None = None, spinning: bool = False, prepack: bool = True) -> ort.SessionOptions:
@@ -70,15 +69,16 @@ class OnnxRuntimeKernel:
 
 class OnnxRuntimeImplementation(LibraryImplementation):
     name = "onnxruntime"
+    capabilities = Capabilities(runs_subgraphs=True, owns_threads=True, plan_variants={"unpacked": {"prepack": False}})
 
     def matches(self, workload: Workload) -> bool:
         return True  # checked for real when the session is built
 
-    def build(self, workload: Workload, config: Config) -> OnnxRuntimeKernel:
+    def build(self, workload: Workload, config: dict) -> OnnxRuntimeKernel:
         return per_use(workload, self.build_graph(workload.as_graph()))
 
     def build_graph(
-        self, graph: Graph, model_file: Path | None = None, alone: bool = False, config: Config | None = None
+        self, graph: Graph, model_file: Path | None = None, alone: bool = False, config: dict | None = None
     ) -> OnnxRuntimeKernel:
         """`model_file`: the graph saved as ONNX (a saved plan's, weights read from its file);
         `alone`: no other thread pool runs in the plan, so the session's workers may spin;

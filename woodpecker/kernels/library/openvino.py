@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from woodpecker.graph.ir import Graph
-from woodpecker.kernels.base import LibraryImplementation, importable, is_float32, per_use
+from woodpecker.kernels.base import Capabilities, LibraryImplementation, importable, is_float32, per_use
 from woodpecker.kernels.workload import Workload
-from woodpecker.search.space import Config
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool")
 FP32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
@@ -17,15 +16,16 @@ FP32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 
 class OpenVinoImplementation(LibraryImplementation):
     name = "openvino"
+    capabilities = Capabilities(runs_subgraphs=True, owns_threads=True)
 
     def matches(self, workload: Workload) -> bool:
         return workload.op in COMPUTE_OPS and is_float32(workload) and importable("openvino")
 
-    def build(self, workload: Workload, config: Config):
+    def build(self, workload: Workload, config: dict):
         return per_use(workload, self.build_graph(workload.as_graph()))
 
     def build_graph(
-        self, graph: Graph, model_file: Path | None = None, alone: bool = False, config: Config | None = None
+        self, graph: Graph, model_file: Path | None = None, alone: bool = False, config: dict | None = None
     ):
         """`model_file`: the graph saved as ONNX (a saved plan's, weights mapped from its file).
         `alone` and `config` change nothing: OpenVINO's pool has one policy whether or not it

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from woodpecker.kernels.base import LibraryImplementation, importable, is_float32
-from woodpecker.kernels.generated.conv2d import conv_params
+from woodpecker.kernels.base import Capabilities, LibraryImplementation, importable, is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
-from woodpecker.search.space import Config
+from woodpecker.ops.conv import conv_params
 
 
 class TorchImplementation(LibraryImplementation):
     name = "torch"
+    capabilities = Capabilities(owns_threads=True)
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
@@ -36,7 +36,7 @@ class TorchImplementation(LibraryImplementation):
             )
         return node.op in ("GlobalAveragePool",)
 
-    def build(self, workload: Workload, config: Config):
+    def build(self, workload: Workload, config: dict):
         import torch
         import torch.nn.functional as F
 

@@ -25,10 +25,10 @@ import halide as hl
 import numpy as np
 
 from woodpecker.graph.passes.layout import grouped_span
-from woodpecker.kernels.generated.common import (
+from woodpecker.kernels.halide.common import (
     MAX_ACCUMULATORS,
     Definition,
-    GeneratedImplementation,
+    HalideImplementation,
     apply_activation,
     conv_bias,
     depthwise_constants,
@@ -40,9 +40,9 @@ from woodpecker.kernels.generated.common import (
     row_tile,
     window_max,
 )
-from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
+from woodpecker.ops.conv import DEPTHWISE_WEIGHT, RESIDUAL, SCALE, conv_params
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 
@@ -62,20 +62,20 @@ def _can_widen(workload: Workload, p: dict) -> bool:
     return p["groups"] == 1 and 2 * workload.block(workload.node.outputs[0]) == native_vector_width()
 
 
-class HalideConv2dBlocked(GeneratedImplementation):
+class HalideConv2dBlocked(HalideImplementation):
     name = "halide.conv2d_blocked"
     revision = 2  # 2: constant strides, a block's channel loop unrolled
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
         if not (
-            is_constant_conv(workload) and not node.attrs.get("expand")  # kernels/generated/expand_depthwise.py
+            is_constant_conv(workload) and not node.attrs.get("expand")  # kernels/halide/expand_depthwise.py
         ):
             return False
         block, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
         # A fused residual is stored like the output, a fused input scale like the input.
-        fused_ok = (not node.attrs.get("residual") or workload.block(node.inputs[3]) == block) and (
-            not node.attrs.get("input_scale") or workload.block(node.inputs[4]) == in_block
+        fused_ok = (not node.attrs.get("residual") or workload.block(node.inputs[RESIDUAL]) == block) and (
+            not node.attrs.get("input_scale") or workload.block(node.inputs[SCALE]) == in_block
         )
         p = conv_params(workload)
         if node.attrs.get("depthwise"):  # the fused depthwise stage reads and writes input blocks
@@ -341,7 +341,7 @@ class HalideConv2dBlocked(GeneratedImplementation):
         fix_layout(b_param, bias.shape)
         fix_layout(inp, workload.values[node.inputs[0]].stored_shape)
         if has_residual:
-            fix_layout(residual, workload.values[node.inputs[3]].stored_shape)
+            fix_layout(residual, workload.values[node.inputs[RESIDUAL]].stored_shape)
         params = [inp] + ([residual] if has_residual else []) + ([scale] if has_scale else []) + [w_param, b_param]
         constants = [np.ascontiguousarray(blocked_weight), bias]
         if grouped:
@@ -465,7 +465,7 @@ def _depthwise_stage(
     """The depthwise Conv plus its activation on the blocked input: activated output, accumulator, window."""
     c, x, y, k, n = hl.Var("c"), hl.Var("x"), hl.Var("y"), hl.Var("k"), hl.Var("n")
     _, _, h, w = workload.input_shape(0)
-    (kh, kw), (sy, sx) = workload.input_shape(5)[2:], stage.get("strides", [1, 1])
+    (kh, kw), (sy, sx) = workload.input_shape(DEPTHWISE_WEIGHT)[2:], stage.get("strides", [1, 1])
     (dy, dx), (top, left) = stage.get("dilations", [1, 1]), stage.get("pads", [0, 0, 0, 0])[:2]
     padded = hl.BoundaryConditions.constant_exterior(inp, 0.0, [hl.Range(0, block), hl.Range(0, w), hl.Range(0, h)])
     r = hl.RDom([hl.Range(0, kw), hl.Range(0, kh)], "r_dw")

@@ -8,8 +8,8 @@ import halide as hl
 import numpy as np
 
 from woodpecker.graph.ir import broadcasts_to
-from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, nan_max, nan_min, vector_widths
+from woodpecker.kernels.base import Capabilities, is_float32
+from woodpecker.kernels.halide.common import Definition, HalideImplementation, nan_max, nan_min, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 from woodpecker.search.space import Config, ConfigSpace, Knob
@@ -34,8 +34,9 @@ UNARY = {  # besides the activations of ops.activations; NaN passes through, +-I
 ACTIVATIONS = tuple(op for op in activations.UNARY_ACTIVATIONS if op != "Clip")
 
 
-class HalideElementwise(GeneratedImplementation):
+class HalideElementwise(HalideImplementation):
     name = "halide.elementwise"
+    capabilities = Capabilities(compiled=True, strided_outputs=True, in_place=True)
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node

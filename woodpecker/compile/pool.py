@@ -41,8 +41,8 @@ def _start_compile_process() -> None:
 
 
 def compile_candidate(workload: Workload, impl_name: str, config: dict, directory: str) -> Compiled:
+    from woodpecker.compile.toolchain import compile_library
     from woodpecker.kernels import registry
-    from woodpecker.kernels.generated.aot import compile_library
 
     start = time.perf_counter()
     try:
@@ -82,9 +82,9 @@ def compile_objects(
 
 
 def _compile_object(item: tuple[Path, tuple[Workload, str, dict, str]]) -> None:
+    from woodpecker.compile.toolchain import compile_object
     from woodpecker.errors import WoodpeckerError
     from woodpecker.kernels import registry
-    from woodpecker.kernels.generated.aot import compile_object
 
     path, (workload, impl_name, config, function) = item
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:

@@ -10,10 +10,10 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import (
+from woodpecker.kernels.halide.common import (
     NAN,
     Definition,
-    GeneratedImplementation,
+    HalideImplementation,
     is_nan,
     vector_widths,
     window_max,
@@ -24,7 +24,7 @@ from woodpecker.search.space import Config, ConfigSpace, Knob
 POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 
 
-class HalidePool(GeneratedImplementation):
+class HalidePool(HalideImplementation):
     name = "halide.pool"
 
     def matches(self, workload: Workload) -> bool:

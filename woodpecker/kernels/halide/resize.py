@@ -12,7 +12,7 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
+from woodpecker.kernels.halide.common import Definition, HalideImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
@@ -20,7 +20,7 @@ COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "asymmetric", "align_cor
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
-class HalideResize(GeneratedImplementation):
+class HalideResize(HalideImplementation):
     name = "halide.resize"
 
     def matches(self, workload: Workload) -> bool:

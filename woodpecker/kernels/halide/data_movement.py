@@ -17,7 +17,7 @@ import numpy as np
 from woodpecker.graph.passes.canonicalize import pad_value, pad_widths
 from woodpecker.graph.passes.layout import TO_CHANNEL_FIRST, TO_CHANNEL_LAST
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
+from woodpecker.kernels.halide.common import Definition, HalideImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
@@ -25,7 +25,7 @@ MAX_RANK = 6
 PAD_MODES = ("constant", "edge", "reflect")
 
 
-class HalideDataMovement(GeneratedImplementation):
+class HalideDataMovement(HalideImplementation):
     name = "halide.data_movement"
 
     def matches(self, workload: Workload) -> bool:

@@ -30,18 +30,18 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
-from woodpecker.kernels.generated.common import (
+from woodpecker.kernels.halide.common import (
     MAX_ACCUMULATORS,
     Definition,
-    GeneratedImplementation,
+    HalideImplementation,
     apply_activation,
     conv_bias,
     fix_layout,
     is_constant_conv,
     is_nonfinite,
 )
-from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops.conv import RESIDUAL, conv_params
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 # (B^T, G, A^T) of F(m x m, 3 x 3) per output tile size m (Lavin & Gray, section 4), and a sparse
@@ -83,7 +83,7 @@ RECOVER = {
 STRIPS = (1, 2, 4, 0)  # rows of tiles per strip; 0: the whole image
 
 
-class HalideWinograd(GeneratedImplementation):
+class HalideWinograd(HalideImplementation):
     name = "halide.winograd"
 
     def matches(self, workload: Workload) -> bool:
@@ -100,7 +100,9 @@ class HalideWinograd(GeneratedImplementation):
         ):
             return False
         block, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
-        return block > 0 and in_block > 0 and (not attrs.get("residual") or workload.block(node.inputs[3]) == block)
+        return (
+            block > 0 and in_block > 0 and (not attrs.get("residual") or workload.block(node.inputs[RESIDUAL]) == block)
+        )
 
     def space(self, workload: Workload) -> ConfigSpace:
         n, c_out, h, w = workload.output_shape
@@ -265,7 +267,7 @@ class HalideWinograd(GeneratedImplementation):
         fix_layout(b_param, bias.shape)
         params = [inp]
         if has_residual:
-            fix_layout(residual, workload.values[node.inputs[3]].stored_shape)
+            fix_layout(residual, workload.values[node.inputs[RESIDUAL]].stored_shape)
             params.append(residual)
         return Definition(out, [*params, u_param, b_param], [u, bias])
 

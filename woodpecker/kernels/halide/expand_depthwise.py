@@ -19,12 +19,11 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
-from woodpecker.graph.passes.fuse_expand import EXPAND_BIAS, EXPAND_WEIGHT
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import (
+from woodpecker.kernels.halide.common import (
     MAX_ACCUMULATORS,
     Definition,
-    GeneratedImplementation,
+    HalideImplementation,
     apply_activation,
     conv_bias,
     depthwise_constants,
@@ -32,13 +31,13 @@ from woodpecker.kernels.generated.common import (
     fix_layout,
     row_tile,
 )
-from woodpecker.kernels.generated.conv2d import conv_params
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
+from woodpecker.ops.conv import EXPAND_BIAS, EXPAND_WEIGHT, conv_params
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 
-class HalideExpandDepthwise(GeneratedImplementation):
+class HalideExpandDepthwise(HalideImplementation):
     name = "halide.expand_depthwise"
     revision = 2  # 2: the expansion computed inside the image only
 

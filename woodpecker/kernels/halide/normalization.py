@@ -13,13 +13,13 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, vector_widths
+from woodpecker.kernels.halide.common import Definition, HalideImplementation, add, row_reduce, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 
-class HalideNormalization(GeneratedImplementation):
+class HalideNormalization(HalideImplementation):
     name = "halide.normalization"
 
     def matches(self, workload: Workload) -> bool:
@@ -58,18 +58,18 @@ class HalideNormalization(GeneratedImplementation):
         constants: list[np.ndarray] = []
         params = [inp]
         if node.op == "Softmax":
-            peak = _row_reduce("peak", lambda col: inp[col, row], width, lanes, "max", row)
+            peak = row_reduce("peak", lambda col: inp[col, row], width, lanes, hl.max, -np.inf, row)
             exp = hl.Func("exp")
             shifted = inp[c, row] - peak[0][row]  # NaN where the row holds NaN or +Inf: the row is then NaN
             exp[c, row] = activations.halide_nonfinite(shifted, hl.exp(shifted), np.inf, 0.0)
-            total = _row_reduce("total", lambda col: exp[col, row], width, lanes, "sum", row)
+            total = row_reduce("total", lambda col: exp[col, row], width, lanes, add, 0.0, row)
             out[c, row] = exp[c, row] / total[0][row]
             reductions = [peak, total]
         else:
-            total = _row_reduce("total", lambda col: inp[col, row], width, lanes, "sum", row)
+            total = row_reduce("total", lambda col: inp[col, row], width, lanes, add, 0.0, row)
             mean = hl.Func("mean")
             mean[row] = total[0][row] / hl.f32(width)
-            squares = _row_reduce("squares", lambda col: (inp[col, row] - mean[row]) ** 2, width, lanes, "sum", row)
+            squares = row_reduce("squares", lambda col: (inp[col, row] - mean[row]) ** 2, width, lanes, add, 0.0, row)
             scale, bias = hl.ImageParam(hl.Float(32), 1, "scale"), hl.ImageParam(hl.Float(32), 1, "bias")
             inv = 1.0 / hl.sqrt(squares[0][row] / hl.f32(width) + hl.f32(node.attrs.get("epsilon", 1e-5)))
             out[c, row] = (inp[c, row] - mean[row]) * inv * scale[c] + bias[c]
@@ -94,28 +94,6 @@ class HalideNormalization(GeneratedImplementation):
             if lanes > 1:
                 exp.vectorize(c, lanes, guard)
         return Definition(out, params, constants, flatten=2)
-
-
-def _row_reduce(name: str, value_at, width: int, lanes: int, kind: str, row: hl.Var) -> tuple[hl.Func, hl.Func]:
-    """(result, partial): `value_at(column)` reduced over a row, first into `lanes` partial results
-    (a vector: column c goes to lane c % lanes, over the columns that fill whole vectors), then
-    across the lanes and the leftover columns. `kind` is "sum" or "max"."""
-    combine = (lambda a, b: a + b) if kind == "sum" else hl.max
-    start = hl.f32(0.0) if kind == "sum" else hl.f32(-np.inf)
-    lane = hl.Var(f"{name}_lane")
-    whole = width // lanes * lanes
-    partial, result = hl.Func(f"{name}_partial"), hl.Func(name)
-    partial[lane, row] = start
-    if whole:
-        chunk = hl.RDom([hl.Range(0, whole // lanes)], f"{name}_chunk")
-        partial[lane, row] = combine(partial[lane, row], value_at(chunk.x * lanes + lane))
-    across = hl.RDom([hl.Range(0, lanes)], f"{name}_across")
-    result[row] = start
-    result[row] = combine(result[row], partial[across.x, row])
-    if whole < width:
-        rest = hl.RDom([hl.Range(whole, width - whole)], f"{name}_rest")
-        result[row] = combine(result[row], value_at(rest.x))
-    return result, partial
 
 
 def _per_column(workload: Workload, index: int, width: int, default: float) -> np.ndarray:

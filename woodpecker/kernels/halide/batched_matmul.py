@@ -12,17 +12,17 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import (
+from woodpecker.kernels.halide.common import (
     MAX_ACCUMULATORS,
     Definition,
-    GeneratedImplementation,
+    HalideImplementation,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 
-class HalideBatchedMatmul(GeneratedImplementation):
+class HalideBatchedMatmul(HalideImplementation):
     name = "halide.batched_matmul"
 
     def matches(self, workload: Workload) -> bool:

@@ -14,16 +14,17 @@ import halide as hl
 import numpy as np
 
 from woodpecker.graph.passes.layout import is_per_channel
-from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import Definition, GeneratedImplementation, apply_activation, vector_widths
+from woodpecker.kernels.base import Capabilities, is_float32
+from woodpecker.kernels.halide.common import Definition, HalideImplementation, apply_activation, vector_widths
 from woodpecker.kernels.workload import Workload
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 BINARY = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": lambda a, b: a / b}
 
 
-class HalideChannelwise(GeneratedImplementation):
+class HalideChannelwise(HalideImplementation):
     name = "halide.channelwise"
+    capabilities = Capabilities(compiled=True, strided_outputs=True, in_place=True)
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node

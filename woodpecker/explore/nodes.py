@@ -8,36 +8,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from tqdm import tqdm
 
 from woodpecker.errors import UnsupportedOpError
 from woodpecker.graph.ir import Graph, Node
 from woodpecker.kernels import registry
-from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.measure.result import MeasureResult
 from woodpecker.measure.runner import Runner
+from woodpecker.options import SearchOptions
 from woodpecker.plan.choice import Choice
 from woodpecker.records.database import Records
 from woodpecker.search.strategies import STRATEGIES
 
-
-@dataclass(frozen=True)
-class ExploreOptions:
-    budget: int = 8  # configurations tried per generated implementation and workload
-    batch: int = 4  # configurations measured between two strategy updates
-    patience: int = 0  # stop tuning a kernel after this many batches without improvement (0: never)
-    transfer: bool = True  # start from the best configs of the most similar recorded workloads
-    seconds: float = 0.0  # time budget per workload and generated kernel (0: none)
-    strategy: str = "anneal"  # measured best in benchmarks/search_convergence.py
-    libraries: tuple[str, ...] = registry.LIBRARIES
-    seed: int = 0
-    progress: bool = True
+TRIALS_PER_UPDATE = 4  # configurations measured between two updates of the search strategy
 
 
-def explore(graph: Graph, options: ExploreOptions, runner: Runner, records: Records | None) -> list[Choice]:
+def explore(graph: Graph, options: SearchOptions, runner: Runner, records: Records | None) -> list[Choice]:
     decided: dict[str, Choice] = {}
     choices = []
     bar = tqdm(graph.nodes, desc="optimize", unit="node", disable=not options.progress, leave=False)
@@ -53,12 +42,13 @@ def explore(graph: Graph, options: ExploreOptions, runner: Runner, records: Reco
 
 
 def _choose(
-    node: Node, workload: Workload, key: str, options: ExploreOptions, runner: Runner, records: Records | None
+    node: Node, workload: Workload, key: str, options: SearchOptions, runner: Runner, records: Records | None
 ) -> Choice:
     impls = registry.candidates(workload, options.libraries)
     native = [i for i in impls if i.name != registry.FALLBACK]
-    if node.op in RESHAPES and any(i.name == "numpy" for i in impls):  # no work to measure: NumPy does them
-        return Choice(node.name, "numpy", {}, "library", workload=key)
+    views = [i for i in impls if node.op in i.capabilities.view_ops]
+    if views:  # no work to measure: the op is a view of its input's bytes
+        return Choice(node.name, views[0].name, {}, "library", workload=key)
     results: list[MeasureResult] = []
     spaces = {impl.name: impl.space(workload) for impl in impls}
     total = sum(options.budget if space.knobs else 1 for space in spaces.values())
@@ -78,8 +68,7 @@ def _choose(
             f"no implementation ran correctly ({reasons})"
         )
     best = min(good, key=lambda r: r.median_s)
-    kind = registry.get(best.impl).kind
-    status = "fallback" if not native else kind
+    status = "fallback" if not native else registry.status(best.impl)
     return Choice(
         node.name, best.impl, best.config, status, best.median_s, best.compile_s, key, [r.to_json() for r in results]
     )
@@ -90,7 +79,7 @@ def _tune(
     key: str,
     impl: str,
     space,
-    options: ExploreOptions,
+    options: SearchOptions,
     runner: Runner,
     records: Records | None,
     bar: tqdm,
@@ -103,7 +92,7 @@ def _tune(
         if len(known) >= options.budget:
             bar.update(options.budget)
             return known
-    if options.transfer and records is not None:
+    if records is not None:  # start from the best configs of the most similar recorded workloads
         description = workload.description()
         records.describe(key, description)
         space = space.starting_from(records.transfer(key, description, name), options.seed)
@@ -112,7 +101,7 @@ def _tune(
     results: list[MeasureResult] = []
     best, stale = math.inf, 0
     while len(results) < options.budget and time.monotonic() < deadline:
-        configs = strategy.propose(min(options.batch, options.budget - len(results)))
+        configs = strategy.propose(min(TRIALS_PER_UPDATE, options.budget - len(results)))
         if not configs:
             break
         batch = measure_with_records(workload, key, impl, configs, runner, records)

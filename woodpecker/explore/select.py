@@ -1,50 +1,16 @@
 """Plan-level exploration: per-node winners are not the whole story, so time whole plans.
 
-Per node, isolated timings miss what happens between nodes (layout conversions inside a
-library, cold caches, thread-pool wake-ups). The explorer therefore builds a few complete
-candidate plans, times each end to end on random input in a process of its own (like
-`wpk bench` times peers; see plan/candidate_worker.py), and keeps the fastest (see TIE below):
-- "per-node": every node's fastest measured kernel (library runs merged into one call);
-- "generated": every node that has a correct generated kernel on its fastest one, the rest as
-  in "per-node". Libraries' thread pools slow the kernels around them (ONNX Runtime's pool
-  on a ResNet-18 global pool cost 1.5 ms of Halide time), which isolated timings cannot see;
-- "all-<library>": every node on one graph library, i.e. that library running the whole
-  optimized graph. It is what the per-node plan must beat, and it wins while it is faster;
-- "all-onnxruntime-unpacked": the same without ONNX Runtime's re-packed copies of the weights
-  (`session.disable_prepacking`). VGG-16's session took a quarter of the time to create and
-  peaked 270 MiB lower at the same speed; once made, the copies replace the originals, so only
-  the peak shows the difference (see TIE below);
-- "<library>+generated": "all-<library>" but the nodes on plain (not blocked) values whose generated
-  kernel was faster alone, in practice a classifier's dense layers. Such a node adds no layout
-  conversion where it cuts the library's graph, and a generated kernel holds its weights once
-  where OpenVINO keeps the originals beside its re-packed copy (VGG-16 batch 1: 707 vs 1124 MiB at
-  the same speed). Blocked nodes stay on the library: their isolated library times include the
-  library's own layout conversions, so comparing with them would move nodes that then run slower;
-- "per-node-<label>", "generated-<label>": the same two on an alternative graph, without the
-  pool and depthwise fusions ("unfused") or with the 1x1 expansions fused into the depthwise
-  convolutions instead ("expanded"): whether a fused kernel beats the two it replaces shows only
-  in whole runs (timed alone, the unfused pair's second kernel reads a warm input).
-Each candidate's process also reports its memory: the peak of building and running the plan once,
-which is what loading the saved plan costs when its kernels are compiled ahead of time, and what
-the plan holds after that. Plans within TIE (3 %) of the fastest count as equally fast, and the
-one with the lowest peak is kept (the least held memory where a JIT build's peak would mislead).
-By default no plan peaks above ONNX Runtime running the same graph ("all-onnxruntime", which always
-qualifies): all-OpenVINO plans were the fastest candidates 4-6 % ahead on VGG-16 (batch 1),
-MobileNetV2 and SqueezeNet (batch 8) and peaked 1.2-1.3x higher (`memory="any"` keeps them).
-Candidates run their generated kernels as the saved plan will: compiled ahead of time into one
-library with the native runtime (through the object cache, so the kernels that candidates share,
-and the saved plan, compile once); JIT-compiled only where no C compiler is available.
+Candidate plans (per-node winners, every node on its own kernel, each graph library running the
+whole graph, and mixes) are built and timed end to end, each in a process of its own, their
+rounds interleaved; the fastest is kept, a tie within TIE going to the lowest peak memory, among
+the plans peaking no higher than ONNX Runtime's (`memory`). Why each candidate exists and what
+was measured: docs/architecture.md, "Selecting the whole plan".
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
-import subprocess
-import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,21 +18,22 @@ from typing import Any
 
 from tqdm import tqdm
 
+from woodpecker.compile.objects import compile_plan_kernels
+from woodpecker.compile.toolchain import compiler_available
 from woodpecker.errors import PlanError, WoodpeckerError
 from woodpecker.graph.ir import Graph
 from woodpecker.kernels import registry
-from woodpecker.kernels.base import importable
-from woodpecker.kernels.generated.aot import KernelLibrary, compiler_available
 from woodpecker.kernels.workload import Workload
+from woodpecker.measure.protocol import WorkerProcess
+from woodpecker.measure.rounds import interleaved_rounds
 from woodpecker.measure.threads import configure_threads
 from woodpecker.options import MEMORY_RULES, TIE
-from woodpecker.plan.candidate_worker import PREFIX
 from woodpecker.plan.choice import Choice
-from woodpecker.plan.compiled import compile_plan_kernels
-from woodpecker.plan.segments import MERGEABLE
 from woodpecker.plan.serialize import CONSTANTS, graph_to_data, save_constants
+from woodpecker.runtime.kernel_library import KernelLibrary
 
 CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) or timing one whole plan
+CANDIDATE_WORKER = "woodpecker.explore.candidate_worker"
 ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
 
 
@@ -80,7 +47,7 @@ class PlanCandidate:
     resident_mib: float | None = None  # memory its process holds after building and running it once
     peak_mib: float | None = None  # its process's peak until then, where that is what loading costs
     error: str | None = None
-    verification: object | None = None  # plan/verify.py's Verification of the selected candidate
+    verification: object | None = None  # explore/verify.py's Verification of the selected candidate
 
 
 def candidate_choices(
@@ -92,11 +59,11 @@ def candidate_choices(
     if generated != choices:
         candidates["generated"] = generated
     nodes = {n.name: n for n in graph.nodes} if graph is not None else {}
-    for library in MERGEABLE:
-        if library in libraries and (library != "openvino" or importable("openvino")):
+    for library in registry.graph_libraries():
+        if library in libraries:
             on_library = candidates[f"all-{library}"] = [_on_library(c, library) for c in choices]
-            if library == "onnxruntime":
-                candidates["all-onnxruntime-unpacked"] = [replace(c, config={"prepack": False}) for c in on_library]
+            for suffix, config in registry.capabilities(library).plan_variants.items():
+                candidates[f"all-{library}-{suffix}"] = [replace(c, config=config) for c in on_library]
             hybrid = [
                 g if nodes and _plain_and_faster(Workload.of(graph, nodes[g.node]), g, c) else c
                 for g, c in zip(generated, on_library)
@@ -116,8 +83,8 @@ def _plain_and_faster(workload: Workload, generated: Choice, on_library: Choice)
 
 
 def on_generated(choice: Choice) -> Choice:
-    ok = [c for c in choice.candidates if c["error"] is None and registry.get(c["impl"]).kind == "generated"]
-    if not ok or registry.get(choice.impl).kind == "generated":
+    ok = [c for c in choice.candidates if c["error"] is None and registry.capabilities(c["impl"]).compiled]
+    if not ok or registry.capabilities(choice.impl).compiled:
         return choice
     best = min(ok, key=lambda c: c["median_s"])
     return replace(
@@ -152,7 +119,7 @@ def select_plan(
     rounds: int = ROUNDS,
     alternatives: dict[str, tuple[Graph, list[Choice]]] | None = None,
     tie: float = TIE,
-    memory: str = "onnxruntime",
+    memory: str = MEMORY_RULES[0],
     verify: Callable[[Graph, list[Choice], Any], Any] | None = None,
 ) -> tuple[PlanCandidate, list[PlanCandidate]]:
     """Time every candidate plan in its own process, the candidates' rounds interleaved; return the
@@ -176,7 +143,7 @@ def select_plan(
                 graph_files[id(candidate_graph)] = f"graph{len(graph_files)}.json"
                 data = graph_to_data(candidate_graph) | {"constants": names}  # the weights file's keys
                 (directory / graph_files[id(candidate_graph)]).write_text(json.dumps(data))
-        workers: dict[str, _Worker] = {}
+        workers: dict[str, WorkerProcess] = {}
         errors: dict[str, str] = {}
         ready_messages: dict[str, dict] = {}  # candidate -> its ready message (memory figures)
         kernels: dict[str, dict[str, str]] = {}  # candidate -> its compiled kernels (node -> entry)
@@ -197,22 +164,29 @@ def select_plan(
                 (directory / f"{name}.json").write_text(json.dumps(plan))
                 # Started now, waited for below: the processes import and build while the next
                 # candidate compiles (each measures its own memory, so they may overlap).
-                workers[name] = _Worker(directory, graph_files[id(candidate_graph)], name, threads, seed)
+                workers[name] = WorkerProcess(CANDIDATE_WORKER, directory / f"{name}.stderr")
+                request = {"directory": str(directory), "graph_file": graph_files[id(candidate_graph)]}
+                workers[name].send(request | {"name": name, "threads": threads, "seed": seed})
             for name in list(workers):
-                ready = workers[name].wait_ready()
+                ready = workers[name].read(CANDIDATE_TIMEOUT_S)
                 if "error" in ready:
                     errors[name] = ready["error"]
                     workers.pop(name).close()
                 else:
                     ready_messages[name] = ready
+            with tqdm(total=rounds * len(workers), desc="time plans", unit="run", disable=not progress) as bar:
+                answers = interleaved_rounds(
+                    list(workers),
+                    rounds,
+                    lambda name: workers[name].ask({"time": True}, CANDIDATE_TIMEOUT_S),
+                    bar.update,
+                )
             times: dict[str, list[float]] = {name: [] for name in workers}
-            for _ in tqdm(range(rounds), desc="time plans", unit="round", disable=not progress):
-                for name, worker in workers.items():
-                    result = worker.time()
-                    if "error" in result:
-                        errors[name] = result["error"]
-                    else:
-                        times[name].append(result["median_s"])
+            for name, result in ((n, r) for one in answers for n, r in one.items()):
+                if "error" in result:
+                    errors[name] = result["error"]
+                else:
+                    times[name].append(result["median_s"])
         finally:
             for worker in workers.values():  # all told to end first: each takes a moment to exit
                 worker.finish()
@@ -250,7 +224,7 @@ def select_plan(
         )
 
 
-def rank(timed: list[PlanCandidate], tie: float = TIE, memory: str = "onnxruntime") -> list[PlanCandidate]:
+def rank(timed: list[PlanCandidate], tie: float = TIE, memory: str = MEMORY_RULES[0]) -> list[PlanCandidate]:
     """The candidates in the order `pick` prefers them: its choice, then its choice among the rest..."""
     left, order = list(timed), []
     while left:
@@ -259,86 +233,17 @@ def rank(timed: list[PlanCandidate], tie: float = TIE, memory: str = "onnxruntim
     return order
 
 
-def pick(timed: list[PlanCandidate], tie: float = TIE, memory: str = "onnxruntime") -> PlanCandidate:
+def pick(timed: list[PlanCandidate], tie: float = TIE, memory: str = MEMORY_RULES[0]) -> PlanCandidate:
     """The fastest candidate, or among those within `tie` of it the one with the lowest peak, or
     where not every one has a peak that loading would reach, the one holding the least memory.
     `memory="onnxruntime"`: only among the candidates that peak no higher than "all-onnxruntime"."""
     if memory not in MEMORY_RULES:
         raise ValueError(f"memory rule {memory!r} is not one of {MEMORY_RULES}")
-    ceiling = next((c.peak_mib for c in timed if c.name == "all-onnxruntime"), None)
-    if memory == "onnxruntime" and ceiling is not None and all(c.peak_mib is not None for c in timed):
+    ceiling = next((c.peak_mib for c in timed if c.name == f"all-{registry.FALLBACK}"), None)
+    if memory == registry.FALLBACK and ceiling is not None and all(c.peak_mib is not None for c in timed):
         timed = [c for c in timed if c.peak_mib <= ceiling]
     fastest = min(timed, key=lambda c: c.median_s)
     tied = [c for c in timed if c.median_s <= fastest.median_s * (1 + tie)]
     field = "peak_mib" if all(c.peak_mib is not None for c in tied) else "resident_mib"
     tied = [c for c in tied if getattr(c, field) is not None]
     return min(tied, key=lambda c: (getattr(c, field), c.median_s)) if tied else fastest
-
-
-class _Worker:
-    """A candidate plan built in its own process (plan/candidate_worker.py), timed on request."""
-
-    def __init__(self, directory: Path, graph_file: str, name: str, threads: int, seed: int):
-        command = [
-            sys.executable,
-            "-m",
-            "woodpecker.plan.candidate_worker",
-            str(directory),
-            graph_file,
-            name,
-            str(threads),
-            str(seed),
-        ]
-        self.log = directory / f"{name}.stderr"  # a file, not a pipe: a chatty library cannot block the worker
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
-            )
-        self.answers: queue.Queue[str] = queue.Queue()  # a thread reads stdout; EOF arrives as ""
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.process.stdout:
-            if line.startswith(PREFIX):
-                self.answers.put(line[len(PREFIX) :])
-        self.answers.put("")
-
-    def wait_ready(self) -> dict:
-        """{"ready": true, "resident_mib": ..., "peak_mib": ...} or {"error": ...}."""
-        return self._read()
-
-    def time(self) -> dict:
-        try:
-            self.process.stdin.write("time\n")
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            return self._failure()
-        return self._read()
-
-    def _read(self) -> dict:
-        """The worker's next answer (lines a library printed are skipped by the reader thread)."""
-        try:
-            line = self.answers.get(timeout=CANDIDATE_TIMEOUT_S)
-        except queue.Empty:
-            self.process.kill()
-            return {"error": f"no answer within {CANDIDATE_TIMEOUT_S:.0f} s"}
-        return json.loads(line) if line else self._failure()
-
-    def _failure(self) -> dict:
-        self.process.kill()
-        code = self.process.wait()
-        return {"error": f"exit {code}: {self.log.read_text(errors='replace').strip()[-300:]}"}
-
-    def finish(self) -> None:
-        """Tell the worker to end (its input closes), without waiting for it."""
-        if self.process.poll() is None and not self.process.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.process.stdin.close()
-
-    def close(self) -> None:
-        self.finish()
-        if self.process.poll() is None:
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()

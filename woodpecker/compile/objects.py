@@ -1,15 +1,12 @@
-"""What a saved plan prepares so that it loads fast: its generated kernels compiled ahead of time
-into one self-contained shared library, and its graph-library segments as ONNX files.
+"""The object cache of compiled Halide kernels and the self-contained library a saved plan links.
 
 Saved plans then load without a JIT or a search: `Plan.load` maps the library (with its own
-Halide runtime) and the pre-packed weights, and the first run is an ordinary run. A library
-segment's ONNX file refers to its weights in the plan's weights file (ONNX external data), so
-OpenVINO maps them from disk and ONNX Runtime reads them itself: serializing VGG-16's weights
-into a model in memory and parsing it back took about 7 s of its 7-10 s first run (now 0.4 s).
+Halide runtime) and the pre-packed weights, and the first run is an ordinary run.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import json
@@ -18,51 +15,32 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import onnx
 
+from woodpecker.compile import pool
+from woodpecker.compile.toolchain import LibraryEntry, aot_target, cache_dir, link_library
 from woodpecker.graph.ir import Graph
-from woodpecker.graph.onnx_export import graph_to_onnx
 from woodpecker.kernels import registry
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
-from woodpecker.plan.segments import MERGEABLE, segments
-from woodpecker.plan.serialize import external_tensors
 
 MAX_CACHED_OBJECTS = 5000  # compiled kernels kept in the object cache (20-50 kB each)
 
 
-def generated_kernels(graph: Graph, choices: list[Choice]) -> dict[str, str]:
+def kernel_entries(graph: Graph, choices: list[Choice]) -> dict[str, str]:
     """Entry point name for every node that runs a generated kernel (node name -> entry). A kernel
     name that is not registered is no generated kernel; building the plan reports it."""
     chosen = {c.node: registry.get(c.impl) for c in choices if c.impl in registry.WHERE}
     return {
         node.name: f"wpk_node{i}"
         for i, node in enumerate(graph.nodes)
-        if node.name in chosen and chosen[node.name].kind == "generated"
+        if node.name in chosen and chosen[node.name].capabilities.compiled
     }
-
-
-def save_library_models(
-    graph: Graph, choices: list[Choice], weights: Path, names: list[str], prefix: str = "library"
-) -> dict[str, str]:
-    """Write each graph-library segment as `<prefix><i>.onnx` beside `weights` (the file
-    `save_constants` wrote, keys for `names`); returns segment label -> file name."""
-    external = external_tensors(weights, names)
-    models = {}
-    for segment in segments(graph, choices):
-        if segment.impl in MERGEABLE:
-            name = f"{prefix}{len(models)}.onnx"
-            onnx.save(graph_to_onnx(segment.subgraph(graph), external=external), weights.parent / name)
-            models[segment.label] = name
-    return models
 
 
 def compile_plan_kernels(graph: Graph, choices: list[Choice], directory: Path, progress: bool = False) -> dict:
     """Link the plan's generated kernels into a self-contained library in `directory`; returns
     node name -> entry point. Each kernel's object comes from the object cache (kernel_objects)."""
-    from woodpecker.kernels.generated.aot import LibraryEntry, link_library
-
-    entries = generated_kernels(graph, choices)
+    entries = kernel_entries(graph, choices)
     if not entries:
         return {}
     chosen = {c.node: c for c in choices}
@@ -85,15 +63,12 @@ def kernel_objects(kernels: list[tuple[Workload, str, dict]], progress: bool = F
     Objects are cached by everything that decides their code (kernel_key), so the candidate
     plans of one optimization, the plan it saves and a later optimization of the same model
     compile each kernel once. The missing ones are compiled in parallel processes."""
-    from woodpecker.kernels.generated.aot import cache_dir
-    from woodpecker.measure.compile_pool import compile_objects
-
     directory = cache_dir() / "objects"
     directory.mkdir(parents=True, exist_ok=True)
     keys = [kernel_key(*kernel) for kernel in kernels]
     objects = [(f"wpk_{key[:24]}", directory / f"{key}.o") for key in keys]
     missing = {path: (*kernel, function) for kernel, (function, path) in zip(kernels, objects) if not path.exists()}
-    compile_objects(missing, progress)
+    pool.compile_objects(missing, progress)
     for _, path in objects:
         os.utime(path)  # last use, for pruning the cache
     prune(directory)
@@ -122,14 +97,31 @@ def kernel_key(workload: Workload, impl: str, config: dict) -> str:
 
 @cache
 def _toolchain() -> str:
-    """The code that defines generated kernels (their algorithms, schedules and activations), the
-    target and Halide's version."""
-    from woodpecker.kernels.generated.aot import aot_target
-
+    """The code that defines Halide kernels (the families, the modules they import, transitively),
+    the target and Halide's version."""
     package = Path(__file__).resolve().parent.parent
-    files = sorted((package / "kernels" / "generated").glob("*.py")) + sorted((package / "ops").glob("*.py"))
-    sources = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    sources = hashlib.sha256(b"".join(f.read_bytes() for f in kernel_sources(package))).hexdigest()
     return f"{sources} {aot_target()} halide-{importlib.metadata.version('halide')}"
+
+
+def kernel_sources(package: Path) -> list[Path]:
+    """The Halide kernel families and every Woodpecker module they import, directly or not."""
+    todo = sorted((package / "kernels" / "halide").glob("*.py"))
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("woodpecker"):
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                for name in names:
+                    module = package.parent.joinpath(*name.split("."))
+                    for candidate in (module.with_suffix(".py"), module / "__init__.py"):
+                        if candidate.exists():
+                            todo.append(candidate)
+    return sorted(seen)
 
 
 def prune(directory: Path, keep: int = MAX_CACHED_OBJECTS) -> None:

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import halide as hl
 import numpy as np
 
-from woodpecker.kernels.base import is_float32
+from woodpecker.kernels.base import Capabilities, is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
+from woodpecker.runtime.kernel_library import as_views
 
 MAX_ACCUMULATORS = 24  # zmm registers usable for a register tile, leaving room for loads/broadcasts
 
@@ -46,11 +47,11 @@ class Definition:
         return [hl.Argument(p) for p in self.params]
 
 
-class GeneratedImplementation:
+class HalideImplementation:
     """Base of the Halide kernel families: `define` the pipeline, `build` JIT-compiles it."""
 
     name = "halide"
-    kind = "generated"
+    capabilities = Capabilities(compiled=True, strided_outputs=True)
     revision = 1
 
     def define(self, workload: Workload, config: dict) -> Definition:
@@ -76,17 +77,6 @@ class HalideKernel:
     def __call__(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
         inputs, outputs = as_views(inputs, self._flatten), as_views(outputs, self._flatten)
         self._callable(*[hl.Buffer(a) for a in inputs], *self._constant_buffers, *[hl.Buffer(o) for o in outputs])
-
-
-def as_views(arrays: list[np.ndarray], dims: int) -> list[np.ndarray]:
-    """The arrays as `Definition.flatten`-dimensional views (no copies)."""
-    if dims == 1:
-        return [a.reshape(-1) for a in arrays]
-    if dims == 2:
-        return [a.reshape(-1, a.shape[-1]) for a in arrays]
-    if dims == 3:
-        return [a.reshape(-1, *a.shape[-2:]) for a in arrays]
-    return arrays
 
 
 def jit(definition: Definition) -> HalideKernel:
@@ -174,3 +164,30 @@ def window_max(taps: list[hl.Expr]) -> hl.Expr:
     for tap in taps[1:]:
         value, nan = hl.max(value, tap), nan | is_nan(tap)
     return hl.select(nan, hl.f32(NAN), value)
+
+
+def add(a: hl.Expr, b: hl.Expr) -> hl.Expr:
+    return a + b
+
+
+def row_reduce(
+    name: str, value_at, width: int, lanes: int, combine, initial: float, row: hl.Var
+) -> tuple[hl.Func, hl.Func]:
+    """(result, partial): `value_at(column)` reduced over a row with `combine` from `initial`, first
+    into `lanes` partial results (a vector: column c goes to lane c % lanes, over the columns that
+    fill whole vectors), then across the lanes and the leftover columns."""
+    start = hl.f32(initial)
+    lane = hl.Var(f"{name}_lane")
+    whole = width // lanes * lanes
+    partial, result = hl.Func(f"{name}_partial"), hl.Func(name)
+    partial[lane, row] = start
+    if whole:
+        chunk = hl.RDom([hl.Range(0, whole // lanes)], f"{name}_chunk")
+        partial[lane, row] = combine(partial[lane, row], value_at(chunk.x * lanes + lane))
+    across = hl.RDom([hl.Range(0, lanes)], f"{name}_across")
+    result[row] = start
+    result[row] = combine(result[row], partial[across.x, row])
+    if whole < width:
+        rest = hl.RDom([hl.Range(whole, width - whole)], f"{name}_rest")
+        result[row] = combine(result[row], value_at(rest.x))
+    return result, partial

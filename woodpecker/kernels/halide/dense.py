@@ -3,8 +3,8 @@ leading axes of the left side are rows, as in nn.Linear on a channel-last tensor
 
 Weights are packed once as (K, N) so the output features are contiguous and vectorized, or (knob
 `panels`, for few rows) as column panels: each register tile's columns for every k in one
-contiguous block, so a classifier streams its weights front to back (VGG-16's 411 MB fc6 at
-batch 1, timed cold: 15.2 -> 6.5 ms, NumPy 10.0; read row by row the prefetchers lost the stream). The fused epilogue
+contiguous block, so a classifier streams its weights front to back (read row by row, the
+prefetchers lose the stream on large weights). The fused epilogue
 (bias, residual add, activation) is applied on the accumulator.
 """
 
@@ -14,10 +14,10 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.base import is_float32
-from woodpecker.kernels.generated.common import (
+from woodpecker.kernels.halide.common import (
     MAX_ACCUMULATORS,
     Definition,
-    GeneratedImplementation,
+    HalideImplementation,
     apply_activation,
     vector_widths,
 )
@@ -27,7 +27,7 @@ from woodpecker.search.space import Config, ConfigSpace, Knob
 PANEL_ROWS = 16  # column-panel weights are a knob up to this many rows (classifiers, batch <= 16)
 
 
-class HalideDense(GeneratedImplementation):
+class HalideDense(HalideImplementation):
     name = "halide.dense"
 
     def matches(self, workload: Workload) -> bool:

@@ -11,60 +11,18 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
-from woodpecker.kernels.generated.common import (
+from woodpecker.kernels.halide.common import (
     MAX_ACCUMULATORS,
     Definition,
-    GeneratedImplementation,
+    HalideImplementation,
     apply_activation,
     conv_bias,
     is_constant_conv,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops.conv import conv_params
 from woodpecker.search.space import Config, ConfigSpace, Knob
-
-
-def conv_params(workload: Workload) -> dict:
-    """Normalized Conv attributes and shapes (2-D only). h, w are the input's after a fused depthwise
-    Conv (graph/passes/fuse_depthwise.py), h_out, w_out the output's before a fused pool (fuse_pool.py),
-    c_in a depthwise Conv's own input channels after a fused 1x1 expansion (fuse_expand.py)."""
-    n, c_in, h, w = workload.input_shape(0)
-    c_out, c_in_group, kh, kw = workload.input_shape(1)
-    attrs = workload.node.attrs
-    if attrs.get("depthwise"):
-        h, w = conv_output_size(h, w, workload.input_shape(5)[2:], attrs["depthwise"])
-    if attrs.get("expand"):  # a depthwise Conv over the fused 1x1 expansion's channels
-        c_in = c_out
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
-    h_out, w_out = conv_output_size(h, w, (kh, kw), attrs)
-    return dict(
-        n=n,
-        c_in=c_in,
-        h=h,
-        w=w,
-        c_out=c_out,
-        c_in_group=c_in_group,
-        kh=kh,
-        kw=kw,
-        h_out=h_out,
-        w_out=w_out,
-        groups=attrs.get("group", 1),
-        strides=strides,
-        dilations=dilations,
-        pad_top=pads[0],
-        pad_left=pads[1],
-    )
-
-
-def conv_output_size(h: int, w: int, kernel: tuple[int, int], attrs: dict) -> tuple[int, int]:
-    """Output height and width of a 2-D Conv with these ONNX attributes."""
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
-    return tuple(
-        (size + pads[i] + pads[i + 2] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1
-        for i, size in enumerate((h, w))
-    )
 
 
 def _starting_points(p: dict, native: int) -> tuple[Config, ...]:
@@ -86,7 +44,7 @@ def _starting_points(p: dict, native: int) -> tuple[Config, ...]:
     )
 
 
-class HalideConv2d(GeneratedImplementation):
+class HalideConv2d(HalideImplementation):
     name = "halide.conv2d"
 
     def matches(self, workload: Workload) -> bool:
