@@ -14,9 +14,11 @@ from woodpecker.kernels.registry import PACKAGES
 # Bumped when measurements stop being comparable with recorded ones (2: large weights timed cold;
 # 3: pooling schedules changed under the same configs, so recorded pool timings no longer apply;
 # 4: generated kernels' parallel loops run on the native spinning pool, not Halide's;
-# 5: candidates are also checked on inputs with NaN and +-Inf, and kernels handle them as ONNX Runtime).
+# 5: candidates are also checked on inputs with NaN and +-Inf, and kernels handle them as ONNX Runtime;
+# 6: every Halide candidate, a batch of one and a Ray trial included, is compiled ahead of time and
+# timed on the native runtime its plan uses, never JIT-compiled onto Halide's pool).
 # One kernel's change bumps that kernel's `revision` instead (registry.record_name).
-MEASUREMENT_METHOD = 5
+MEASUREMENT_METHOD = 6
 
 
 @cache
