@@ -332,7 +332,7 @@ def generated_plan(tmp_path_factory):
             (i for i in registry.candidates(workload, ()) if i.capabilities.compiled), registry.get("onnxruntime")
         )
         config = impl.space(workload).sample(1, seed=int(rng.integers(1000)))
-        choices.append(Choice(node.name, impl.name, config[0] if config else {}, impl.kind))
+        choices.append(Choice(node.name, impl.name, config[0] if config else {}, registry.status(impl.name)))
     plan = Plan(graph, choices)
     assert verify(plan, model, None).ok
     directory = tmp_path_factory.mktemp("generated")

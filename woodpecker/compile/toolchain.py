@@ -38,7 +38,7 @@ def aot_target() -> hl.Target:
 
 
 def cache_dir() -> Path:
-    import importlib.metadata  # here, as tqdm below: 30 ms of loading a small plan
+    import importlib.metadata  # here: 30 ms that most commands do not need
 
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     version = importlib.metadata.version("halide")
@@ -78,7 +78,7 @@ def runtime_objects() -> list[Path]:
 
 def load_runtime() -> ctypes.CDLL:
     """Load the shared runtime that libraries built `with_runtime=False` link against, and start its pool."""
-    objects = runtime_objects()  # built before the library's lock is taken: _cached's lock is not re-entrant
+    objects = runtime_objects()  # built before the library's lock is taken: cached's lock is not re-entrant
     name = f"libhalide_runtime-{objects[1].stem}.so"
     path = str(cached(name, lambda out: _link(out, objects)))
     if path not in _loaded_runtimes:
