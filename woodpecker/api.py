@@ -34,8 +34,9 @@ def optimize(model: str | Path | onnx.ModelProto, options: OptimizeOptions | Non
 
     `options` (or the same names as keywords, e.g. `budget=4`): see woodpecker/options.py. `tie`:
     whole plans within this fraction of the fastest count as equally fast, and the one with the
-    lowest peak memory is kept; `memory`: "onnxruntime" keeps only plans that peak no higher than
-    ONNX Runtime running the same graph, "any" does not (see explore/select.py's `pick`)."""
+    lowest peak memory is kept; `max_memory` passes over plans that need more; `memory`: "any"
+    (default) lets the fastest plan through, "onnxruntime" only plans that peak no higher than ONNX
+    Runtime running the same graph (see explore/select.py's `pick`)."""
     start = time.perf_counter()
     opts: OptimizeOptions = build(OptimizeOptions, options, **changes)
     proto = load_onnx(model)
@@ -60,6 +61,7 @@ def optimize(model: str | Path | onnx.ModelProto, options: OptimizeOptions | Non
         tie=opts.tie,
         memory=opts.memory,
         verify=check,
+        max_mib=opts.max_memory / 2**20 if opts.max_memory is not None else None,
     )
     optimized, choices = best.graph, best.choices
     meta = {

@@ -16,7 +16,7 @@ from woodpecker.errors import WoodpeckerError
 from woodpecker.kernels.registry import FALLBACK, LIBRARIES
 
 LAYOUTS = ("blocked", "plain")
-MEMORY_RULES = (FALLBACK, "any")  # the peak a plan may reach: ONNX Runtime's on the graph, or any
+MEMORY_RULES = ("any", FALLBACK)  # the peak a plan may reach: any (the fastest wins), or ONNX Runtime's on the graph
 # Plans within this fraction of the fastest are a tie, which the smaller memory wins: two runs of the
 # same plans differ by more than this, so the speed given up is noise (explore/select.py).
 TIE = 0.03
@@ -64,7 +64,10 @@ class SearchOptions:
     threads: int | None = _option(None, "threads for measuring (default: all cores)", type=int)
     timeout_s: float = _option(120.0, "seconds one candidate may take to build and run", type=float, flag="--timeout")
     max_memory: int | None = _option(
-        None, "refuse models whose activations and weights need more than SIZE (e.g. 4G)", type="size", metavar="SIZE"
+        None,
+        "refuse models, and pass over plans, whose activations and weights need more than SIZE (e.g. 4G)",
+        type="size",
+        metavar="SIZE",
     )
     progress: bool | None = None  # progress bars; None: when standard error is a terminal
 
@@ -101,8 +104,8 @@ class OptimizeOptions(SearchOptions):
     )
     memory: str = _option(
         MEMORY_RULES[0],
-        "onnxruntime (default): keep only plans that peak no higher than ONNX Runtime running the same graph;"
-        " any: the fastest plan whatever its peak",
+        "any (default): the fastest verified plan, within --max-memory if given; onnxruntime: only plans that"
+        " peak no higher than ONNX Runtime running the same graph",
         choices=MEMORY_RULES,
     )
 

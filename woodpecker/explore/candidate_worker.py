@@ -60,7 +60,7 @@ def main() -> None:
         )
         executor.run(feeds)
     except WoodpeckerError as exc:  # e.g. a library that cannot compile the whole graph
-        answer({"error": str(exc)[:300]})
+        answer({"error": (str(exc) or type(exc).__name__)[:300]})
         return
     # The peak counts where the build is what loading the saved plan does: kernels compiled ahead
     # of time and library sessions from files (a JIT build makes passing copies loading never makes).

@@ -2,9 +2,9 @@
 
 Candidate plans (per-node winners, every node on its own kernel, each graph library running the
 whole graph, and mixes) are built and timed end to end, each in a process of its own, their
-rounds interleaved; the fastest is kept, a tie within TIE going to the lowest peak memory, among
-the plans peaking no higher than ONNX Runtime's (`memory`). Why each candidate exists and what
-was measured: docs/architecture.md, "Selecting the whole plan".
+rounds interleaved, the finalists again until their order holds; the fastest is kept, a tie within
+TIE going to the lowest peak memory, within the user's memory limit or rule (`max_mib`, `memory`).
+Why each candidate exists and what was measured: docs/architecture.md, "Selecting the whole plan".
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from woodpecker.plan.serialize import CONSTANTS, graph_to_data, save_constants
 from woodpecker.runtime.kernel_library import KernelLibrary
 
 CANDIDATE_TIMEOUT_S = 900.0  # building (JIT) or timing one whole plan
+FINALIST = 0.10  # candidates within this fraction of the fastest are timed again
+EXTRA_ROUNDS = 3  # at most this many more rounds for them
 CANDIDATE_WORKER = "woodpecker.explore.candidate_worker"
 ROUNDS = 3  # interleaved timing rounds per candidate; the best round counts
 
@@ -121,13 +123,16 @@ def select_plan(
     tie: float = TIE,
     memory: str = MEMORY_RULES[0],
     verify: Callable[[Graph, list[Choice], Any], Any] | None = None,
+    max_mib: float | None = None,
 ) -> tuple[PlanCandidate, list[PlanCandidate]]:
     """Time every candidate plan in its own process, the candidates' rounds interleaved; return the
     fastest (best round; with its graph and the executor built here; a tie within `tie` goes to the
     smaller memory, see `pick`) and all candidates with their times, memory or errors. `alternatives`:
     label -> (graph, choices) of other graphs of the same model, whose weights are among `graph`'s;
     they add their own-kernel candidates. `verify(graph, choices, executor)` returns a Verification:
-    a candidate that fails it is passed over (its error says why) for the next in `rank` order."""
+    a candidate that fails it is passed over (its error says why) for the next in `rank` order.
+    Candidates within FINALIST of the fastest are timed again, a round at a time (at most
+    EXTRA_ROUNDS), until the two fastest keep their order: a noisy round cannot decide alone."""
     from woodpecker.runtime.executor import Executor
 
     threads = configure_threads(threads)
@@ -170,23 +175,24 @@ def select_plan(
             for name in list(workers):
                 ready = workers[name].read(CANDIDATE_TIMEOUT_S)
                 if "error" in ready:
-                    errors[name] = ready["error"]
+                    errors[name] = ready["error"] or "failed without a message"
                     workers.pop(name).close()
                 else:
                     ready_messages[name] = ready
+
+            def time_one(name: str) -> dict:
+                return workers[name].ask({"time": True}, CANDIDATE_TIMEOUT_S)
+
             with tqdm(total=rounds * len(workers), desc="time plans", unit="run", disable=not progress) as bar:
-                answers = interleaved_rounds(
-                    list(workers),
-                    rounds,
-                    lambda name: workers[name].ask({"time": True}, CANDIDATE_TIMEOUT_S),
-                    bar.update,
-                )
+                answers = interleaved_rounds(list(workers), rounds, time_one, bar.update)
             times: dict[str, list[float]] = {name: [] for name in workers}
-            for name, result in ((n, r) for one in answers for n, r in one.items()):
-                if "error" in result:
-                    errors[name] = result["error"]
-                else:
-                    times[name].append(result["median_s"])
+            _collect(answers, times, errors)
+            leaders = _leaders(times, errors)
+            for _ in range(EXTRA_ROUNDS if len(_finalists(times, errors)) > 1 else 0):
+                _collect(interleaved_rounds(_finalists(times, errors), 1, time_one), times, errors)
+                leaders, before = _leaders(times, errors), leaders
+                if leaders == before:
+                    break
         finally:
             for worker in workers.values():  # all told to end first: each takes a moment to exit
                 worker.finish()
@@ -210,7 +216,7 @@ def select_plan(
                 "no candidate plan could be built: " + "; ".join(f"{c.name}: {c.error}" for c in timed)
             )
         rejected: dict[str, str] = {}
-        for best in rank(ok, tie, memory):
+        for best in rank(ok, tie, memory, max_mib):
             library = KernelLibrary(directory / f"{best.name}-kernels") if kernels[best.name] else None
             executor = Executor(best.graph, best.choices, progress, library, kernels[best.name])
             check = verify(best.graph, best.choices, executor) if verify else None
@@ -224,21 +230,48 @@ def select_plan(
         )
 
 
-def rank(timed: list[PlanCandidate], tie: float = TIE, memory: str = MEMORY_RULES[0]) -> list[PlanCandidate]:
+def _collect(answers: list[dict[str, dict]], times: dict[str, list[float]], errors: dict[str, str]) -> None:
+    for name, result in ((n, r) for one in answers for n, r in one.items()):
+        if "error" in result:
+            errors[name] = result["error"] or "failed without a message"
+        else:
+            times[name].append(result["median_s"])
+
+
+def _finalists(times: dict[str, list[float]], errors: dict[str, str]) -> list[str]:
+    best = {name: min(t) for name, t in times.items() if t and name not in errors}
+    fastest = min(best.values(), default=0.0)
+    return [name for name, t in best.items() if t <= fastest * (1 + FINALIST)]
+
+
+def _leaders(times: dict[str, list[float]], errors: dict[str, str]) -> list[str]:
+    """The two fastest candidates, in order."""
+    finalists = _finalists(times, errors)
+    return sorted(finalists, key=lambda name: min(times[name]))[:2]
+
+
+def rank(
+    timed: list[PlanCandidate], tie: float = TIE, memory: str = MEMORY_RULES[0], max_mib: float | None = None
+) -> list[PlanCandidate]:
     """The candidates in the order `pick` prefers them: its choice, then its choice among the rest..."""
     left, order = list(timed), []
     while left:
-        order.append(pick(left, tie, memory))
+        order.append(pick(left, tie, memory, max_mib))
         left = [c for c in left if c is not order[-1]]
     return order
 
 
-def pick(timed: list[PlanCandidate], tie: float = TIE, memory: str = MEMORY_RULES[0]) -> PlanCandidate:
+def pick(
+    timed: list[PlanCandidate], tie: float = TIE, memory: str = MEMORY_RULES[0], max_mib: float | None = None
+) -> PlanCandidate:
     """The fastest candidate, or among those within `tie` of it the one with the lowest peak, or
     where not every one has a peak that loading would reach, the one holding the least memory.
+    `max_mib`: only among the candidates whose memory is within it (if any is).
     `memory="onnxruntime"`: only among the candidates that peak no higher than "all-onnxruntime"."""
     if memory not in MEMORY_RULES:
         raise ValueError(f"memory rule {memory!r} is not one of {MEMORY_RULES}")
+    if max_mib is not None:
+        timed = [c for c in timed if (c.peak_mib or c.resident_mib or 0.0) <= max_mib] or timed
     ceiling = next((c.peak_mib for c in timed if c.name == f"all-{registry.FALLBACK}"), None)
     if memory == registry.FALLBACK and ceiling is not None and all(c.peak_mib is not None for c in timed):
         timed = [c for c in timed if c.peak_mib <= ceiling]
