@@ -33,9 +33,12 @@ def test_plan_matches_onnxruntime(name, batch, exported, records_path, tmp_path,
     model = exported(name)
     plan = woodpecker.optimize(model, budget=1, batch=batch, records=records_path, progress=False)
     summary = plan.meta["summary"]
-    # The default memory rule: no plan peaking above all-onnxruntime (every candidate has a peak: AOT).
-    peaks = {n: c["peak_mib"] for n, c in plan.meta["plan_candidates"].items() if c["median_ms"] is not None}
-    assert None not in peaks.values() and peaks[plan.meta["selected"]] <= peaks["all-onnxruntime"]
+    # The default: the fastest verified candidate, or one within the tie with a lower peak (every
+    # candidate has a peak: its kernels were compiled ahead of time).
+    timed = {n: c for n, c in plan.meta["plan_candidates"].items() if c["median_ms"] is not None and not c["error"]}
+    assert None not in [c["peak_mib"] for c in timed.values()]
+    fastest = min(c["median_ms"] for c in timed.values())
+    assert timed[plan.meta["selected"]]["median_ms"] <= fastest * (1 + plan.meta["tie"])
     assert summary["nodes"] < summary["nodes_before"] and summary["fused"] > 0
     assert summary["fallback"] == 0 and summary["generated"] + summary["library"] == summary["nodes"]
     plan.save(tmp_path / "plan")
