@@ -174,6 +174,125 @@ def test_elementwise(op):
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
 
 
+TYPED_CASES = [
+    # (op, input dtypes, output dtype, attributes): transformer masks and modern CNN activations
+    ("Equal", ("float32", "float32"), "bool", {}),
+    ("Less", ("float32", "float32"), "bool", {}),
+    ("GreaterOrEqual", ("int64", "int64"), "bool", {}),
+    ("And", ("bool", "bool"), "bool", {}),
+    ("Or", ("bool", "bool"), "bool", {}),
+    ("Not", ("bool",), "bool", {}),
+    ("IsNaN", ("float32",), "bool", {}),
+    ("IsInf", ("float32",), "bool", {"detect_negative": 0}),
+    ("Where", ("bool", "float32", "float32"), "float32", {}),
+    ("Cast", ("int64",), "bool", {"to": 9}),
+    ("Cast", ("float32",), "bool", {"to": 9}),
+    ("Cast", ("bool",), "float32", {"to": 1}),
+    ("Cast", ("int64",), "float32", {"to": 1}),
+    ("PRelu", ("float32", "float32"), "float32", {}),
+    ("Sqrt", ("float32",), "float32", {}),
+    ("Reciprocal", ("float32",), "float32", {}),
+    ("Erf", ("float32",), "float32", {}),
+    ("Softplus", ("float32",), "float32", {}),
+    ("LeakyRelu", ("float32",), "float32", {"alpha": 0.1}),
+    ("Elu", ("float32",), "float32", {"alpha": 0.7}),
+    ("Tanh", ("float32",), "float32", {}),
+]
+
+
+@pytest.mark.parametrize(("op", "dtypes", "out_dtype", "attrs"), TYPED_CASES, ids=lambda c: str(c))
+def test_elementwise_ops_of_every_type(op, dtypes, out_dtype, attrs, rng):
+    """Each op on an odd shape, the second operand broadcast, against ONNX Runtime (NaN and +-Inf too)."""
+    from onnx import helper as h
+
+    shape = [2, 5, 7, 3]
+    shapes = [shape, [1, 5, 1, 3] if op != "PRelu" else [5, 1, 1], shape][: len(dtypes)]
+    names = [f"i{k}" for k in range(len(dtypes))]
+    inputs = [
+        h.make_tensor_value_info(n, h.np_dtype_to_tensor_dtype(np.dtype(d)), s)
+        for n, d, s in zip(names, dtypes, shapes)
+    ]
+    output = h.make_tensor_value_info("y", h.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), shape)
+    graph = import_model(make_model([helper.make_node(op, names, ["y"], **attrs)], inputs, [output]))
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
+
+
+@pytest.mark.parametrize("exponent", [3.0, 2.0])
+def test_pow_by_a_constant(exponent):
+    """GPT-2's GELU: x^3; and the square and square root of normalizations spelled out."""
+    model = make_model(
+        [helper.make_node("Pow", ["x", "e"], ["y"])],
+        [tensor("x", [3, 11, 5])],
+        [tensor("y", [3, 11, 5])],
+        [const("e", np.float32(exponent))],
+    )
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
+
+
+@pytest.mark.parametrize(
+    ("table", "indices", "axis", "constant"),
+    [
+        ((50, 24), (1, 7), 0, True),
+        ((6, 9, 5), (2, 3), 1, False),
+        ((40, 17), (13,), 0, True),
+        ((4, 30), (3, 2), 1, True),
+    ],
+)
+def test_gather_with_run_time_indices(table, indices, axis, constant, rng):
+    """The embedding lookup (a constant table at token ids, negative ids too) and gathers on other axes."""
+    import onnx
+
+    data = rng.standard_normal(table).astype(np.float32)
+    out_shape = [*table[:axis], *indices, *table[axis + 1 :]]
+    inputs = [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, list(indices))]
+    if not constant:
+        inputs.insert(0, tensor("t", list(table)))
+    model = make_model(
+        [helper.make_node("Gather", ["t", "i"], ["y"], axis=axis)],
+        inputs,
+        [tensor("y", out_shape)],
+        [const("t", data)] if constant else [],
+    )
+    graph = import_model(model)
+    workload = Workload.of(graph, graph.nodes[0])
+    assert_kernel_family(workload, "halide.gather", n_configs=3)
+    negative = [np.full(indices, -1, np.int64)]
+    outputs = [np.empty(out_shape, np.float32)]
+    registry.get("halide.gather").build(workload, {"vec": 4, "rows_per_task": 1})(
+        negative if constant else [rng.standard_normal(table).astype(np.float32), *negative], outputs
+    )
+    if constant:
+        np.testing.assert_array_equal(outputs[0], np.take(data, negative[0], axis=axis))
+
+
+def test_gather_of_a_mask_at_plan_time_indices(rng):
+    """The attention mask rearranged by Gather: bool data at run time, constant indices."""
+    import onnx
+
+    model = make_model(
+        [helper.make_node("Gather", ["m", "i"], ["y"], axis=0)],
+        [helper.make_tensor_value_info("m", onnx.TensorProto.BOOL, [12, 1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, [1, 1, 12, 1])],
+        [const("i", rng.integers(-12, 12, (1, 1, 12)).astype(np.int64))],
+    )
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.gather", n_configs=2)
+
+
+def test_where_with_scalar_constants_fills_a_mask(rng):
+    """The attention mask of a transformer export: Where(mask, 0, most negative float) over (1, 1, s, s)."""
+    import onnx
+
+    inputs = [helper.make_tensor_value_info("m", onnx.TensorProto.BOOL, [1, 1, 9, 9])]
+    inits = [const("zero", np.zeros(1, np.float32)), const("low", np.full(1, np.finfo(np.float32).min, np.float32))]
+    model = make_model(
+        [helper.make_node("Where", ["m", "zero", "low"], ["y"])], inputs, [tensor("y", [1, 1, 9, 9])], inits
+    )
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
+
+
 def test_nonfinite_mismatch_rules():
     """NaN must stay NaN and each infinity the same infinity; a max reduction may spread NaN further."""
     from woodpecker.measure.timing import nonfinite_mismatch

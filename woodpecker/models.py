@@ -1,4 +1,4 @@
-"""Export torchvision classification models (random weights, nothing from a hub) to ONNX."""
+"""Export torchvision and Hugging Face transformers models (random weights, nothing from a hub) to ONNX."""
 
 from __future__ import annotations
 
@@ -16,18 +16,84 @@ KNOWN_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vgg16", "squeezenet1_1"
 
 def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int = 17, seed: int = 0) -> Path:
     """Write `torchvision.models.<name>(weights=None)` as ONNX with a dynamic batch dimension."""
-    import onnx
     import torch
     import torchvision
 
     if not hasattr(torchvision.models, name):
         raise WoodpeckerError(f"torchvision has no model '{name}' (try one of {', '.join(KNOWN_MODELS)})")
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    with torch.no_grad():  # a zero-initialized layer (ViT's classifier) would make every output 0
+    model = _nonzero(getattr(torchvision.models, name)(weights=None).eval())
+    return _export(
+        model,
+        (torch.randn(batch, 3, 224, 224),),
+        ["input"],
+        path,
+        opset,
+        {"input": {0: "batch"}, "output": {0: "batch"}},
+        {TORCHVISION_KEY: name},
+    )
+
+
+def export_transformers(
+    model_type: str, path: str | Path, seq: int = 128, opset: int = 17, seed: int = 0, **config: object
+) -> Path:
+    """Write a Hugging Face `transformers` model built from its default config (`model_type` as in
+    `AutoConfig.for_model`: "bert", "distilbert", "vit", ...; `config` overrides fields) with random
+    weights as ONNX: its last hidden state for `input_ids` and `attention_mask` (1 x seq, int64), or
+    for `pixel_values` when the config describes images."""
+    import torch
+    import transformers
+
+    try:
+        settings = transformers.AutoConfig.for_model(model_type, **config)
+    except ValueError as exc:
+        raise WoodpeckerError(f"transformers: {exc}") from None
+    torch.manual_seed(seed)
+    model = _nonzero(transformers.AutoModel.from_config(settings).eval())
+    if hasattr(settings, "image_size"):
+        size = settings.image_size
+        names, args = ["pixel_values"], (torch.randn(1, settings.num_channels, size, size),)
+    else:
+        mask = torch.ones(1, seq, dtype=torch.int64)
+        mask[:, seq - seq // 4 :] = 0  # padding at the end, as a tokenizer leaves it
+        names, args = ["input_ids", "attention_mask"], (torch.randint(0, settings.vocab_size, (1, seq)), mask)
+    return _export(_LastHiddenState(model, names), args, names, path, opset, None, {})
+
+
+class _LastHiddenState:
+    """Calls a transformers model by keyword (its positional order differs by model) and returns the
+    last hidden state only."""
+
+    def __new__(cls, model, names: list[str]):
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *args):
+                return self.model(**dict(zip(names, args))).last_hidden_state
+
+        return Wrapper().eval()
+
+
+def _nonzero(model):
+    """A zero-initialized layer (ViT's classifier) would make every output 0: such weights drawn small."""
+    import torch
+
+    with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() >= 2 and not parameter.any():
                 parameter.normal_(0.0, 0.02)
+    return model
+
+
+def _export(model, args: tuple, names: list[str], path: str | Path, opset: int, dynamic, props: dict) -> Path:
+    """torch.onnx.export to a temporary file beside `path`, then moved into place (never half-written)."""
+    import onnx
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -42,17 +108,18 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (torch.randn(batch, 3, 224, 224),),
+                args,
                 str(tmp),
                 opset_version=opset,
                 dynamo=False,
-                input_names=["input"],
+                input_names=names,
                 output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                dynamic_axes=dynamic,
             )
-        proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, {TORCHVISION_KEY: name})
-        onnx.save(proto, str(tmp))
+        if props:
+            proto = onnx.load(str(tmp))
+            onnx.helper.set_model_props(proto, props)
+            onnx.save(proto, str(tmp))
         tmp.chmod(0o666 & ~umask())
         tmp.replace(path)
     finally:

@@ -36,7 +36,7 @@ def main() -> None:
     memory = MemoryProbe()
     from woodpecker.compile.objects import kernel_entries
     from woodpecker.errors import WoodpeckerError
-    from woodpecker.explore.verify import random_feeds
+    from woodpecker.explore.verify import index_bounds, random_feeds
     from woodpecker.plan.choice import Choice
     from woodpecker.plan.library_models import save_library_models
     from woodpecker.plan.serialize import CONSTANTS, SavedConstants, graph_from_data
@@ -46,7 +46,8 @@ def main() -> None:
     data = json.loads((directory / graph_file).read_text())
     graph = graph_from_data(data, SavedConstants(directory / CONSTANTS, data["constants"]))
     choices = [Choice.from_json(c) for c in plan["choices"]]
-    feeds = random_feeds({n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}, request["seed"])
+    specs = {n: (graph.values[n].shape, graph.values[n].dtype) for n in graph.inputs}
+    feeds = random_feeds(specs, request["seed"], index_bounds(graph))
     try:
         # Library segments read their weights from the file, as they will in the saved plan.
         models = save_library_models(graph, choices, directory / CONSTANTS, data["constants"], prefix=f"{name}-library")

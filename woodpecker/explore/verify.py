@@ -62,9 +62,33 @@ class Verification:
         return text + (f", with a NaN in the input: {self.nan_mismatch}" if self.nan_mismatch else "")
 
 
-def random_feeds(specs: dict[str, tuple[tuple[int, ...], str]], seed: int) -> dict[str, np.ndarray]:
+def random_feeds(
+    specs: dict[str, tuple[tuple[int, ...], str]], seed: int, bounds: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Standard normal floats; integers in [0, bound) (token ids below the embedding's rows, see
+    `index_bounds`), 0 and 1 without a bound (attention masks); booleans either way."""
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(dtype) for name, (shape, dtype) in specs.items()}
+    feeds = {}
+    for name, (shape, dtype) in specs.items():
+        kind = np.dtype(dtype).kind
+        if kind in "iu":
+            feeds[name] = rng.integers(0, (bounds or {}).get(name, 2), shape).astype(dtype)
+        elif kind == "b":
+            feeds[name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def index_bounds(graph) -> dict[str, int]:
+    """For each integer graph input that indexes a constant table (Gather: an embedding lookup), the
+    number of rows it may address."""
+    bounds: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "Gather" and node.inputs[1] in graph.inputs and node.inputs[0] in graph.constants:
+            rows = graph.constants[node.inputs[0]].shape[node.attrs.get("axis", 0)]
+            bounds[node.inputs[1]] = min(rows, bounds.get(node.inputs[1], rows))
+    return bounds
 
 
 def with_nan(feeds: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
@@ -84,8 +108,9 @@ def verify(plan, model: onnx.ModelProto, batch: int | None, seed: int = 1234) ->
         with_static_inputs(model, batch).SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
     )
     names = [o.name for o in reference.get_outputs()]
-    feeds = [random_feeds(plan.input_specs, seed), random_feeds(plan.input_specs, seed + 1)]
-    feeds.append(with_nan(random_feeds(plan.input_specs, seed + 2), seed))
+    bounds = index_bounds(plan.graph)
+    feeds = [random_feeds(plan.input_specs, seed + k, bounds) for k in range(3)]
+    feeds[2] = with_nan(feeds[2], seed)
     expected = [dict(zip(names, reference.run(None, f))) for f in feeds]
     actual = [plan.run(f) for f in feeds]
     nan_expected, nan_actual = expected.pop(), actual.pop()

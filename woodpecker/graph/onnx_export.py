@@ -154,11 +154,17 @@ def graph_to_onnx(
     # Weights go straight into the model, one at a time: make_graph and make_model each copy what
     # they are given, which for ResNet-50 held the weights four times over at once.
     for name in sorted(used):
-        if external and name in external and name not in inputs:
+        if external and name in external and name not in inputs and _may_stay_external(external[name]):
             model.graph.initializer.append(_external_initializer(name, external[name]))
         elif name in graph.constants and name not in inputs:
             model.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.asarray(graph.constants[name]), name))
     return model
+
+
+def _may_stay_external(place: ExternalTensor) -> bool:
+    """Integer constants (Reshape targets, axes, indices) are copied into the model: ONNX Runtime's shape
+    inference reads them while loading and cannot read them from an external file."""
+    return np.dtype(place.dtype).kind == "f"
 
 
 def _external_initializer(name: str, place: ExternalTensor) -> onnx.TensorProto:

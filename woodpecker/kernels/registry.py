@@ -37,6 +37,7 @@ WHERE: dict[str, Entry] = {
     "halide.batched_matmul": Entry("woodpecker.kernels.halide.batched_matmul", "HalideBatchedMatmul", HALIDE),
     "halide.resize": Entry("woodpecker.kernels.halide.resize", "HalideResize", HALIDE),
     "halide.reduce": Entry("woodpecker.kernels.halide.reduce", "HalideReduce", HALIDE),
+    "halide.gather": Entry("woodpecker.kernels.halide.gather", "HalideGather", HALIDE),
     "onnxruntime": Entry("woodpecker.kernels.library.onnxruntime", "OnnxRuntimeImplementation", "onnxruntime"),
     "openvino": Entry("woodpecker.kernels.library.openvino", "OpenVinoImplementation", "openvino"),
     "torch": Entry("woodpecker.kernels.library.torch", "TorchImplementation", "torch"),

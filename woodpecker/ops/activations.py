@@ -81,9 +81,7 @@ def halide(attrs: dict[str, Any], x):
     elif name == "hardswish":
         value = x * hl.clamp(x * hl.f32(1.0 / 6.0) + 0.5, 0.0, 1.0)
     elif name == "gelu":
-        scaled = x * hl.f32(np.sqrt(0.5))
-        magnitude = _erf_magnitude(hl.abs(scaled), hl.exp, hl.f32)
-        value = 0.5 * x * (1.0 + hl.select(scaled < 0, -magnitude, magnitude))
+        value = 0.5 * x * (1.0 + halide_erf(x * hl.f32(np.sqrt(0.5))))
     else:
         raise ValueError(f"unknown activation {name!r}")
     return halide_nonfinite(x, value, *limits(attrs))
@@ -121,6 +119,14 @@ def halide_nonfinite(x, value, at_inf: float, at_minus_inf: float):
 
     value = hl.select(halide_is_inf(x), hl.select(x > 0, hl.f32(at_inf), hl.f32(at_minus_inf)), value)
     return hl.select(halide_is_nan(x), x, value)
+
+
+def halide_erf(x):
+    """erf(x) for finite `x` (Halide has none; see `_erf_magnitude`)."""
+    import halide as hl
+
+    magnitude = _erf_magnitude(hl.abs(x), hl.exp, hl.f32)
+    return hl.select(x < 0, -magnitude, magnitude)
 
 
 def halide_is_nan(x):

@@ -1,4 +1,6 @@
-"""Drop Identity and inference-time Dropout: their output is their input."""
+"""Drop Identity, inference-time Dropout, a Cast to the type its input has already (attention
+exports cast the float32 softmax to float32) and an Expand to the shape its input has already (the
+attention mask's): their output is their input."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ def remove_identity(graph: Graph) -> Graph:
     for node in out.nodes:
         node = node.replace(inputs=tuple(alias.get(n, n) for n in node.inputs))
         extra_outputs_used = node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1]
-        if node.op not in IDENTITY_OPS or extra_outputs_used:
+        if not _is_identity(out, node) or extra_outputs_used:
             kept.append(node)
             continue
         source, target = node.inputs[0], node.outputs[0]
@@ -36,3 +38,11 @@ def _rename_output(node, old: str, new: str):
     if old not in node.outputs:
         return node.replace(inputs=tuple(new if n == old else n for n in node.inputs))
     return node.replace(outputs=tuple(new if n == old else n for n in node.outputs))
+
+
+def _is_identity(graph: Graph, node) -> bool:
+    if node.op == "Cast":
+        return graph.values[node.inputs[0]].dtype == graph.values[node.outputs[0]].dtype
+    if node.op == "Expand":
+        return graph.shape(node.inputs[0]) == graph.shape(node.outputs[0])
+    return node.op in IDENTITY_OPS

@@ -13,6 +13,8 @@ from woodpecker.ops import activations
 from woodpecker.runtime.kernel_library import as_views
 
 MAX_ACCUMULATORS = 24  # zmm registers usable for a register tile, leaving room for loads/broadcasts
+# The element types kernels read and write besides float32 (bool is one byte, as NumPy's).
+HALIDE_TYPES = {"float32": hl.Float(32), "int32": hl.Int(32), "int64": hl.Int(64), "bool": hl.Bool()}
 
 
 def jit_target() -> hl.Target:
