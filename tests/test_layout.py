@@ -257,6 +257,27 @@ def test_blocked_layout_ends_at_a_graph_output(rng):
     assert graph.values[graph.nodes[0].outputs[0]].block == 16 and graph.values["y"].block == 0
 
 
+@pytest.mark.parametrize("activation", ["LeakyRelu", "Elu", "Softplus"])
+def test_activations_of_modern_cnns_keep_values_blocked(activation, rng):
+    """CSP networks' LeakyRelu between convolutions: no conversion but the graph output's."""
+    weights = [rng.standard_normal((32, c, 3, 3)).astype(np.float32) for c in (3, 32)]
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1] * 4),
+            helper.make_node(activation, ["a"], ["b"]),
+            helper.make_node("Conv", ["b", "w1"], ["c"], pads=[1] * 4),
+            helper.make_node(activation, ["c"], ["y"]),
+        ],
+        [tensor("x", [1, 3, 8, 8])],
+        [tensor("y", [1, 32, 8, 8])],
+        [const("w0", weights[0]), const("w1", weights[1])],
+    )
+    graph = block_layout(optimize_graph(import_model(model)), 16)
+    assert [n.op for n in graph.nodes].count("Relayout") == 1 and graph.nodes[-1].op == "Relayout"
+    workload = Workload.of(graph, next(n for n in graph.nodes if n.op == activation))
+    assert workload.blocked and registry.get("halide.elementwise").matches(workload)
+
+
 def every_generated(plan) -> list:
     """The plan's choices with every node on its fastest correct generated kernel, where it has one."""
     choices = []

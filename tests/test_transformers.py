@@ -61,3 +61,17 @@ def test_transformer_plan_matches_onnxruntime(name, exported, records_path, tmp_
         outputs.append((actual, expected))
     (a1, e1), (a2, e2) = outputs
     assert np.abs((a1 - a2) - (e1 - e2)).max() <= 1e-3 * np.abs(e1 - e2).max()
+
+
+def test_export_of_an_unknown_model_type_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    target = tmp_path / "model.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "woodpecker.cli", "export", "hf:no-such-model", "-o", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "no model type 'no-such-model'" in result.stderr and not target.exists()

@@ -123,9 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_inspect)
 
-    p = sub.add_parser("export", help="export a torchvision model with random weights to ONNX")
-    p.add_argument("name", help="e.g. resnet18, resnet50, mobilenet_v2, vgg16, squeezenet1_1")
+    p = sub.add_parser("export", help="export a torchvision or Hugging Face model with random weights to ONNX")
+    p.add_argument(
+        "name", help="torchvision: resnet18, mobilenet_v2, ...; Hugging Face transformers: hf:bert, hf:vit, ..."
+    )
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--seq", type=int, default=128, help="sequence length of a text model (default 128)")
     p.set_defaults(handler=_export)
     return parser
 
@@ -366,10 +369,14 @@ def _inspect(args) -> int:
 
 
 def _export(args) -> int:
-    from woodpecker.models import export_torchvision, torchvision_name
+    from woodpecker.models import export_torchvision, export_transformers, exported_name
 
-    check_output_file(args.output, lambda path: torchvision_name(path) is not None, "a model `wpk export` wrote")
-    print(f"wrote {export_torchvision(args.name, args.output)}")
+    _at_least_one(seq=args.seq)
+    check_output_file(args.output, lambda path: exported_name(path) is not None, "a model `wpk export` wrote")
+    if args.name.startswith("hf:"):
+        print(f"wrote {export_transformers(args.name[3:], args.output, seq=args.seq)}")
+    else:
+        print(f"wrote {export_torchvision(args.name, args.output)}")
     return 0
 
 

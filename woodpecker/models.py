@@ -11,6 +11,7 @@ from woodpecker.errors import WoodpeckerError
 from woodpecker.output_files import umask
 
 TORCHVISION_KEY = "woodpecker.torchvision_model"
+TRANSFORMERS_KEY = "woodpecker.transformers_model"
 KNOWN_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vgg16", "squeezenet1_1")
 
 
@@ -46,8 +47,10 @@ def export_transformers(
 
     try:
         settings = transformers.AutoConfig.for_model(model_type, **config)
-    except ValueError as exc:
-        raise WoodpeckerError(f"transformers: {exc}") from None
+    except ValueError:
+        raise WoodpeckerError(
+            f"transformers has no model type '{model_type}' (e.g. bert, distilbert, roberta, vit, deit)"
+        ) from None
     torch.manual_seed(seed)
     model = _nonzero(transformers.AutoModel.from_config(settings).eval())
     if hasattr(settings, "image_size"):
@@ -57,7 +60,7 @@ def export_transformers(
         mask = torch.ones(1, seq, dtype=torch.int64)
         mask[:, seq - seq // 4 :] = 0  # padding at the end, as a tokenizer leaves it
         names, args = ["input_ids", "attention_mask"], (torch.randint(0, settings.vocab_size, (1, seq)), mask)
-    return _export(_LastHiddenState(model, names), args, names, path, opset, None, {})
+    return _export(_LastHiddenState(model, names), args, names, path, opset, None, {TRANSFORMERS_KEY: model_type})
 
 
 class _LastHiddenState:
@@ -131,10 +134,19 @@ def _export(model, args: tuple, names: list[str], path: str | Path, opset: int, 
 def torchvision_name(model_path: str | Path) -> str | None:
     """The torchvision model an ONNX file was exported from by `export_torchvision`, if any (None also
     for a file that is no ONNX model)."""
+    return _exported_as(model_path, (TORCHVISION_KEY,))
+
+
+def exported_name(model_path: str | Path) -> str | None:
+    """The model an ONNX file was exported from by either exporter here, if any."""
+    return _exported_as(model_path, (TORCHVISION_KEY, TRANSFORMERS_KEY))
+
+
+def _exported_as(model_path: str | Path, keys: tuple[str, ...]) -> str | None:
     import onnx
 
     try:
         proto = onnx.load(str(model_path), load_external_data=False)
     except Exception:  # protobuf raises several unrelated types
         return None
-    return next((p.value for p in proto.metadata_props if p.key == TORCHVISION_KEY), None)
+    return next((p.value for p in proto.metadata_props if p.key in keys), None)

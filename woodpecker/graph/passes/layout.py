@@ -29,6 +29,7 @@ from woodpecker.graph.ir import Graph, Node, Value, broadcasts_to
 ELEMENTWISE_OPS = (
     *("Add", "Sub", "Mul", "Div", "Max", "Min"),
     *("Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Exp", "Neg", "Abs"),
+    *("LeakyRelu", "Elu", "Softplus", "Softsign", "Erf", "Sqrt", "Reciprocal"),
 )
 CHANNELWISE_OPS = ("Add", "Sub", "Mul", "Div")
 TO_CHANNEL_LAST, TO_CHANNEL_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]  # Transposes that move whole channel vectors
