@@ -184,6 +184,7 @@ TYPED_CASES = [
     ("Not", ("bool",), "bool", {}),
     ("IsNaN", ("float32",), "bool", {}),
     ("IsInf", ("float32",), "bool", {"detect_negative": 0}),
+    ("IsInf", ("float32",), "bool", {}),
     ("Where", ("bool", "float32", "float32"), "float32", {}),
     ("Cast", ("int64",), "bool", {"to": 9}),
     ("Cast", ("float32",), "bool", {"to": 9}),

@@ -60,25 +60,22 @@ def export_transformers(
         mask = torch.ones(1, seq, dtype=torch.int64)
         mask[:, seq - seq // 4 :] = 0  # padding at the end, as a tokenizer leaves it
         names, args = ["input_ids", "attention_mask"], (torch.randint(0, settings.vocab_size, (1, seq)), mask)
-    return _export(_LastHiddenState(model, names), args, names, path, opset, None, {TRANSFORMERS_KEY: model_type})
+    return _export(_last_hidden_state(model, names), args, names, path, opset, None, {TRANSFORMERS_KEY: model_type})
 
 
-class _LastHiddenState:
-    """Calls a transformers model by keyword (its positional order differs by model) and returns the
-    last hidden state only."""
+def _last_hidden_state(model, names: list[str]):
+    """`model` called by keyword (the positional order differs by model), returning its last hidden state."""
+    import torch
 
-    def __new__(cls, model, names: list[str]):
-        import torch
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Wrapper(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, *args):
+            return self.model(**dict(zip(names, args))).last_hidden_state
 
-            def forward(self, *args):
-                return self.model(**dict(zip(names, args))).last_hidden_state
-
-        return Wrapper().eval()
+    return LastHiddenState().eval()
 
 
 def _nonzero(model):

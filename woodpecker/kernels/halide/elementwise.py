@@ -37,8 +37,8 @@ def _unordered(a: hl.Expr, b: hl.Expr) -> hl.Expr:
 
 def _pow(a: hl.Expr, exponent: float) -> hl.Expr:
     """x^exponent for the constant integer exponents exported models use (GELU's x^3, spelled-out
-    norms' x^2) as products. (x^0.5 is left to the library: C's pow(-Inf, 0.5) is +Inf, and Halide's
-    vectorized sqrt of the selected +Inf read NaN at some vector widths.)"""
+    norms' x^2) as products. Other exponents are left to the library (C's pow(-Inf, 0.5) is +Inf;
+    a select around Halide's sqrt did not keep it at every vector width)."""
     return a if exponent == 1.0 else a * a if exponent == 2.0 else a * a * a
 
 
@@ -48,6 +48,13 @@ POW_EXPONENTS = (1.0, 2.0, 3.0)
 def _sqrt(a: hl.Expr) -> hl.Expr:
     """sqrt, +Inf kept (Halide's, x * rsqrt(x), makes it NaN); NaN for negative numbers as it is."""
     return hl.select(halide_is_inf(a) & (a > 0), hl.f32(INF), hl.sqrt(a))
+
+
+def _is_inf(a: hl.Expr, positive: int, negative: int) -> hl.Expr:
+    """ONNX's IsInf: +Inf where `positive`, -Inf where `negative`."""
+    if positive and negative:
+        return halide_is_inf(a)
+    return halide_is_inf(a) & (a > 0 if positive else a < 0) if positive or negative else hl.Expr(False)
 
 
 def _compare(relation):
@@ -86,10 +93,7 @@ UNARY = {  # float32; NaN passes through, +-Inf as ONNX Runtime maps it
         a, hl.select(a < 0, hl.f32(attrs.get("alpha", 1.0)) * (hl.exp(a) - 1.0), a), INF, -attrs.get("alpha", 1.0)
     ),
     "IsNaN": lambda a, _: halide_is_nan(a),
-    "IsInf": lambda a, attrs: (
-        halide_is_inf(a)
-        & (a > 0 if attrs.get("detect_negative", 1) == 0 else (a < 0 if attrs.get("detect_positive", 1) == 0 else True))
-    ),
+    "IsInf": lambda a, attrs: _is_inf(a, attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)),
 }
 # Clip reads its bounds from constant inputs: it runs here only fused into a Conv/Gemm.
 ACTIVATIONS = tuple(op for op in activations.UNARY_ACTIVATIONS if op != "Clip")
