@@ -237,7 +237,8 @@ def test_other_subcommands_pass_their_options_on(small, tmp_path, monkeypatch):
     monkeypatch.setattr("woodpecker.inspect_graph.inspect_model", record("inspect"))
     monkeypatch.setattr("woodpecker.plan.plan.Plan.load", record("run"))
     monkeypatch.setattr("woodpecker.records.database.Records.export_lines", record("records"))
-    monkeypatch.setattr("woodpecker.models.export_torchvision", record("export"))
+    monkeypatch.setattr("woodpecker.models.export_torchvision", record("export torchvision"))
+    monkeypatch.setattr("woodpecker.models.export_transformers", record("export"))
     records = str(small / "records.sqlite")
     cases = {
         "bench": ["bench", "m.onnx", "--vs", "onnxruntime,openvino", "--batch", "2", "--runs", "4", "--rounds", "5"]
@@ -246,7 +247,7 @@ def test_other_subcommands_pass_their_options_on(small, tmp_path, monkeypatch):
         "inspect": ["inspect", "m.onnx", "--batch", "3", "--layout", "plain", "--json"],
         "run": ["run", "p", "--input", "x=x.npy", "-o", str(tmp_path / "y.npz")],
         "records": ["records", "export", str(tmp_path / "r.jsonl"), "--records", records, "--all-hardware"],
-        "export": ["export", "resnet18", "-o", str(tmp_path / "m.onnx")],
+        "export": ["export", "hf:bert", "-o", str(tmp_path / "m.onnx"), "--seq", "64"],
     }
     subparsers = cli._parser()._subparsers._group_actions[0].choices
     for name, argv in cases.items():
@@ -263,7 +264,11 @@ def test_other_subcommands_pass_their_options_on(small, tmp_path, monkeypatch):
     assert calls["inspect"][0] == ("m.onnx", 3, "plain")
     assert calls["run"][0] == ("p",)
     assert calls["records"][0][1:] == (True,)  # export_lines(all_hardware)
-    assert calls["export"][0] == ("resnet18", str(tmp_path / "m.onnx"))
+    assert calls["export"] == (("bert", str(tmp_path / "m.onnx")), {"seq": 64})
+    parsed = cli._parser().parse_args(["export", "resnet18", "-o", str(tmp_path / "m.onnx")])
+    with pytest.raises(SystemExit):
+        parsed.handler(parsed)
+    assert calls["export torchvision"][0] == ("resnet18", str(tmp_path / "m.onnx"))
 
 
 def test_a_script_read_from_standard_input_can_optimize(small, tmp_path):
