@@ -4,7 +4,7 @@ Usage: .venv/bin/python benchmarks/peak.py [--threads N] [--repeats 5]
 
 Each thread runs independent chains of vector fused multiply-adds in registers (enough chains
 to hide the instruction's latency), compiled for this CPU by the C compiler that links plans
-(`-march=native`, vectors of 64 bytes: one AVX-512 register, two AVX2 or four NEON ones). A
+(`-march=native`, vectors of one register: AVX-512, AVX2 or NEON). A
 GFLOPS figure of `wpk profile` or `benchmarks/ops.py` divided by this says how much of the
 arithmetic the cores can do a kernel uses; shared cloud cores move it from run to run (take
 the best of `--repeats`). Prints the best and the median for one thread and for `--threads`.
@@ -24,17 +24,26 @@ SOURCE = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-typedef float vec __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+#define LANES 16 /* one register, 12 chains of 32 registers */
 #define CHAINS 12
+#elif defined(__AVX__)
+#define LANES 8 /* wider generic vectors spill on 16 registers */
+#define CHAINS 10
+#else
+#define LANES 4
+#define CHAINS 10
+#endif
+typedef float vec __attribute__((vector_size(LANES * 4)));
 static long iterations;
 static void *run(void *out) {
     vec acc[CHAINS], b, c;
-    for (int i = 0; i < 16; i++) { b[i] = 1.0000001f; c[i] = 0.999999f; }
-    for (int k = 0; k < CHAINS; k++) for (int i = 0; i < 16; i++) acc[k][i] = (float)k;
+    for (int i = 0; i < LANES; i++) { b[i] = 1.0000001f; c[i] = 0.999999f; }
+    for (int k = 0; k < CHAINS; k++) for (int i = 0; i < LANES; i++) acc[k][i] = (float)k;
     for (long n = 0; n < iterations; n++)
         for (int k = 0; k < CHAINS; k++) acc[k] = acc[k] * b + c;
     float sum = 0;
-    for (int k = 0; k < CHAINS; k++) for (int i = 0; i < 16; i++) sum += acc[k][i];
+    for (int k = 0; k < CHAINS; k++) for (int i = 0; i < LANES; i++) sum += acc[k][i];
     *(float *)out = sum;  /* keeps the loop from being optimized away */
     return NULL;
 }
@@ -49,7 +58,7 @@ int main(int argc, char **argv) {
     for (int t = 0; t < threads; t++) pthread_join(ids[t], NULL);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    printf("%f %f\n", 2.0 * 16 * CHAINS * iterations * threads / seconds / 1e9, out[0]);
+    printf("%f %f\n", 2.0 * LANES * CHAINS * iterations * threads / seconds / 1e9, out[0]);
     return 0;
 }
 """

@@ -10,6 +10,7 @@ from woodpecker.graph.onnx_export import graph_to_onnx
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import (
     canonicalize,
+    eliminate_common,
     eliminate_dead,
     fold_batchnorm,
     fold_constants,
@@ -136,6 +137,43 @@ def test_fold_constants_turns_shape_arithmetic_into_a_constant(rng):
     out = fold_constants(graph)
     assert [n.op for n in out.nodes] == ["Reshape"]
     assert out.constants[out.nodes[0].inputs[1]].tolist() == [2, -1]
+    assert_same_function(graph, out, rng)
+
+
+def test_eliminate_common_computes_a_repeated_node_once(rng):
+    """Each layer's copy of the mask bias (equal constants under other names) becomes one node; a
+    copy that is a graph output stays, and so do nodes that differ in an attribute."""
+    nodes = [
+        helper.make_node("Mul", ["x", "c1"], ["m1"]),
+        helper.make_node("Mul", ["x", "c2"], ["m2"]),  # c2 == c1
+        helper.make_node("Mul", ["x", "c3"], ["m3"]),  # c3 != c1
+        helper.make_node("Softmax", ["m1"], ["s1"], axis=0),
+        helper.make_node("Softmax", ["m2"], ["s2"], axis=1),
+        helper.make_node("Add", ["s1", "s2"], ["a"]),
+        helper.make_node("Add", ["a", "m3"], ["y"]),
+        helper.make_node("Mul", ["x", "c1"], ["z"]),  # a graph output
+    ]
+    half = np.array(0.5, np.float32)
+    inits = [const("c1", half), const("c2", half.copy()), const("c3", np.array(2.0, np.float32))]
+    shape = [3, 5]
+    graph = import_model(make_model(nodes, [tensor("x", shape)], [tensor("y", shape), tensor("z", shape)], inits))
+    out = eliminate_common(graph)
+    assert out.summary() == {"Mul": 3, "Softmax": 2, "Add": 2}
+    assert {n.outputs[0] for n in out.nodes if n.op == "Mul"} == {"m1", "m3", "z"}
+    assert_same_function(graph, out, rng)
+
+
+def test_reshape_and_expand_to_their_own_shape_disappear(rng):
+    shape = [2, 3, 4]
+    nodes = [
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("Expand", ["r", "target"], ["e"]),
+        helper.make_node("Relu", ["e"], ["y"]),
+    ]
+    inits = [const("target", np.array(shape, np.int64))]
+    graph = import_model(make_model(nodes, [tensor("x", shape)], [tensor("y", shape)], inits))
+    out = remove_identity(graph)
+    assert [n.op for n in out.nodes] == ["Relu"] and out.nodes[0].inputs == ("x",)
     assert_same_function(graph, out, rng)
 
 

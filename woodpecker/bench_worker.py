@@ -76,7 +76,7 @@ def _prepare(runtime: str, path: str, inputs: dict, threads: int):
         from woodpecker.plan.plan import Plan
 
         plan = Plan.load(path)
-        return plan.executor().run, random_feeds(plan.input_specs, seed=0)
+        return plan.executor().run, plan.sample_feeds(seed=0)
     # Peers: `path` is the model with its batch fixed (ONNX), or the torchvision name (PyTorch).
     feeds = random_feeds({name: (tuple(shape), dtype) for name, (shape, dtype) in inputs.items()}, seed=0)
     if runtime == "onnxruntime":

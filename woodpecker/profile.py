@@ -20,12 +20,11 @@ OWN = "own"  # the column of a node's fastest correct generated kernel
 
 def profile(directory: str | Path, runs: int = 20) -> dict:
     """Median ms per step inside whole-plan runs, with the alone-timed alternatives of its nodes."""
-    from woodpecker.explore.verify import random_feeds
     from woodpecker.plan.plan import Plan
 
     plan = Plan.load(directory)
     executor = plan.executor()
-    feeds = random_feeds(plan.input_specs, seed=0)
+    feeds = plan.sample_feeds(seed=0)
     for _ in range(3):  # warm-up: first runs page in weights and wake thread pools
         executor.run(feeds)
     timed = executor.profile(feeds, runs)

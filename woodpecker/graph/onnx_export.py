@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from woodpecker.graph.ir import Graph, Node, Subgraph
+from woodpecker.graph.passes.fuse_attention import ATTENTION
 from woodpecker.ops import activations
 from woodpecker.ops.conv import BIAS, DEPTHWISE_BIAS, DEPTHWISE_WEIGHT, RESIDUAL, SCALE
 
@@ -41,6 +42,8 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
         return [_subgraph_node(node, attrs)]
     if node.op == "Relayout":  # changes the bytes' order only; values are logical NCHW in ONNX
         return [helper.make_node("Identity", list(node.inputs), list(node.outputs), name=node.name)]
+    if node.op == ATTENTION:
+        return _attention_nodes(node)
     if node.op not in FUSABLE_OPS or not node.fused:
         return [helper.make_node(node.op, list(node.explicit_inputs), list(node.outputs), name=node.name, **attrs)]
     out = node.outputs[0]
@@ -86,6 +89,39 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
     if node.attrs.get("pool"):
         pool = dict(node.attrs["pool"])
         protos.append(helper.make_node(pool.pop("op"), [current], [f"{out}__pool"], name=f"{node.name}/pool", **pool))
+    protos[-1].output[0] = out
+    return protos
+
+
+def _attention_nodes(node: Node) -> list[onnx.NodeProto]:
+    """A FusedAttention node as the Transposes, MatMuls, Softmax and mask arithmetic it replaced."""
+    name, out = node.name, node.outputs[0]
+    protos = []
+
+    def add(op: str, inputs: list[str], label: str, **attrs) -> str:
+        protos.append(helper.make_node(op, inputs, [f"{out}__{label}"], name=f"{name}/{label}", **attrs))
+        return f"{out}__{label}"
+
+    def transposed(value: str, perm: list[int], label: str) -> str:
+        return value if list(perm) == [0, 1, 2, 3] else add("Transpose", [value], label, perm=perm)
+
+    def constant(value: float, label: str) -> str:
+        return add("Constant", [], label, value=numpy_helper.from_array(np.array(value, np.float32)))
+
+    q = transposed(node.inputs[0], node.attrs["q_perm"], "q")
+    k = transposed(node.inputs[1], node.attrs["k_perm"], "k")
+    v = transposed(node.inputs[2], node.attrs["v_perm"], "v")
+    scores = add("MatMul", [q, k], "scores")
+    if node.attrs["scale"] != 1.0:
+        scores = add("Mul", [scores, constant(node.attrs["scale"], "scale")], "scaled")
+    if len(node.inputs) > 3 and node.inputs[3]:
+        scores = add("Add", [scores, node.inputs[3]], "masked")
+    p = add("Softmax", [scores], "softmax", axis=-1)
+    if node.attrs["nan_to_zero"]:
+        p = add("Where", [add("IsNaN", [p], "isnan"), constant(0.0, "zero"), p], "p")
+    add("MatMul", [p, v], "o")
+    if list(node.attrs["out_perm"]) != [0, 1, 2, 3]:
+        add("Transpose", [f"{out}__o"], "out", perm=node.attrs["out_perm"])
     protos[-1].output[0] = out
     return protos
 

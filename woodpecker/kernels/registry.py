@@ -38,6 +38,7 @@ WHERE: dict[str, Entry] = {
     "halide.resize": Entry("woodpecker.kernels.halide.resize", "HalideResize", HALIDE),
     "halide.reduce": Entry("woodpecker.kernels.halide.reduce", "HalideReduce", HALIDE),
     "halide.gather": Entry("woodpecker.kernels.halide.gather", "HalideGather", HALIDE),
+    "halide.attention": Entry("woodpecker.kernels.halide.attention", "HalideAttention", HALIDE),
     "onnxruntime": Entry("woodpecker.kernels.library.onnxruntime", "OnnxRuntimeImplementation", "onnxruntime"),
     "openvino": Entry("woodpecker.kernels.library.openvino", "OpenVinoImplementation", "openvino"),
     "torch": Entry("woodpecker.kernels.library.torch", "TorchImplementation", "torch"),

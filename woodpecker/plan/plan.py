@@ -70,6 +70,12 @@ class Plan:
     def input_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {n: (self.graph.values[n].shape, self.graph.values[n].dtype) for n in self.graph.inputs}
 
+    def sample_feeds(self, seed: int) -> dict[str, np.ndarray]:
+        """Random inputs the plan accepts: token ids below their embedding's rows, 0/1 masks."""
+        from woodpecker.explore.verify import index_bounds, random_feeds
+
+        return random_feeds(self.input_specs, seed, index_bounds(self.graph))
+
     def executor(self, progress: bool = False):
         if self._executor is None:
             from woodpecker.runtime.executor import Executor
@@ -145,10 +151,9 @@ class Plan:
     def _check_saved(self, saved: Plan) -> None:
         """The saved plan (compiled kernels, library segments from their files) must compute what
         this (verified) plan computes."""
-        from woodpecker.explore.verify import random_feeds
         from woodpecker.measure.timing import relative_error
 
-        feeds = random_feeds(self.input_specs, seed=4321)
+        feeds = self.sample_feeds(seed=4321)
         expected, actual = self.run(feeds), saved.run(feeds)
         error = max(relative_error(actual[n], expected[n]) for n in expected)
         if not error <= SAVE_CHECK_TOLERANCE:

@@ -173,9 +173,9 @@ class Executor:
         }
 
     def profile(self, feeds: dict[str, np.ndarray], runs: int = 20) -> list[tuple[str, float, float | None]]:
-        """Per step, median seconds inside whole-plan runs, and called again at once after each run
-        (inputs and weights left in cache by the call before; None for a step that writes over its
-        input, whose values a repeat would change). Measured in the same minutes, the two show what
+        """Per step, median seconds inside whole-plan runs, and called again at once after its call
+        in each run (inputs and weights left in cache by the call before; None for a step that writes
+        over its input, whose values a repeat would change). Measured in the same minutes, the two show what
         running in sequence costs a step, which timings taken minutes apart cannot tell from noise."""
         calls = _calls(self.steps, self.library, one_by_one=True)
         in_run: list[list[float]] = [[] for _ in self.steps]
@@ -183,16 +183,14 @@ class Executor:
         repeatable = [not _writes_over_input(step) for step in self.steps]
         for _ in range(runs):
             self._load_inputs(feeds)  # the arena may reuse the input's memory once it is read
-            for call, times in zip(calls, in_run):
+            for call, times, repeats, ok in zip(calls, in_run, again, repeatable):
                 start = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - start)
-            for call, times, ok in zip(calls, again, repeatable):
-                if ok:
-                    call()
+                if ok:  # at once: later steps may reuse this step's input memory (token ids too)
                     start = time.perf_counter()
                     call()
-                    times.append(time.perf_counter() - start)
+                    repeats.append(time.perf_counter() - start)
         return [
             (step.node, statistics.median(a), statistics.median(b) if b else None)
             for step, a, b in zip(self.steps, in_run, again)

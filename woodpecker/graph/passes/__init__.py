@@ -6,11 +6,13 @@ from collections.abc import Callable
 
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.passes.canonicalize import canonicalize
+from woodpecker.graph.passes.eliminate_common import eliminate_common
 from woodpecker.graph.passes.eliminate_dead import eliminate_dead
 from woodpecker.graph.passes.fold_batchnorm import fold_batchnorm
 from woodpecker.graph.passes.fold_constants import fold_constants
 from woodpecker.graph.passes.fold_pad import fold_pad
 from woodpecker.graph.passes.fold_scale import fold_scale
+from woodpecker.graph.passes.fuse_attention import fuse_attention
 from woodpecker.graph.passes.fuse_depthwise import fuse_depthwise
 from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
 from woodpecker.graph.passes.fuse_expand import fuse_expand
@@ -24,8 +26,10 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_constants,
     canonicalize,
     remove_identity,  # again: canonicalize turns no-op Pads into Identity
+    eliminate_common,
     fold_pad,
     fold_batchnorm,
+    fuse_attention,
     fuse_epilogue,
     fold_scale,  # after fuse_epilogue: a linear layer's bias is then part of it
     fuse_input_scale,
@@ -54,11 +58,13 @@ __all__ = [
     "DEFAULT_PASSES",
     "EXPAND_PASSES",
     "canonicalize",
+    "eliminate_common",
     "eliminate_dead",
     "fold_batchnorm",
     "fold_constants",
     "fold_pad",
     "fold_scale",
+    "fuse_attention",
     "fuse_depthwise",
     "fuse_epilogue",
     "fuse_expand",

@@ -1,6 +1,7 @@
 """Drop Identity, inference-time Dropout, a Cast to the type its input has already (attention
-exports cast the float32 softmax to float32) and an Expand to the shape its input has already (the
-attention mask's): their output is their input."""
+exports cast the float32 softmax to float32), and an Expand, Reshape or Flatten to the shape its
+input has already (the attention mask's; the heads' output before they are merged): their output is
+their input."""
 
 from __future__ import annotations
 
@@ -43,6 +44,6 @@ def _rename_output(node, old: str, new: str):
 def _is_identity(graph: Graph, node) -> bool:
     if node.op == "Cast":
         return graph.values[node.inputs[0]].dtype == graph.values[node.outputs[0]].dtype
-    if node.op == "Expand":
+    if node.op in ("Expand", "Reshape", "Flatten"):
         return graph.shape(node.inputs[0]) == graph.shape(node.outputs[0])
     return node.op in IDENTITY_OPS

@@ -173,23 +173,25 @@ def add(a: hl.Expr, b: hl.Expr) -> hl.Expr:
 
 
 def row_reduce(
-    name: str, value_at, width: int, lanes: int, combine, initial: float, row: hl.Var
+    name: str, value_at, width: int, lanes: int, combine, initial: float, row: hl.Var | list[hl.Var]
 ) -> tuple[hl.Func, hl.Func]:
     """(result, partial): `value_at(column)` reduced over a row with `combine` from `initial`, first
     into `lanes` partial results (a vector: column c goes to lane c % lanes, over the columns that
-    fill whole vectors), then across the lanes and the leftover columns."""
+    fill whole vectors), then across the lanes and the leftover columns. `row`: the row's Var, or
+    several (rows of a higher-dimensional tensor)."""
+    rows = row if isinstance(row, list) else [row]
     start = hl.f32(initial)
     lane = hl.Var(f"{name}_lane")
     whole = width // lanes * lanes
     partial, result = hl.Func(f"{name}_partial"), hl.Func(name)
-    partial[lane, row] = start
+    partial[[lane, *rows]] = start
     if whole:
         chunk = hl.RDom([hl.Range(0, whole // lanes)], f"{name}_chunk")
-        partial[lane, row] = combine(partial[lane, row], value_at(chunk.x * lanes + lane))
+        partial[[lane, *rows]] = combine(partial[[lane, *rows]], value_at(chunk.x * lanes + lane))
     across = hl.RDom([hl.Range(0, lanes)], f"{name}_across")
-    result[row] = start
-    result[row] = combine(result[row], partial[across.x, row])
+    result[rows] = start
+    result[rows] = combine(result[rows], partial[[across.x, *rows]])
     if whole < width:
         rest = hl.RDom([hl.Range(whole, width - whole)], f"{name}_rest")
-        result[row] = combine(result[row], value_at(rest.x))
+        result[rows] = combine(result[rows], value_at(rest.x))
     return result, partial
