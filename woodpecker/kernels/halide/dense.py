@@ -2,10 +2,11 @@
 leading axes of the left side are rows, as in nn.Linear on a channel-last tensor).
 
 Weights are packed once as (K, N) so the output features are contiguous and vectorized, or (knob
-`panels`, for few rows) as column panels: each register tile's columns for every k in one
-contiguous block, so a classifier streams its weights front to back (read row by row, the
-prefetchers lose the stream on large weights). The fused epilogue
-(bias, residual add, activation) is applied on the accumulator.
+`panels`) as column panels: each register tile's columns for every k in one contiguous block, so a
+tile streams its weights front to back (read row by row from (K, N), every k is another page once
+N is large: the prefetchers and the TLB lose the stream, as in a classifier or BERT's 3072-wide
+feed-forward output). The fused epilogue (bias, residual add, activation) is applied on the
+accumulator.
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ class HalideDense(HalideImplementation):
                 cfg["vec"] * cfg["tile_n"] <= max(n_out, cfg["vec"])
                 and cfg["tile_n"] * cfg["tile_m"] <= MAX_ACCUMULATORS
                 and cfg["tile_m"] <= rows
-                and not (cfg.get("panels") and (cfg["parallel_rows"] or rows > PANEL_ROWS))
+                and not (cfg.get("panels") and cfg["parallel_rows"] and rows <= PANEL_ROWS)
             )
 
         # Many rows (a linear layer over every pixel, ConvNeXt's MLP): a GEMM register tile of
         # 6 rows x 2 vectors, threads over row tiles. Few rows (a classifier): threads over columns,
         # first with column-panel weights (4 vectors x 1-2 rows, or 2 vectors x up to 8 rows).
         # Weights larger than the input (more columns than rows): first each column panel of weights
-        # read once, all row tiles inside it.
+        # read once, all row tiles inside it. Many rows: first with column-panel weights.
         vec = max(vector_widths())
         many = {"vec": vec, "tile_n": 2, "tile_m": 6, "unroll_k": 1, "parallel_rows": True, "panels": False}
         many_weights_first = {**many, "parallel_rows": False}
@@ -69,7 +70,8 @@ class HalideDense(HalideImplementation):
         tile_m = max(m for m in (1, 2, 4, 8) if m <= rows)
         tile_n = max(t for t in (1, 2, 4 if tile_m < 4 else 2) if vec * t <= max(n_out, vec))
         few_panels = {**few, "tile_n": tile_n, "tile_m": tile_m, "panels": True}
-        starts = (many_weights_first, many, few) if n_out > rows else (many, many_weights_first, few)
+        many_panels = {**many_weights_first, "panels": True}
+        starts = (many_panels, many_weights_first, many, few) if n_out > rows else (many_panels, many, few)
         if rows <= PANEL_ROWS:
             starts = (few_panels, *starts)
         return ConfigSpace(
@@ -82,8 +84,7 @@ class HalideDense(HalideImplementation):
                 # True: threads over row tiles, each streaming all the weights; False: threads over
                 # column panels, each reading its panel of weights once for all rows.
                 Knob("parallel_rows", (False, True)),
-                # Weights as column panels (few rows only: the output then reads the accumulator
-                # tile by tile, which costs more than it saves when a GEMM has many rows).
+                # Weights as column panels (threads over rows with few rows: not tried).
                 Knob("panels", (False, True)),
             ),
             valid,
@@ -154,6 +155,9 @@ class HalideDense(HalideImplementation):
             ro, ri = hl.RVar("ro"), hl.RVar("ri")
             acc.update().split(r.x, ro, ri, config["unroll_k"]).unroll(ri)
         out.parallel(mo if config["parallel_rows"] and rows > 1 else jo)
+        if panels:  # output columns from 0: a tile of columns is one panel, the accumulators one tile
+            out.output_buffer().dim(0).set_min(0)
+            acc.bound(lanes, 0, tile).bound_extent(p, 1)
 
         params = [a] + ([residual] if has_residual else []) + [w_param, b_param]
         return Definition(out, params, [weight, bias], flatten=2)
