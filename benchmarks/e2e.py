@@ -1,7 +1,9 @@
-"""Export torchvision models (the five of issue 4 by default), optimize each, time the plan against its peers.
+"""Export models (the five torchvision CNNs of issue 4 by default), optimize each, time the plan against its peers.
 
-Usage: .venv/bin/python benchmarks/e2e.py [--models resnet18,...] [--batch 1] [--budget 6] [--out out/bench]
-       [--rounds 3] [--reuse-plans]
+Usage: .venv/bin/python benchmarks/e2e.py [--models resnet18,hf:bert,...] [--batch 1] [--budget 6]
+       [--out out/bench] [--rounds 3] [--reuse-plans]
+
+Models are torchvision names or Hugging Face transformers as `hf:<model_type>` (sequence 128).
 
 Every runtime is timed in its own process with the same thread count: ONNX Runtime,
 OpenVINO fp32, PyTorch eager and torch.compile (fp32 peers), OpenVINO bf16 (reported
@@ -23,7 +25,7 @@ from pathlib import Path
 import woodpecker
 from woodpecker.bench import BenchSettings, bench
 from woodpecker.errors import WoodpeckerError
-from woodpecker.models import KNOWN_MODELS, export_torchvision
+from woodpecker.models import KNOWN_MODELS, export_model
 from woodpecker.options import TIE
 
 PEERS = ["onnxruntime", "openvino", "torch", "torch-compile", "openvino-bf16"]
@@ -49,8 +51,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models.split(","):
-        model = export_torchvision(name, out / f"{name}.onnx")
-        plan_dir = out / f"{name}-b{args.batch}.plan"
+        file_name = name.replace(":", "-")
+        model = export_model(name, out / f"{file_name}.onnx")
+        plan_dir = out / f"{file_name}-b{args.batch}.plan"
         try:
             plan = woodpecker.load(plan_dir) if args.reuse_plans else _optimize(model, plan_dir, args)
         except WoodpeckerError as exc:  # one model's failure is a row of the table, not the end of the run

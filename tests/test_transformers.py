@@ -75,3 +75,22 @@ def test_export_of_an_unknown_model_type_is_one_line(tmp_path):
     )
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "no model type 'no-such-model'" in result.stderr and not target.exists()
+
+
+@pytest.mark.parametrize("name", ["distilbert", "vit"])
+def test_the_pytorch_peer_is_the_exported_model(name, exported):
+    """The bench's PyTorch peers build the model from the file's metadata: the same config and
+    weights as the export, so they time what the plan computes."""
+    import torch
+
+    from woodpecker.models import build_pytorch, pytorch_source
+
+    model, names = build_pytorch(pytorch_source(exported[name]))
+    session = ort.InferenceSession(str(exported[name]), providers=["CPUExecutionProvider"])
+    specs = {i.name: (tuple(i.shape), "int64" if "int64" in i.type else "float32") for i in session.get_inputs()}
+    feeds = random_feeds(specs, 3, {"input_ids": 300})
+    assert names == list(feeds)
+    with torch.inference_mode():
+        actual = model(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
+    expected = session.run(None, feeds)[0]
+    assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from woodpecker.errors import WoodpeckerError
 from woodpecker.measure.protocol import WorkerProcess
 from woodpecker.measure.rounds import interleaved_rounds
-from woodpecker.models import torchvision_name
+from woodpecker.models import pytorch_source
 
 PEERS = ("onnxruntime", "openvino", "openvino-bf16", "torch", "torch-compile")
 ONNX_PEERS = ("onnxruntime", "openvino", "openvino-bf16")
@@ -61,12 +61,12 @@ def bench(target: str | Path, peers: list[str], settings: BenchSettings) -> dict
         runtimes.append((peer, model))
     with tempfile.TemporaryDirectory(prefix="wpk-bench-") as tmp:
         # Peers start from files as their users' code would: ONNX peers from a copy of the model
-        # with the batch fixed, PyTorch from its torchvision name. Preparing either inside the
+        # with the batch fixed, PyTorch from its torchvision or transformers name. Preparing either inside the
         # timed process would add a copy of the model to the peer's peak memory.
         static, inputs = _with_batch(model, batch, Path(tmp)) if peers else (None, {})
-        torchvision = torchvision_name(model) if set(peers) & {"torch", "torch-compile"} else None
+        pytorch = pytorch_source(model) if set(peers) & {"torch", "torch-compile"} else None
         sources = {
-            name: static if name in ONNX_PEERS else torchvision if name.startswith("torch") else path
+            name: static if name in ONNX_PEERS else pytorch if name.startswith("torch") else path
             for name, path in runtimes
         }
         with tqdm(
@@ -147,10 +147,10 @@ def _with_batch(model: str, batch: int, directory: Path) -> tuple[str, dict]:
 def _run_isolated(
     runtime: str, path: str | None, batch: int, settings: BenchSettings, inputs: dict, scratch: Path
 ) -> dict:
-    """`path`: the plan, the model with its batch fixed (ONNX peers) or the torchvision name;
+    """`path`: the plan, the model with its batch fixed (ONNX peers) or what PyTorch builds (`pytorch_source`);
     `inputs`: the peers' inputs (name -> (shape, dtype))."""
     if path is None:
-        return {"runtime": runtime, "error": "model not exported by `wpk export` (torchvision name unknown)"}
+        return {"runtime": runtime, "error": "model not exported by `wpk export` (PyTorch model unknown)"}
     args = {
         "runtime": runtime,
         "path": path,

@@ -41,8 +41,8 @@ PEER_MODULES = {
     "onnxruntime": ["onnxruntime"],
     "openvino": ["openvino"],
     "openvino-bf16": ["openvino"],
-    "torch": ["torch", "torchvision"],
-    "torch-compile": ["torch", "torchvision"],
+    "torch": ["torch", "torchvision", "transformers"],
+    "torch-compile": ["torch", "torchvision", "transformers"],
 }
 
 
@@ -77,7 +77,7 @@ def _prepare(runtime: str, path: str, inputs: dict, threads: int):
 
         plan = Plan.load(path)
         return plan.executor().run, plan.sample_feeds(seed=0)
-    # Peers: `path` is the model with its batch fixed (ONNX), or the torchvision name (PyTorch).
+    # Peers: `path` is the model with its batch fixed (ONNX), or what PyTorch builds (models.pytorch_source).
     feeds = random_feeds({name: (tuple(shape), dtype) for name, (shape, dtype) in inputs.items()}, seed=0)
     if runtime == "onnxruntime":
         import onnxruntime as ort
@@ -100,17 +100,19 @@ def _prepare(runtime: str, path: str, inputs: dict, threads: int):
         return (lambda f: request.infer(f)), feeds
     if runtime in ("torch", "torch-compile"):
         import torch
-        import torchvision
+
+        from woodpecker.models import build_pytorch
 
         torch.set_num_threads(threads)
-        model = getattr(torchvision.models, path)(weights=None).eval()
+        model, names = build_pytorch(path)
+        names = names or list(feeds)
         if runtime == "torch-compile":
             model = torch.compile(model)  # compiled by the warm-up runs, before timing
-        tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        tensors = [torch.from_numpy(feeds[name]) for name in names]
 
         def run(_):
             with torch.inference_mode():
-                return model(*tensors.values())
+                return model(*tensors)
 
         return run, feeds
     raise SystemExit(f"unknown runtime {runtime}")

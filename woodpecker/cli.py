@@ -369,14 +369,11 @@ def _inspect(args) -> int:
 
 
 def _export(args) -> int:
-    from woodpecker.models import export_torchvision, export_transformers, exported_name
+    from woodpecker.models import export_model, exported_name
 
     _at_least_one(seq=args.seq)
     check_output_file(args.output, lambda path: exported_name(path) is not None, "a model `wpk export` wrote")
-    if args.name.startswith("hf:"):
-        print(f"wrote {export_transformers(args.name[3:], args.output, seq=args.seq)}")
-    else:
-        print(f"wrote {export_torchvision(args.name, args.output)}")
+    print(f"wrote {export_model(args.name, args.output, seq=args.seq)}")
     return 0
 
 

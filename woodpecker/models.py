@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -12,6 +13,8 @@ from woodpecker.output_files import umask
 
 TORCHVISION_KEY = "woodpecker.torchvision_model"
 TRANSFORMERS_KEY = "woodpecker.transformers_model"
+TRANSFORMERS_CONFIG_KEY = "woodpecker.transformers_config"  # the fields that differ from the default config
+HF_PREFIX = "hf:"  # model names of Hugging Face transformers (`wpk export hf:bert`)
 KNOWN_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vgg16", "squeezenet1_1")
 
 
@@ -43,6 +46,23 @@ def export_transformers(
     weights as ONNX: its last hidden state for `input_ids` and `attention_mask` (1 x seq, int64), or
     for `pixel_values` when the config describes images."""
     import torch
+
+    model, names, settings = build_transformers(model_type, seed, **config)
+    if names == ["pixel_values"]:
+        size = settings.image_size
+        args = (torch.randn(1, settings.num_channels, size, size),)
+    else:
+        mask = torch.ones(1, seq, dtype=torch.int64)
+        mask[:, seq - seq // 4 :] = 0  # padding at the end, as a tokenizer leaves it
+        args = (torch.randint(0, settings.vocab_size, (1, seq)), mask)
+    props = {TRANSFORMERS_KEY: model_type, TRANSFORMERS_CONFIG_KEY: json.dumps(config, sort_keys=True)}
+    return _export(model, args, names, path, opset, None, props)
+
+
+def build_transformers(model_type: str, seed: int = 0, **config: object):
+    """(module, input names, config): the model's last hidden state as a module called with its inputs
+    in the order of the names, random weights (none all zero)."""
+    import torch
     import transformers
 
     try:
@@ -53,14 +73,39 @@ def export_transformers(
         ) from None
     torch.manual_seed(seed)
     model = _nonzero(transformers.AutoModel.from_config(settings).eval())
-    if hasattr(settings, "image_size"):
-        size = settings.image_size
-        names, args = ["pixel_values"], (torch.randn(1, settings.num_channels, size, size),)
-    else:
-        mask = torch.ones(1, seq, dtype=torch.int64)
-        mask[:, seq - seq // 4 :] = 0  # padding at the end, as a tokenizer leaves it
-        names, args = ["input_ids", "attention_mask"], (torch.randint(0, settings.vocab_size, (1, seq)), mask)
-    return _export(_last_hidden_state(model, names), args, names, path, opset, None, {TRANSFORMERS_KEY: model_type})
+    names = ["pixel_values"] if hasattr(settings, "image_size") else ["input_ids", "attention_mask"]
+    return _last_hidden_state(model, names), names, settings
+
+
+def export_model(name: str, path: str | Path, seq: int = 128) -> Path:
+    """`export_transformers` for `hf:<model_type>`, else `export_torchvision`."""
+    if name.startswith(HF_PREFIX):
+        return export_transformers(name[len(HF_PREFIX) :], path, seq=seq)
+    return export_torchvision(name, path)
+
+
+def pytorch_source(model_path: str | Path) -> str | None:
+    """What the PyTorch peers build for a model exported here: its torchvision name, or for a
+    transformers model `hf:` and a JSON object of its type and config fields; None for other files."""
+    name = torchvision_name(model_path)
+    if name is not None:
+        return name
+    model_type = _exported_as(model_path, (TRANSFORMERS_KEY,))
+    if model_type is None:
+        return None
+    config = json.loads(_exported_as(model_path, (TRANSFORMERS_CONFIG_KEY,)) or "{}")
+    return HF_PREFIX + json.dumps({"model_type": model_type, "config": config})
+
+
+def build_pytorch(source: str):
+    """(module, input names or None for one input) from `pytorch_source`'s description."""
+    if source.startswith(HF_PREFIX):
+        described = json.loads(source[len(HF_PREFIX) :])
+        model, names, _ = build_transformers(described["model_type"], **described["config"])
+        return model, names
+    import torchvision
+
+    return getattr(torchvision.models, source)(weights=None).eval(), None
 
 
 def _last_hidden_state(model, names: list[str]):
