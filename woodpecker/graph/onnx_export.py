@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from woodpecker.graph.ir import Graph, Node, Subgraph
 from woodpecker.graph.passes.fuse_attention import ATTENTION
+from woodpecker.graph.passes.fuse_group_norm import GROUP_NORM
 from woodpecker.ops import activations
 from woodpecker.ops.conv import BIAS, DEPTHWISE_BIAS, DEPTHWISE_WEIGHT, RESIDUAL, SCALE
 
@@ -44,6 +45,8 @@ def expand_node(node: Node) -> list[onnx.NodeProto]:
         return [helper.make_node("Identity", list(node.inputs), list(node.outputs), name=node.name)]
     if node.op == ATTENTION:
         return _attention_nodes(node)
+    if node.op == GROUP_NORM:
+        return _group_norm_nodes(node)
     if node.op not in FUSABLE_OPS or not node.fused:
         return [helper.make_node(node.op, list(node.explicit_inputs), list(node.outputs), name=node.name, **attrs)]
     out = node.outputs[0]
@@ -122,6 +125,37 @@ def _attention_nodes(node: Node) -> list[onnx.NodeProto]:
     add("MatMul", [p, v], "o")
     if list(node.attrs["out_perm"]) != [0, 1, 2, 3]:
         add("Transpose", [f"{out}__o"], "out", perm=node.attrs["out_perm"])
+    protos[-1].output[0] = out
+    return protos
+
+
+def _group_norm_nodes(node: Node) -> list[onnx.NodeProto]:
+    """A FusedGroupNorm node as exporters write GroupNorm: Reshape, InstanceNormalization, Reshape,
+    then the per-channel scale and shift."""
+    name, out = node.name, node.outputs[0]
+    x, scale, bias = node.inputs[:3]
+    groups, rank = node.attrs["groups"], node.attrs["rank"]
+    protos = []
+
+    def add(op: str, inputs: list[str], label: str, **attrs) -> str:
+        protos.append(helper.make_node(op, inputs, [f"{out}__{label}"], name=f"{name}/{label}", **attrs))
+        return f"{out}__{label}"
+
+    def constant(array: np.ndarray, label: str) -> str:
+        return add("Constant", [], label, value=numpy_helper.from_array(array))
+
+    grouped = add("Reshape", [x, constant(np.array([0, groups, -1], np.int64), "grouped_shape")], "grouped")
+    ones, zeros = np.ones(groups, np.float32), np.zeros(groups, np.float32)
+    normed = add(
+        "InstanceNormalization",
+        [grouped, constant(ones, "ones"), constant(zeros, "zeros")],
+        "normalized",
+        epsilon=node.attrs["epsilon"],
+    )
+    back = add("Reshape", [normed, add("Shape", [x], "shape")], "back")
+    per_channel = constant(np.array([-1] + [1] * (rank - 2), np.int64), "per_channel")
+    scaled = add("Mul", [back, add("Reshape", [scale, per_channel], "scale")], "scaled")
+    add("Add", [scaled, add("Reshape", [bias, per_channel], "bias")], "out")
     protos[-1].output[0] = out
     return protos
 

@@ -39,6 +39,7 @@ WHERE: dict[str, Entry] = {
     "halide.reduce": Entry("woodpecker.kernels.halide.reduce", "HalideReduce", HALIDE),
     "halide.gather": Entry("woodpecker.kernels.halide.gather", "HalideGather", HALIDE),
     "halide.attention": Entry("woodpecker.kernels.halide.attention", "HalideAttention", HALIDE),
+    "halide.group_norm": Entry("woodpecker.kernels.halide.group_norm", "HalideGroupNorm", HALIDE),
     "onnxruntime": Entry("woodpecker.kernels.library.onnxruntime", "OnnxRuntimeImplementation", "onnxruntime"),
     "openvino": Entry("woodpecker.kernels.library.openvino", "OpenVinoImplementation", "openvino"),
     "torch": Entry("woodpecker.kernels.library.torch", "TorchImplementation", "torch"),

@@ -16,6 +16,7 @@ from woodpecker.graph.passes.fuse_attention import fuse_attention
 from woodpecker.graph.passes.fuse_depthwise import fuse_depthwise
 from woodpecker.graph.passes.fuse_epilogue import fuse_epilogue
 from woodpecker.graph.passes.fuse_expand import fuse_expand
+from woodpecker.graph.passes.fuse_group_norm import fuse_group_norm
 from woodpecker.graph.passes.fuse_input_scale import fuse_input_scale
 from woodpecker.graph.passes.fuse_pool import fuse_pool
 from woodpecker.graph.passes.remove_identity import remove_identity
@@ -30,6 +31,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_pad,
     fold_batchnorm,
     fuse_attention,
+    fuse_group_norm,
     fuse_epilogue,
     fold_scale,  # after fuse_epilogue: a linear layer's bias is then part of it
     fuse_input_scale,
@@ -68,6 +70,7 @@ __all__ = [
     "fuse_depthwise",
     "fuse_epilogue",
     "fuse_expand",
+    "fuse_group_norm",
     "fuse_input_scale",
     "fuse_pool",
     "optimize_graph",

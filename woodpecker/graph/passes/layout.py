@@ -13,6 +13,7 @@ Which ops keep a value blocked, and what they need:
   scale like the input;
 - depthwise Conv, MaxPool, AveragePool, BatchNormalization: blocked in, blocked out (they
   follow their input); a grouped Conv too when whole input blocks hold each output block's groups;
+  a FusedGroupNorm when whole blocks make each group;
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
 - element-wise ops on same-shape inputs and Concat over channels: blocked when an input is;
 - Transpose NCHW -> NHWC reads blocked, NHWC -> NCHW writes blocked (whole channel vectors move);
@@ -25,6 +26,7 @@ neither b nor b/2 divides, stay plain.
 from __future__ import annotations
 
 from woodpecker.graph.ir import Graph, Node, Value, broadcasts_to
+from woodpecker.graph.passes.fuse_group_norm import GROUP_NORM
 
 ELEMENTWISE_OPS = (
     *("Add", "Sub", "Mul", "Div", "Max", "Min"),
@@ -100,6 +102,10 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
         return plain, 0
     if node.op in FOLLOW_INPUT_OPS:
         return [current[0], *plain[1:]], current[0]
+    if node.op == GROUP_NORM:  # blocked when whole blocks make each group
+        group = values[0].shape[1] // node.attrs["groups"]
+        follow = current[0] if current[0] and group % current[0] == 0 else 0
+        return [follow, *plain[1:]], follow
     full = channelwise_input(graph, node)
     if full is not None and current[full]:
         return [0 if n in graph.constants else out_block for n in node.inputs], out_block
