@@ -13,9 +13,9 @@ from test_kernels import assert_kernel_family
 
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import optimize_graph
-from woodpecker.graph.passes.fuse_attention import ATTENTION
 from woodpecker.kernels import registry
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops.fused import ATTENTION
 
 
 def attention_model(

@@ -13,10 +13,10 @@ from test_kernels import assert_kernel_family
 
 from woodpecker.graph.onnx_import import import_model
 from woodpecker.graph.passes import optimize_graph
-from woodpecker.graph.passes.fuse_group_norm import GROUP_NORM
 from woodpecker.graph.passes.layout import block_layout
 from woodpecker.kernels import registry
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops.fused import GROUP_NORM
 
 
 def group_norm_model(shape, groups, affine=True, rng=None, before=None):

@@ -17,10 +17,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from woodpecker.graph.ir import Graph, Node, Subgraph
-from woodpecker.graph.passes.fuse_attention import ATTENTION
-from woodpecker.graph.passes.fuse_group_norm import GROUP_NORM
 from woodpecker.ops import activations
 from woodpecker.ops.conv import BIAS, DEPTHWISE_BIAS, DEPTHWISE_WEIGHT, RESIDUAL, SCALE
+from woodpecker.ops.fused import ATTENTION, GROUP_NORM
 
 FUSABLE_OPS = ("Conv", "Gemm", "MatMul", "BatchNormalization")
 

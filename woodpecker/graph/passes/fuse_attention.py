@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from woodpecker.graph.ir import Graph, Node, broadcasts_to
+from woodpecker.ops.fused import ATTENTION
 
-ATTENTION = "FusedAttention"
 IDENTITY = (0, 1, 2, 3)
 
 

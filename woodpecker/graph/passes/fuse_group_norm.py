@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from woodpecker.graph.ir import Graph, Node, Value
-
-GROUP_NORM = "FusedGroupNorm"
+from woodpecker.ops.fused import GROUP_NORM
 
 
 def fuse_group_norm(graph: Graph) -> Graph:

@@ -26,7 +26,7 @@ neither b nor b/2 divides, stay plain.
 from __future__ import annotations
 
 from woodpecker.graph.ir import Graph, Node, Value, broadcasts_to
-from woodpecker.graph.passes.fuse_group_norm import GROUP_NORM
+from woodpecker.ops.fused import GROUP_NORM
 
 ELEMENTWISE_OPS = (
     *("Add", "Sub", "Mul", "Div", "Max", "Min"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
-from woodpecker.graph.passes.fuse_attention import ATTENTION
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import (
     MAX_ACCUMULATORS,
@@ -27,6 +26,7 @@ from woodpecker.kernels.halide.common import (
 )
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
+from woodpecker.ops.fused import ATTENTION
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 TILE_Q = (1, 2, 4, 6, 8)

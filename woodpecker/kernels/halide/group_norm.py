@@ -15,10 +15,10 @@ import math
 import halide as hl
 import numpy as np
 
-from woodpecker.graph.passes.fuse_group_norm import GROUP_NORM
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import Definition, HalideImplementation, add, row_reduce, vector_widths
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops.fused import GROUP_NORM
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from woodpecker.graph.ir import Graph
-from woodpecker.graph.passes.fuse_attention import ATTENTION
 from woodpecker.kernels.base import Capabilities, LibraryImplementation, importable, is_float32, per_use
 from woodpecker.kernels.workload import Workload
+from woodpecker.ops.fused import ATTENTION
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", ATTENTION)
 FP32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
