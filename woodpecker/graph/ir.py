@@ -157,6 +157,13 @@ class Graph:
                     users.setdefault(name, []).append(node)
         return users
 
+    def replace_nodes(self, absorbed: list[Node], node: Node) -> None:
+        """Put `node` in place of the `absorbed` nodes (a fusion), where the last of them stood: every
+        input the absorbed nodes read is ready there."""
+        gone = {id(n) for n in absorbed}
+        last = max(i for i, n in enumerate(self.nodes) if id(n) in gone)
+        self.nodes = [node if i == last else n for i, n in enumerate(self.nodes) if id(n) not in gone or i == last]
+
     def single_use(self, name: str, consumers: dict[str, list[Node]]) -> bool:
         """`name` is read once, by one node, and is no graph output: the node producing it can be
         merged into that reader without the value being needed anywhere else."""

@@ -46,10 +46,7 @@ def fuse_attention(graph: Graph) -> Graph:
             fused = _match(out, softmax, producers, consumers) if softmax.op == "Softmax" else None
             if fused is not None:
                 node, absorbed = fused
-                gone = {id(n) for n in absorbed}
-                last = max(i for i, n in enumerate(out.nodes) if id(n) in gone)
-                kept = [(i, n) for i, n in enumerate(out.nodes) if id(n) not in gone or i == last]
-                out.nodes = [node if i == last else n for i, n in kept]
+                out.replace_nodes(absorbed, node)
                 changed = True
                 break
     return out

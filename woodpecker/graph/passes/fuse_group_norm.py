@@ -34,10 +34,7 @@ def fuse_group_norm(graph: Graph) -> Graph:
             for name, array in constants.items():
                 out.constants[name] = array
                 out.values[name] = Value(name, array.shape, "float32")
-            gone = {id(n) for n in absorbed}
-            last = max(i for i, n in enumerate(out.nodes) if id(n) in gone)
-            kept = [(i, n) for i, n in enumerate(out.nodes) if id(n) not in gone or i == last]
-            out.nodes = [node if i == last else n for i, n in kept]
+            out.replace_nodes(absorbed, node)
             changed = True
             break
     return out
