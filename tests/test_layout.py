@@ -57,6 +57,9 @@ BLOCKED_CONV_CASES = [
     (16, 16, 8, 3, 2, 1, 2, "", 8, 8),  # one group per block
     (64, 64, 7, 3, 1, 1, 2, "add_relu", 16, 16),  # two blocks per group
     (64, 32, 6, 1, 1, 0, 4, "", 16, 16),  # 16 input channels per group, 8 output
+    (16, 12, 8, 1, 1, 0, 1, "", 16, 4),  # GhostNet's 12 channels: quarter-vector blocks
+    (12, 12, 9, 3, 1, 1, 12, "relu", 4, 4),  # their depthwise conv
+    (12, 24, 7, 3, 1, 1, 1, "add_relu", 4, 8),  # a shortcut into 4-blocks read by 8-blocks
 ]
 
 
@@ -175,7 +178,7 @@ def test_blocked_pool(op, attrs, out_block):
 
 def test_relayout_concat_and_elementwise_on_blocked_values(rng):
     shape = (2, 32, 5, 7)
-    for source, target in ((0, 16), (16, 0)):
+    for source, target in ((0, 16), (16, 0), (4, 8), (16, 4)):
         values = {"a": Value("a", shape, "float32", source), "b": Value("b", shape, "float32", target)}
         node = dataclasses.replace(
             import_model(_identity_model(shape)).nodes[0], op="Relayout", inputs=("a",), outputs=("b",)
@@ -276,6 +279,69 @@ def test_activations_of_modern_cnns_keep_values_blocked(activation, rng):
     assert [n.op for n in graph.nodes].count("Relayout") == 1 and graph.nodes[-1].op == "Relayout"
     workload = Workload.of(graph, next(n for n in graph.nodes if n.op == activation))
     assert workload.blocked and registry.get("halide.elementwise").matches(workload)
+
+
+def ghost_csp_model(rng, size=8):
+    """Channel counts no vector width divides, as GhostNet and CSPNet have them: a ghost module
+    (a 1x1 conv to 12 channels, a depthwise conv of those, both concatenated and sliced to all 24),
+    a shortcut conv added to it, a squeeze-and-excitation scale, and a CSP split of 32 channels
+    into halves (one through a conv) concatenated again."""
+
+    def array(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    def conv(name, src, c_in, c_out, k=1, group=1):
+        nodes.append(helper.make_node("Conv", [src, f"{name}_w"], [name], pads=[k // 2] * 4, group=group))
+        inits.append(const(f"{name}_w", array(c_out, c_in // group, k, k)))
+
+    def node(op, inputs, output, **attrs):
+        nodes.append(helper.make_node(op, inputs, [output], **attrs))
+
+    nodes, inits = [], []
+    for name, value in (("zero", 0), ("all", 24), ("half", 16), ("end", 32), ("axis", 1)):
+        inits.append(const(name, np.array([value], np.int64)))
+    conv("stem", "x", 3, 16, k=3)
+    conv("primary", "stem", 16, 12)
+    conv("cheap", "primary", 12, 12, k=3, group=12)
+    node("Concat", ["primary", "cheap"], "both", axis=1)
+    node("Slice", ["both", "zero", "all", "axis"], "ghost_part")
+    conv("short", "stem", 16, 24)
+    node("Add", ["ghost_part", "short"], "ghost")
+    node("GlobalAveragePool", ["ghost"], "se_pool")
+    conv("se_reduce", "se_pool", 24, 8)
+    node("Relu", ["se_reduce"], "se_relu")
+    conv("se_expand", "se_relu", 8, 24)
+    node("HardSigmoid", ["se_expand"], "se_gate")
+    node("Mul", ["ghost", "se_gate"], "ghost_se")
+    conv("wide", "ghost_se", 24, 32)
+    node("Slice", ["wide", "zero", "half", "axis"], "first")
+    node("Slice", ["wide", "half", "end", "axis"], "second")
+    conv("csp", "second", 16, 16, k=3)
+    node("Concat", ["first", "csp"], "y", axis=1)
+    return make_model(nodes, [tensor("x", [1, 3, size, size])], [tensor("y", [1, 32, size, size])], inits)
+
+
+def test_channels_no_vector_divides_stay_blocked_through_concat_slice_and_shortcuts(rng):
+    """GhostNet's 12-channel halves in blocks of 4, concatenated; the shortcut conv (its Add fused) writes that block;
+    CSPNet's halves sliced in whole blocks: the graph's output is the only conversion."""
+    graph = block_layout(optimize_graph(import_model(ghost_csp_model(rng))), 16)
+    assert [n.op for n in graph.nodes].count("Relayout") == 1 and graph.nodes[-1].op == "Relayout"
+    blocks = {name: graph.values[name].block for name in ("primary", "cheap", "both", "ghost", "first", "second")}
+    assert blocks == {"primary": 4, "cheap": 4, "both": 4, "ghost": 4, "first": 16, "second": 16}
+    slices = [n for n in graph.nodes if n.op == "Slice"]
+    assert len(slices) == 2  # the ghost module's slice of everything is gone
+    for node in slices:
+        assert_kernel_family(Workload.of(graph, node), "halide.data_movement", n_configs=2)
+
+
+@pytest.mark.slow
+def test_ghost_and_csp_plan_on_generated_kernels_matches_onnxruntime(rng, records_path):
+    plan = api.optimize(ghost_csp_model(rng), budget=1, records=records_path, libraries=("numpy",), progress=False)
+    assert plan.meta["summary"]["relayouts"] == 1 and plan.meta["summary"]["fallback"] == 0
+    generated = every_generated(plan)
+    feeds = random_feeds(plan.input_specs, seed=int(rng.integers(1 << 30)))
+    expected = plan.run(feeds)  # verified against ONNX Runtime by optimize
+    np.testing.assert_allclose(Executor(plan.graph, generated).run(feeds)["y"], expected["y"], rtol=1e-4, atol=1e-5)
 
 
 def every_generated(plan) -> list:

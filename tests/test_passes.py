@@ -177,6 +177,22 @@ def test_reshape_and_expand_to_their_own_shape_disappear(rng):
     assert_same_function(graph, out, rng)
 
 
+def test_a_slice_that_keeps_everything_in_order_disappears(rng):
+    """GhostNet's `x[:, :out_channels]` of exactly out_channels goes; a reversal of the same shape stays."""
+    shape = [2, 6, 3]
+    nodes = [
+        helper.make_node("Slice", ["x", "zero", "six", "one"], ["s"]),
+        helper.make_node("Slice", ["s", "last", "before", "one", "back"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    values = {"zero": 0, "six": 6, "one": 1, "last": -1, "before": -100, "back": -1}
+    inits = [const(name, np.array([v], np.int64)) for name, v in values.items()]
+    graph = import_model(make_model(nodes, [tensor("x", shape)], [tensor("y", shape)], inits))
+    out = remove_identity(graph)
+    assert [n.op for n in out.nodes] == ["Slice", "Relu"] and out.nodes[0].inputs[0] == "x"
+    assert_same_function(graph, out, rng)
+
+
 def test_eliminate_dead(rng):
     graph = resblock(rng)
     out = eliminate_dead(graph)

@@ -128,6 +128,27 @@ def pad_widths(graph: Graph, node: Node) -> list[int] | None:
     return full
 
 
+def slice_starts_steps(graph: Graph, node: Node) -> tuple[list[int], list[int]] | None:
+    """Per input axis of a Slice, the first element read and the stride, from its constant inputs
+    (opset 10+: starts, ends, axes, steps; clamped as ONNX clamps them); None when one is not a constant."""
+    if len(node.inputs) < 3 or any(n and n not in graph.constants for n in node.inputs[1:]):
+        return None
+    shape = graph.shape(node.inputs[0])
+    rank = len(shape)
+    inputs = [graph.constants[n].astype(np.int64).tolist() if n else None for n in node.inputs[1:]]
+    inputs += [None] * (4 - len(inputs))
+    starts_in, _, axes, steps_in = inputs
+    axes = [a % rank for a in (axes if axes is not None else range(len(starts_in)))]
+    starts, steps = [0] * rank, [1] * rank
+    for position, axis in enumerate(axes):
+        step = steps_in[position] if steps_in is not None else 1
+        start = starts_in[position]
+        start = start + shape[axis] if start < 0 else start
+        starts[axis] = min(max(start, 0), shape[axis] - 1) if step < 0 else min(max(start, 0), shape[axis])
+        steps[axis] = step
+    return starts, steps
+
+
 def _einsum_matmul(graph: Graph, node: Node) -> list[Node] | None:
     if node.op != "Einsum" or len(node.inputs) != 2:
         return None

@@ -15,17 +15,22 @@ Which ops keep a value blocked, and what they need:
   follow their input); a grouped Conv too when whole input blocks hold each output block's groups;
   a FusedGroupNorm when whole blocks make each group;
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
-- element-wise ops on same-shape inputs and Concat over channels: blocked when an input is;
+- element-wise ops on same-shape inputs: blocked when an input is;
+- Concat over channels: blocked when an input is, in the widest block that divides every part
+  (GhostNet's 12 + 12 channels in blocks of 4);
+- Slice of whole channel blocks (CSPNet's halves), any start and positive step on H and W:
+  follows its input;
 - Transpose NCHW -> NHWC reads blocked, NHWC -> NCHW writes blocked (whole channel vectors move);
 - Add/Sub/Mul/Div of a feature map and one value per channel (a squeeze-and-excitation
   scale (N, C, 1, 1), or a constant): blocked when the feature map is.
 Everything else reads plain values. Values that are not 4-D float32, or whose channel count
-neither b nor b/2 divides, stay plain.
+none of b, b/2, b/4 (at least 4) divides, stay plain.
 """
 
 from __future__ import annotations
 
 from woodpecker.graph.ir import Graph, Node, Value, broadcasts_to
+from woodpecker.graph.passes.canonicalize import slice_starts_steps
 from woodpecker.ops.fused import GROUP_NORM
 
 ELEMENTWISE_OPS = (
@@ -63,15 +68,74 @@ def block_layout(graph: Graph, block: int) -> Graph:
             if name and output_block:
                 out.values[name] = Value(name, out.values[name].shape, out.values[name].dtype, output_block)
         out.nodes.append(node.replace(inputs=inputs) if inputs != node.inputs else node)
-    return _plain_outputs(out)
+    return _plain_outputs(_convs_write_as_read(out))
+
+
+def _convs_write_as_read(graph: Graph) -> Graph:
+    """A Conv (groups 1, no residual) writes any block: where its output's one conversion is to
+    another block (a shortcut added to GhostNet's 4-blocks, a squeeze-and-excitation scale) and its
+    other readers are Convs that read any block, the Conv writes that block and the conversion goes."""
+    producers = {o: n for n in graph.nodes for o in n.outputs}
+    readers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for name in set(node.inputs):
+            readers.setdefault(name, []).append(node)
+    alias: dict[str, str] = {}
+    for name, nodes in readers.items():
+        producer = producers.get(name)
+        if (
+            producer is None
+            or producer.op != "Conv"
+            or producer.attrs.get("group", 1) != 1
+            or len(producer.inputs) > 3
+            or name in graph.outputs
+        ):
+            continue
+        conversions = [n for n in nodes if n.op == "Relayout"]
+        others = [n for n in nodes if n.op != "Relayout"]
+        if len(conversions) != 1 or not graph.values[conversions[0].outputs[0]].block:
+            continue
+        if not all(_reads_any_block(n, name) for n in others):
+            continue
+        copy = conversions[0].outputs[0]
+        graph.values[name] = Value(name, graph.values[name].shape, graph.values[name].dtype, graph.values[copy].block)
+        alias[copy] = name
+    if alias:
+        graph.nodes = [
+            n.replace(inputs=tuple(alias.get(i, i) for i in n.inputs)) for n in graph.nodes if n.outputs[0] not in alias
+        ]
+    return graph
+
+
+def _reads_any_block(node: Node, name: str) -> bool:
+    """Whether `node` is a Conv (groups 1, no input scale) that reads `name` only as its input,
+    which it takes in any block (its weights are packed for the block it finds)."""
+    is_conv = node.op == "Conv" and node.attrs.get("group", 1) == 1 and len(node.inputs) <= 4
+    return is_conv and node.inputs[0] == name and name not in node.inputs[1:]
 
 
 def block_of(value: Value, block: int) -> int:
-    """The block a value gets: the vector width, or half of it when only that divides the channels
-    (MobileNetV2's 24-channel values then stay blocked in half vectors); 0 when neither does."""
+    """The block a value gets: the vector width, or a half or quarter of it when only that divides
+    the channels (MobileNetV2's 24 channels, GhostNet's 12 and 20), never below 4; 0 when none does."""
     if len(value.shape) != 4 or value.dtype != "float32":
         return 0
-    return next((b for b in (block, block // 2) if b >= 4 and value.shape[1] % b == 0), 0)
+    return common_block([value.shape[1]], block)
+
+
+def common_block(channels: list[int], block: int) -> int:
+    """The widest of b, b/2, b/4 (at least 4) that divides every count; 0 when none does."""
+    return next((b for b in (block, block // 2, block // 4) if b >= 4 and all(c % b == 0 for c in channels)), 0)
+
+
+def slice_keeps_blocks(graph: Graph, node: Node, block: int) -> bool:
+    """Whether a Slice of a value blocked by `block` reads whole blocks of channels (step 1, a start
+    and a size that the block divides) and forward steps on the other axes."""
+    bounds = slice_starts_steps(graph, node)
+    if bounds is None or not block or len(graph.shape(node.inputs[0])) != 4:
+        return False
+    starts, steps = bounds
+    size = graph.shape(node.outputs[0])[1]
+    return steps[1] == 1 and starts[1] % block == 0 and size % block == 0 and min(steps) > 0
 
 
 def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
@@ -93,15 +157,23 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
         return plain, 0
     if node.op == "Conv":
         group = node.attrs.get("group", 1)
-        if group == 1:  # input as it comes; a residual input like the output
+        if group == 1:  # input as it comes; a residual input like the output, in its block when it has one
+            out_block = current[3] if len(values) > 3 and values[3] is not None and current[3] else out_block
             return _conv_blocks(current[0], out_block, len(values)), out_block
-        if group == values[0].shape[1] == outputs[0].shape[1] and current[0]:  # depthwise, blocked input
-            return _conv_blocks(out_block, out_block, len(values)), out_block
+        if group == values[0].shape[1] == outputs[0].shape[1] and current[0]:  # depthwise: follows its input
+            return _conv_blocks(current[0], current[0], len(values)), current[0]
         if current[0] and grouped_span(values[0].shape[1], outputs[0].shape[1], group, out_block, out_block):
             return _conv_blocks(out_block, out_block, len(values)), out_block
         return plain, 0
     if node.op in FOLLOW_INPUT_OPS:
         return [current[0], *plain[1:]], current[0]
+    if node.op == "Slice":
+        follow = current[0] if slice_keeps_blocks(graph, node, current[0]) else 0
+        return [follow, *plain[1:]], follow
+    if node.op == "Concat" and node.attrs.get("axis") in (1, -3) and any(current):
+        parts = common_block([v.shape[1] for v in values], block)
+        if parts and all(len(v.shape) == 4 for v in values) and not any(n in graph.constants for n in node.inputs):
+            return [parts] * len(values), parts  # concatenated stored arrays need one block
     if node.op == GROUP_NORM:  # blocked when whole blocks make each group
         group = values[0].shape[1] // node.attrs["groups"]
         follow = current[0] if current[0] and group % current[0] == 0 else 0
@@ -111,13 +183,9 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
         return [0 if n in graph.constants else out_block for n in node.inputs], out_block
     shapes = {v.shape for v in values if v is not None}
     same_shape = shapes == {outputs[0].shape} and all(n not in graph.constants for n in node.inputs if n)
-    channel_concat = node.op == "Concat" and node.attrs.get("axis") in (1, -3)
-    if (
-        ((node.op in ELEMENTWISE_OPS and same_shape) or channel_concat)
-        and any(current)
-        and all(len(v.shape) == 4 and v.shape[1] % out_block == 0 for v in values if v is not None)
-    ):
-        return [out_block] * len(values), out_block  # concatenated stored arrays need one block
+    if node.op in ELEMENTWISE_OPS and same_shape and any(current):
+        follow = next(c for c in current if c)  # the first blocked input's block
+        return [follow] * len(values), follow
     return plain, 0
 
 

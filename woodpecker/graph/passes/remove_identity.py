@@ -1,7 +1,8 @@
 """Drop Identity, inference-time Dropout, a Cast to the type its input has already (attention
 exports cast the float32 softmax to float32), and an Expand, Reshape or Flatten to the shape its
-input has already (the attention mask's; the heads' output before they are merged): their output is
-their input."""
+input has already (the attention mask's; the heads' output before they are merged), and a Slice
+that keeps every element in order (GhostNet's `x[:, :out_channels]` of a concatenation that has
+exactly that many): their output is their input."""
 
 from __future__ import annotations
 
@@ -46,4 +47,9 @@ def _is_identity(graph: Graph, node) -> bool:
         return graph.values[node.inputs[0]].dtype == graph.values[node.outputs[0]].dtype
     if node.op in ("Expand", "Reshape", "Flatten"):
         return graph.shape(node.inputs[0]) == graph.shape(node.outputs[0])
+    if node.op == "Slice":
+        has_steps = len(node.inputs) > 4 and bool(node.inputs[4])
+        steps = graph.constants.get(node.inputs[4]) if has_steps else None
+        forward = not has_steps or (steps is not None and bool((steps > 0).all()))
+        return forward and graph.shape(node.inputs[0]) == graph.shape(node.outputs[0])
     return node.op in IDENTITY_OPS

@@ -12,10 +12,9 @@ ConvNeXt's transposes read and write blocked values instead of converting them.
 from __future__ import annotations
 
 import halide as hl
-import numpy as np
 
-from woodpecker.graph.passes.canonicalize import pad_value, pad_widths
-from woodpecker.graph.passes.layout import TO_CHANNEL_FIRST, TO_CHANNEL_LAST
+from woodpecker.graph.passes.canonicalize import pad_value, pad_widths, slice_starts_steps
+from woodpecker.graph.passes.layout import TO_CHANNEL_FIRST, TO_CHANNEL_LAST, slice_keeps_blocks
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import Definition, HalideImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
@@ -32,12 +31,16 @@ class HalideDataMovement(HalideImplementation):
         node = workload.node
         if node.op not in ("Transpose", "Slice", "Pad") or not is_float32(workload):
             return False
+        if workload.blocked and node.op == "Slice":
+            return workload.blocks == {workload.block(node.inputs[0])} and slice_keeps_blocks(
+                workload.as_graph(), node, workload.block(node.inputs[0])
+            )
         if workload.blocked:
             return _channels_move_whole(workload)
         if not 1 <= len(workload.output_shape) <= MAX_RANK or min(workload.output_shape) == 0:
             return False
         if node.op == "Slice":  # opset 10+: bounds are (constant) inputs
-            return len(node.inputs) >= 3 and all(n in workload.constants for n in node.inputs[1:] if n)
+            return slice_starts_steps(workload.as_graph(), node) is not None
         if node.op == "Pad":
             value_ok = pad_value(workload.as_graph(), node) is not None
             widths = pad_widths(workload.as_graph(), node)
@@ -47,12 +50,12 @@ class HalideDataMovement(HalideImplementation):
         return True
 
     def space(self, workload: Workload) -> ConfigSpace:
-        if workload.blocked:  # unrolled along W: the NCHW side's last axis
+        if workload.blocked and workload.op == "Transpose":  # unrolled along W: the NCHW side's last axis
             width = (
                 workload.input_shape(0)[-1] if workload.block(workload.node.inputs[0]) else workload.output_shape[-1]
             )
             return ConfigSpace((Knob("unroll", (1, 2, 4)),), lambda cfg: cfg["unroll"] <= width)
-        inner = workload.output_shape[-1]
+        inner = _stored_output_shape(workload)[-1]
         knobs = (Knob("vec", (1, *vector_widths())), Knob("tile", (1, 4, 16)))
         moves_inner = self._moves_innermost(workload)
         return ConfigSpace(knobs, lambda cfg: cfg["vec"] <= max(inner, 1) and (cfg["tile"] == 1 or moves_inner))
@@ -62,9 +65,10 @@ class HalideDataMovement(HalideImplementation):
         return workload.op == "Transpose" and _perm(workload)[-1] != len(workload.output_shape) - 1
 
     def define(self, workload: Workload, config: Config) -> Definition:
-        if workload.blocked:
+        if workload.blocked and workload.op == "Transpose":
             return _blocked_transpose(workload, config)
-        rank = len(workload.output_shape)
+        shape = _stored_output_shape(workload)  # a blocked Slice copies whole blocks: (N, C/b, H, W, b)
+        rank = len(shape)
         # Halide sees NumPy's axes reversed: Halide dimension d is NumPy axis rank - 1 - d.
         out_vars = [hl.Var(f"v{d}") for d in range(rank)]
         inp = hl.ImageParam(hl.Float(32), rank, "input")
@@ -75,7 +79,7 @@ class HalideDataMovement(HalideImplementation):
             for axis, source in enumerate(_perm(workload)):  # output axis `axis` is input axis `source`
                 coords[rank - 1 - source] = out_vars[rank - 1 - axis]
         elif workload.op == "Slice":
-            starts, steps = _slice_starts_steps(workload)
+            starts, steps = _stored_slice(workload)
             for axis in range(rank):
                 coords[rank - 1 - axis] = starts[axis] + out_vars[rank - 1 - axis] * steps[axis]
         else:
@@ -96,7 +100,7 @@ class HalideDataMovement(HalideImplementation):
         if config["vec"] > 1:
             lanes = hl.Var("lanes")
             out.split(out_vars[0], out_vars[0], lanes, config["vec"], guard).vectorize(lanes)
-        extents = {id(v): workload.output_shape[rank - 1 - d] for d, v in enumerate(out_vars)}
+        extents = {id(v): shape[rank - 1 - d] for d, v in enumerate(out_vars)}
         outer = next((v for v in reversed(loops[1:]) if extents.get(id(v), 2) > 1), None)
         if outer is not None:
             out.parallel(outer)
@@ -153,21 +157,17 @@ def _padded(workload: Workload, inp: hl.ImageParam) -> hl.Func:
     return hl.BoundaryConditions.constant_exterior(inp, hl.f32(value), bounds)
 
 
-def _slice_starts_steps(workload: Workload) -> tuple[list[int], list[int]]:
-    """Per input axis, the first element read and the stride, from Slice's constant inputs (opset
-    10+: starts, ends, axes, steps; clamped as ONNX clamps them)."""
-    node = workload.node
-    shape = workload.input_shape(0)
-    rank = len(shape)
-    inputs = [workload.constants[n].astype(np.int64).tolist() if n else None for n in node.inputs[1:]]
-    inputs += [None] * (4 - len(inputs))
-    starts_in, _, axes, steps_in = inputs
-    axes = [a % rank for a in (axes if axes is not None else range(len(starts_in)))]
-    starts, steps = [0] * rank, [1] * rank
-    for position, axis in enumerate(axes):
-        step = steps_in[position] if steps_in is not None else 1
-        start = starts_in[position]
-        start = start + shape[axis] if start < 0 else start
-        starts[axis] = min(max(start, 0), shape[axis] - 1) if step < 0 else min(max(start, 0), shape[axis])
-        steps[axis] = step
-    return starts, steps
+def _stored_output_shape(workload: Workload) -> tuple[int, ...]:
+    return workload.values[workload.node.outputs[0]].stored_shape
+
+
+def _stored_slice(workload: Workload) -> tuple[list[int], list[int]]:
+    """Slice's starts and steps per axis of the stored arrays: on blocked values, whole blocks of
+    channels (slice_keeps_blocks holds) and every lane of each."""
+    bounds = slice_starts_steps(workload.as_graph(), workload.node)
+    assert bounds is not None  # matches() checked it
+    starts, steps = bounds
+    block = workload.block(workload.node.inputs[0])
+    if not block:
+        return starts, steps
+    return [starts[0], starts[1] // block, *starts[2:], 0], [*steps, 1]

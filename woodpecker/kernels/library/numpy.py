@@ -76,12 +76,16 @@ class NumpyImplementation(LibraryImplementation):
 
 
 def _relayout(source: Value, target: Value):
-    """Copy between plain NCHW and NCHW[b]c, both seen as (N, C/b, b, H, W) views (no temporary)."""
+    """Copy between NCHW and NCHW[b]c or between two blocks, each seen as (N, C/b, b, H, W) for the
+    target's b (no temporary to or from plain; one between two blocks)."""
     n, c, h, w = source.shape
-    b = source.block or target.block
+    b = target.block or source.block
 
     def split(array: np.ndarray, block: int) -> np.ndarray:
-        return array.transpose(0, 1, 4, 2, 3) if block else array.reshape(n, c // b, b, h, w)
+        if not block:
+            return array.reshape(n, c // b, b, h, w)
+        channels_first = array.transpose(0, 1, 4, 2, 3)  # (N, C/block, block, H, W)
+        return channels_first if block == b else channels_first.reshape(n, c // b, b, h, w)
 
     def relayout(inputs, outputs):
         np.copyto(split(outputs[0], target.block), split(inputs[0], source.block))
