@@ -3,7 +3,8 @@
 Usage: .venv/bin/python benchmarks/e2e.py [--models resnet18,hf:bert,...] [--batch 1] [--budget 6]
        [--out out/bench] [--rounds 3] [--reuse-plans]
 
-Models are torchvision names or Hugging Face transformers as `hf:<model_type>` (sequence 128).
+Models are torchvision names, timm models as `timm:<name>`, or Hugging Face transformers as
+`hf:<model_type>[:field=value,...]` (sequence 128).
 
 Every runtime is timed in its own process with the same thread count: ONNX Runtime,
 OpenVINO fp32, PyTorch eager and torch.compile (fp32 peers), OpenVINO bf16 (reported
@@ -50,7 +51,7 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.models.split(","):
+    for name in model_names(args.models):
         file_name = name.replace(":", "-")
         model = export_model(name, out / f"{file_name}.onnx")
         plan_dir = out / f"{file_name}-b{args.batch}.plan"
@@ -76,6 +77,18 @@ def main() -> None:
     if args.publish:
         path = publish(rows, args)
         print(f"written to {path}; render with benchmarks/results.py --readme")
+
+
+def model_names(text: str) -> list[str]:
+    """`resnet18,hf:vit:hidden_size=192,num_hidden_layers=6` as two names: an item that is only
+    field=value belongs to the transformers name before it."""
+    names: list[str] = []
+    for item in text.split(","):
+        if names and "=" in item and ":" not in item.partition("=")[0]:
+            names[-1] += "," + item
+        else:
+            names.append(item)
+    return names
 
 
 def publish(rows: list[dict], args: argparse.Namespace) -> Path:

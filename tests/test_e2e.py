@@ -28,7 +28,7 @@ def rel(a, b):
     return np.abs(a - b).max() / np.abs(b).max()
 
 
-@pytest.mark.parametrize(("name", "batch"), [("resnet18", 1), ("mobilenet_v2", 2)])
+@pytest.mark.parametrize(("name", "batch"), [("resnet18", 1), ("squeezenet1_1", 2)])
 def test_plan_matches_onnxruntime(name, batch, exported, records_path, tmp_path, rng):
     model = exported(name)
     plan = woodpecker.optimize(model, budget=1, batch=batch, records=records_path, progress=False)

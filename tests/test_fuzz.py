@@ -33,7 +33,7 @@ from woodpecker.plan.manifest import MANIFEST, write_manifest
 from woodpecker.plan.plan import Plan
 
 SEED = int(os.environ.get("WPK_FUZZ_SEED", "0"))
-MODEL_CASES, PLAN_CASES = 200, 100
+MODEL_CASES, PLAN_CASES = 100, 50
 CASE_TIMEOUT_S = 300  # a case still running after this long is a hang
 
 

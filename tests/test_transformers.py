@@ -94,3 +94,28 @@ def test_the_pytorch_peer_is_the_exported_model(name, exported):
         actual = model(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
     expected = session.run(None, feeds)[0]
     assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_bench_feeds_the_peers_token_ids(exported):
+    """Each peer gets int64 token ids below the vocabulary and a 0/1 mask, as the plan does."""
+    from woodpecker.bench import BenchSettings, bench
+
+    settings = BenchSettings(warmup=1, runs=2, min_seconds=0.0, rounds=1)
+    report = bench(exported["bert"], ["onnxruntime", "torch"], settings)
+    assert [(r["runtime"], r.get("error")) for r in report["results"]] == [("onnxruntime", None), ("torch", None)]
+
+
+def test_config_fields_in_the_model_name(tmp_path):
+    """`hf:<type>:field=value,...` sets config fields (a DeiT-tiny-sized ViT); an unknown field is one error."""
+    from woodpecker.errors import WoodpeckerError
+    from woodpecker.models import export_model, pytorch_source
+
+    path = export_model(
+        "hf:vit:hidden_size=32,num_hidden_layers=1,intermediate_size=64,image_size=32", tmp_path / "v.onnx"
+    )
+    assert '"hidden_size": 32' in pytorch_source(path) and '"image_size": 32' in pytorch_source(path)
+    with pytest.raises(WoodpeckerError, match="the vit config has no field 'hidden_sise'"):
+        export_model("hf:vit:hidden_sise=32", tmp_path / "w.onnx")
+    with pytest.raises(WoodpeckerError, match="is not field=value"):
+        export_model("hf:vit:hidden_size", tmp_path / "w.onnx")
+    assert not (tmp_path / "w.onnx").exists()

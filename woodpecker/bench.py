@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from woodpecker.errors import WoodpeckerError
@@ -126,29 +127,35 @@ def _over_rounds(runtime: str, runs: list[dict], batch: int) -> dict:
 
 
 def _with_batch(model: str, batch: int, directory: Path) -> tuple[str, dict]:
-    """A copy of the ONNX model with its inputs' batch fixed, for the ONNX peers to load, and its
-    inputs (name -> (shape, dtype)) for the peers' random feeds."""
+    """A copy of the ONNX model with its inputs' batch fixed, for the ONNX peers to load, and what
+    their random feeds need: the inputs (name -> (shape, dtype)) and the token-id bounds."""
     import onnx
 
-    from woodpecker.graph.onnx_import import load_onnx, with_static_inputs
+    from woodpecker.explore.verify import index_bounds
+    from woodpecker.graph.onnx_import import import_model, load_onnx, with_static_inputs
 
     path = directory / "model.onnx"
     proto = with_static_inputs(load_onnx(model), batch)
     weights = {t.name for t in proto.graph.initializer}
-    inputs = {
-        i.name: ([d.dim_value for d in i.type.tensor_type.shape.dim], "float32")
+    specs = {
+        i.name: (
+            [d.dim_value for d in i.type.tensor_type.shape.dim],
+            onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name,
+        )
         for i in proto.graph.input
         if i.name not in weights
     }
+    integers = any(np.dtype(dtype).kind in "iu" for _, dtype in specs.values())
+    bounds = index_bounds(import_model(proto)) if integers else {}
     onnx.save(proto, path, save_as_external_data=proto.ByteSize() > 2**31 - 2**26)  # protobuf's 2 GB limit
-    return str(path), inputs
+    return str(path), {"specs": specs, "bounds": bounds}
 
 
 def _run_isolated(
     runtime: str, path: str | None, batch: int, settings: BenchSettings, inputs: dict, scratch: Path
 ) -> dict:
     """`path`: the plan, the model with its batch fixed (ONNX peers) or what PyTorch builds (`pytorch_source`);
-    `inputs`: the peers' inputs (name -> (shape, dtype))."""
+    `inputs`: what the peers' random feeds need (`_with_batch`)."""
     if path is None:
         return {"runtime": runtime, "error": "model not exported by `wpk export` (PyTorch model unknown)"}
     args = {

@@ -78,7 +78,8 @@ def _prepare(runtime: str, path: str, inputs: dict, threads: int):
         plan = Plan.load(path)
         return plan.executor().run, plan.sample_feeds(seed=0)
     # Peers: `path` is the model with its batch fixed (ONNX), or what PyTorch builds (models.pytorch_source).
-    feeds = random_feeds({name: (tuple(shape), dtype) for name, (shape, dtype) in inputs.items()}, seed=0)
+    specs = {name: (tuple(shape), dtype) for name, (shape, dtype) in inputs["specs"].items()}
+    feeds = random_feeds(specs, seed=0, bounds=inputs["bounds"])
     if runtime == "onnxruntime":
         import onnxruntime as ort
 

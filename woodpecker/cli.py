@@ -123,9 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_inspect)
 
-    p = sub.add_parser("export", help="export a torchvision or Hugging Face model with random weights to ONNX")
+    p = sub.add_parser("export", help="export a torchvision, timm or Hugging Face model with random weights to ONNX")
     p.add_argument(
-        "name", help="torchvision: resnet18, mobilenet_v2, ...; Hugging Face transformers: hf:bert, hf:vit, ..."
+        "name",
+        help="torchvision: resnet18, mobilenet_v2, ...; timm: timm:ghostnet_100, ...; "
+        "Hugging Face transformers: hf:bert, hf:vit, ...",
     )
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--seq", type=int, default=128, help="sequence length of a text model (default 128)")

@@ -1,4 +1,4 @@
-"""Export torchvision and Hugging Face transformers models (random weights, nothing from a hub) to ONNX."""
+"""Export torchvision, timm and Hugging Face transformers models (random weights, nothing from a hub) to ONNX."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from woodpecker.errors import WoodpeckerError
 from woodpecker.output_files import umask
 
 TORCHVISION_KEY = "woodpecker.torchvision_model"
+TIMM_KEY = "woodpecker.timm_model"
 TRANSFORMERS_KEY = "woodpecker.transformers_model"
 TRANSFORMERS_CONFIG_KEY = "woodpecker.transformers_config"  # the fields that differ from the default config
 HF_PREFIX = "hf:"  # model names of Hugging Face transformers (`wpk export hf:bert`)
+TIMM_PREFIX = "timm:"  # model names of timm (`wpk export timm:ghostnet_100`)
 KNOWN_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vgg16", "squeezenet1_1")
 
 
@@ -36,6 +38,28 @@ def export_torchvision(name: str, path: str | Path, batch: int = 1, opset: int =
         {"input": {0: "batch"}, "output": {0: "batch"}},
         {TORCHVISION_KEY: name},
     )
+
+
+def export_timm(name: str, path: str | Path, opset: int = 17, seed: int = 0) -> Path:
+    """Write `timm.create_model(name, pretrained=False)` as ONNX with a dynamic batch dimension, at
+    the input size of the model's default configuration."""
+    import torch
+
+    model = build_timm(name, seed)
+    size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    dynamic = {"input": {0: "batch"}, "output": {0: "batch"}}
+    return _export(model, (torch.randn(1, *size),), ["input"], path, opset, dynamic, {TIMM_KEY: name})
+
+
+def build_timm(name: str, seed: int = 0):
+    """The timm model with random weights (none all zero), in inference mode."""
+    import timm
+    import torch
+
+    if name not in timm.list_models():
+        raise WoodpeckerError(f"timm has no model '{name}' (e.g. ghostnet_100, cspresnet50, poolformer_s12)")
+    torch.manual_seed(seed)
+    return _nonzero(timm.create_model(name, pretrained=False).eval())
 
 
 def export_transformers(
@@ -71,6 +95,9 @@ def build_transformers(model_type: str, seed: int = 0, **config: object):
         raise WoodpeckerError(
             f"transformers has no model type '{model_type}' (e.g. bert, distilbert, roberta, vit, deit)"
         ) from None
+    unknown = [key for key in config if not hasattr(transformers.AutoConfig.for_model(model_type), key)]
+    if unknown:  # the config would keep them as unused attributes
+        raise WoodpeckerError(f"the {model_type} config has no field {', '.join(map(repr, unknown))}")
     torch.manual_seed(seed)
     model = _nonzero(transformers.AutoModel.from_config(settings).eval())
     names = ["pixel_values"] if hasattr(settings, "image_size") else ["input_ids", "attention_mask"]
@@ -78,18 +105,40 @@ def build_transformers(model_type: str, seed: int = 0, **config: object):
 
 
 def export_model(name: str, path: str | Path, seq: int = 128) -> Path:
-    """`export_transformers` for `hf:<model_type>`, else `export_torchvision`."""
+    """`export_transformers` for `hf:<model_type>[:field=value,...]` (config fields: `hf:vit:hidden_size=192`),
+    `export_timm` for `timm:<name>`, else `export_torchvision`."""
     if name.startswith(HF_PREFIX):
-        return export_transformers(name[len(HF_PREFIX) :], path, seq=seq)
+        model_type, _, fields = name[len(HF_PREFIX) :].partition(":")
+        return export_transformers(model_type, path, seq=seq, **_config_fields(fields))
+    if name.startswith(TIMM_PREFIX):
+        return export_timm(name[len(TIMM_PREFIX) :], path)
     return export_torchvision(name, path)
 
 
+def _config_fields(text: str) -> dict[str, object]:
+    """`a=1,b=gelu` as {"a": 1, "b": "gelu"}: numbers and true/false parsed as JSON, the rest strings."""
+    fields: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise WoodpeckerError(f"config field '{item}' is not field=value (e.g. hf:vit:hidden_size=192)")
+        try:
+            fields[key.strip()] = json.loads(value)
+        except ValueError:
+            fields[key.strip()] = value
+    return fields
+
+
 def pytorch_source(model_path: str | Path) -> str | None:
-    """What the PyTorch peers build for a model exported here: its torchvision name, or for a
-    transformers model `hf:` and a JSON object of its type and config fields; None for other files."""
+    """What the PyTorch peers build for a model exported here: its torchvision name, `timm:` and its
+    timm name, or for a transformers model `hf:` and a JSON object of its type and config fields;
+    None for other files."""
     name = torchvision_name(model_path)
     if name is not None:
         return name
+    name = _exported_as(model_path, (TIMM_KEY,))
+    if name is not None:
+        return TIMM_PREFIX + name
     model_type = _exported_as(model_path, (TRANSFORMERS_KEY,))
     if model_type is None:
         return None
@@ -103,6 +152,8 @@ def build_pytorch(source: str):
         described = json.loads(source[len(HF_PREFIX) :])
         model, names, _ = build_transformers(described["model_type"], **described["config"])
         return model, names
+    if source.startswith(TIMM_PREFIX):
+        return build_timm(source[len(TIMM_PREFIX) :]), None
     import torchvision
 
     return getattr(torchvision.models, source)(weights=None).eval(), None
@@ -180,8 +231,8 @@ def torchvision_name(model_path: str | Path) -> str | None:
 
 
 def exported_name(model_path: str | Path) -> str | None:
-    """The model an ONNX file was exported from by either exporter here, if any."""
-    return _exported_as(model_path, (TORCHVISION_KEY, TRANSFORMERS_KEY))
+    """The model an ONNX file was exported from by an exporter here, if any."""
+    return _exported_as(model_path, (TORCHVISION_KEY, TIMM_KEY, TRANSFORMERS_KEY))
 
 
 def _exported_as(model_path: str | Path, keys: tuple[str, ...]) -> str | None:
