@@ -219,6 +219,20 @@ def test_elementwise_ops_of_every_type(op, dtypes, out_dtype, attrs, rng):
     assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
 
 
+@pytest.mark.parametrize("bounds", [(0.0, 6.0), (-0.5, None), (None, None)])
+def test_clip_on_its_own(bounds):
+    """ReLU6 after a squeeze-and-excitation scale (ReXNet), one bound or none: bounds as constant inputs."""
+    names = [f"b{k}" if bound is not None else "" for k, bound in enumerate(bounds)]
+    model = make_model(
+        [helper.make_node("Clip", ["x", *names], ["y"])],
+        [tensor("x", [2, 12, 9, 5])],
+        [tensor("y", [2, 12, 9, 5])],
+        [const(n, np.float32(bound)) for n, bound in zip(names, bounds) if n],
+    )
+    graph = import_model(model)
+    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.elementwise", n_configs=2)
+
+
 @pytest.mark.parametrize("exponent", [3.0, 2.0])
 def test_pow_by_a_constant(exponent):
     """GPT-2's GELU: x^3; and the square and square root of normalizations spelled out."""

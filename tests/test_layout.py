@@ -281,6 +281,37 @@ def test_activations_of_modern_cnns_keep_values_blocked(activation, rng):
     assert workload.blocked and registry.get("halide.elementwise").matches(workload)
 
 
+def test_relu6_after_a_squeeze_and_excitation_scale_stays_blocked(rng):
+    """ReXNet: Conv, depthwise Conv, squeeze-and-excitation scale, Clip(0, 6), Conv; blocked throughout."""
+    shapes = ((24, 8, 1, 1), (24, 1, 3, 3), (8, 24, 1, 1), (24, 8, 1, 1), (16, 24, 1, 1))
+    weights = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "pw0"], ["e"]),
+            helper.make_node("Conv", ["e", "dw"], ["a"], pads=[1] * 4, group=24),
+            helper.make_node("GlobalAveragePool", ["a"], ["p"]),
+            helper.make_node("Conv", ["p", "se0"], ["r"]),
+            helper.make_node("Relu", ["r"], ["q"]),
+            helper.make_node("Conv", ["q", "se1"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["s"]),
+            helper.make_node("Mul", ["a", "s"], ["m"]),
+            helper.make_node("Clip", ["m", "lo", "hi"], ["c"]),
+            helper.make_node("Conv", ["c", "pw"], ["y"]),
+        ],
+        [tensor("x", [1, 8, 8, 8])],
+        [tensor("y", [1, 16, 8, 8])],
+        [
+            *(const(n, w) for n, w in zip(("pw0", "dw", "se0", "se1", "pw"), weights)),
+            const("lo", np.float32(0)),
+            const("hi", np.float32(6)),
+        ],
+    )
+    graph = block_layout(optimize_graph(import_model(model)), 8)
+    assert [n.op for n in graph.nodes].count("Relayout") == 1 and graph.nodes[-1].op == "Relayout"  # the exit
+    workload = Workload.of(graph, next(n for n in graph.nodes if n.op == "Clip"))
+    assert workload.blocked and registry.get("halide.elementwise").matches(workload)
+
+
 def ghost_csp_model(rng, size=8):
     """Channel counts no vector width divides, as GhostNet and CSPNet have them: a ghost module
     (a 1x1 conv to 12 channels, a depthwise conv of those, both concatenated and sliced to all 24),

@@ -109,7 +109,8 @@ def clip_range(attrs: dict[str, Any]) -> tuple[float, float]:
     """A Clip's bounds; where the model gave none (stored as -+FLOAT_MAX), float32's extremes, which
     is what ONNX Runtime clamps +-Inf to."""
     largest = float(np.finfo(np.float32).max)
-    return max(attrs["clip_min"], -largest), min(attrs["clip_max"], largest)
+    low, high = attrs["clip_min"], attrs["clip_max"]
+    return -largest if low <= -FLOAT_MAX else low, largest if high >= FLOAT_MAX else high
 
 
 def halide_nonfinite(x, value, at_inf: float, at_minus_inf: float):

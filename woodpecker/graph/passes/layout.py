@@ -15,7 +15,7 @@ Which ops keep a value blocked, and what they need:
   follow their input); a grouped Conv too when whole input blocks hold each output block's groups;
   a FusedGroupNorm when whole blocks make each group;
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
-- element-wise ops on same-shape inputs: blocked when an input is;
+- element-wise ops on same-shape inputs (and scalar constants: Clip's bounds): blocked when an input is;
 - Concat over channels: blocked when an input is, in the widest block that divides every part
   (GhostNet's 12 + 12 channels in blocks of 4);
 - Slice of whole channel blocks (CSPNet's halves), any start and positive step on H and W:
@@ -36,7 +36,7 @@ from woodpecker.ops.fused import GROUP_NORM
 ELEMENTWISE_OPS = (
     *("Add", "Sub", "Mul", "Div", "Max", "Min"),
     *("Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Exp", "Neg", "Abs"),
-    *("LeakyRelu", "Elu", "Softplus", "Softsign", "Erf", "Sqrt", "Reciprocal"),
+    *("LeakyRelu", "Elu", "Softplus", "Softsign", "Erf", "Sqrt", "Reciprocal", "Clip"),
 )
 CHANNELWISE_OPS = ("Add", "Sub", "Mul", "Div")
 TO_CHANNEL_LAST, TO_CHANNEL_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]  # Transposes that move whole channel vectors
@@ -181,9 +181,9 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
     full = channelwise_input(graph, node)
     if full is not None and current[full]:
         return [0 if n in graph.constants else out_block for n in node.inputs], out_block
-    shapes = {v.shape for v in values if v is not None}
-    same_shape = shapes == {outputs[0].shape} and all(n not in graph.constants for n in node.inputs if n)
-    if node.op in ELEMENTWISE_OPS and same_shape and any(current):
+    arrays = [n for n in node.inputs if n and not (n in graph.constants and graph.constants[n].size == 1)]
+    same_shape = all(n not in graph.constants and graph.shape(n) == outputs[0].shape for n in arrays)
+    if node.op in ELEMENTWISE_OPS and same_shape and any(current):  # scalar constants: Clip's bounds
         follow = next(c for c in current if c)  # the first blocked input's block
         return [follow] * len(values), follow
     return plain, 0

@@ -95,8 +95,8 @@ UNARY = {  # float32; NaN passes through, +-Inf as ONNX Runtime maps it
     "IsNaN": lambda a, _: halide_is_nan(a),
     "IsInf": lambda a, attrs: _is_inf(a, attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)),
 }
-# Clip reads its bounds from constant inputs: it runs here only fused into a Conv/Gemm.
-ACTIVATIONS = tuple(op for op in activations.UNARY_ACTIVATIONS if op != "Clip")
+# Clip's bounds are plan-time constants (optional inputs 1 and 2): only its input is an operand.
+ACTIVATIONS = tuple(activations.UNARY_ACTIVATIONS)
 ARITY = {
     **dict.fromkeys((*FLOAT_BINARY, "Pow"), 2),
     **dict.fromkeys(COMPARISONS, 2),
@@ -130,12 +130,21 @@ class HalideElementwise(HalideImplementation):
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
+        if node.op == "Clip":
+            bounded = activations.of_node(node, workload.constants) is not None
+            return bounded and workload.dynamic_inputs == [node.inputs[0]] and self._matches_operands(workload, 1)
         if node.op not in ARITY or len(node.inputs) != ARITY[node.op] or not workload.dynamic_inputs:
             return False
-        dtypes = {workload.values[n].dtype for n in (*node.inputs, *node.outputs)}
+        return self._matches_operands(workload, len(node.inputs))
+
+    def _matches_operands(self, workload: Workload, count: int) -> bool:
+        """Whether the node's first `count` inputs (its operands) and its output have a kernel here."""
+        node = workload.node
+        operands = node.inputs[:count]
+        dtypes = {workload.values[n].dtype for n in (*operands, *node.outputs)}
         if not dtypes <= set(HALIDE_TYPES) or len(workload.blocks) != 1:  # one layout
             return False
-        if _float_only(node.op) and {workload.values[n].dtype for n in node.inputs} != {"float32"}:
+        if _float_only(node.op) and {workload.values[n].dtype for n in operands} != {"float32"}:
             return False
         if dtypes != {"float32"} and workload.blocked:
             return False
@@ -146,9 +155,9 @@ class HalideElementwise(HalideImplementation):
                 workload.constants[n].size == 1
                 if n in workload.constants
                 else workload.shape(n) == workload.output_shape
-                for n in node.inputs
+                for n in operands
             )
-        return all(broadcasts_to(workload.shape(n), workload.output_shape) for n in node.inputs)
+        return all(broadcasts_to(workload.shape(n), workload.output_shape) for n in operands)
 
     def space(self, workload: Workload) -> ConfigSpace:
         size = int(workload.values[workload.node.outputs[0]].size)
@@ -159,13 +168,14 @@ class HalideElementwise(HalideImplementation):
 
     def define(self, workload: Workload, config: Config) -> Definition:
         node, out_shape = workload.node, workload.output_shape
-        arrays = [n for n in node.inputs if not (n in workload.constants and workload.constants[n].size == 1)]
+        operands = node.inputs[:1] if node.op == "Clip" else node.inputs
+        arrays = [n for n in operands if not (n in workload.constants and workload.constants[n].size == 1)]
         # Flat when every array operand is shaped like the output; else indexed per axis, an
         # operand's size-1 axes read at 0 (NumPy broadcasting; Halide sees the axes reversed).
         flat = all(workload.shape(n) == out_shape for n in arrays)
         dims = [hl.Var(f"d{k}") for k in range(1 if flat else len(out_shape))]
         runtime, constant_params, constants, values = [], [], [], []  # values: one per node input
-        for name in node.inputs:
+        for name in operands:
             dtype = workload.values[name].dtype
             if name not in arrays:  # a scalar constant, baked into the code
                 values.append(hl.cast(HALIDE_TYPES[dtype], np.ravel(workload.constants[name])[0].item()))
@@ -200,7 +210,7 @@ class HalideElementwise(HalideImplementation):
         elif op == "Cast":
             out[dims] = _cast(values[0], HALIDE_TYPES[workload.values[node.outputs[0]].dtype])
         else:
-            out[dims] = activations.halide(activations.of_node(node, {}), *values)
+            out[dims] = activations.halide(activations.of_node(node, workload.constants), values[0])
 
         # How to schedule it
         size = int(np.prod(out_shape))
