@@ -1,5 +1,6 @@
 """Each generated kernel family against ONNX Runtime on random shapes, over several configurations."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -523,10 +524,25 @@ def test_pad(pads, mode, value, rng):
     ],
 )
 def test_resize(mode, coordinates, nearest, scales, out_hw):
+    assert_kernel_family(resize_workload(mode, coordinates, nearest, scales, out_hw), "halide.resize", n_configs=2)
+
+
+@pytest.mark.parametrize(("mode", "nearest"), [("nearest", "floor"), ("linear", None)])
+def test_resize_on_blocked_values(mode, nearest):
+    """HRNet's upsampled branches: a vector of a block's channels per output pixel."""
+    workload = resize_workload(mode, "asymmetric", nearest, [1, 1, 2, 2], (12, 14), channels=8)
+    blocked = dataclasses.replace(
+        workload,
+        values={n: dataclasses.replace(v, block=4 if len(v.shape) == 4 else 0) for n, v in workload.values.items()},
+    )
+    assert_kernel_family(blocked, "halide.resize", n_configs=1)
+
+
+def resize_workload(mode, coordinates, nearest, scales, out_hw, channels=3):
     attrs = {"mode": mode, "coordinate_transformation_mode": coordinates}
     if nearest:
         attrs["nearest_mode"] = nearest
-    out_shape = [2, 3, *out_hw]
+    out_shape = [2, channels, *out_hw]
     if scales is not None:
         inits = [const("roi", np.array([], np.float32)), const("scales", np.array(scales, np.float32))]
         names = ["x", "roi", "scales"]
@@ -534,8 +550,8 @@ def test_resize(mode, coordinates, nearest, scales, out_hw):
         inits = [const("sizes", np.array(out_shape, np.int64))]
         names = ["x", "", "", "sizes"]
     node = helper.make_node("Resize", names, ["y"], **attrs)
-    graph = import_model(make_model([node], [tensor("x", [2, 3, 6, 7])], [tensor("y", out_shape)], inits))
-    assert_kernel_family(Workload.of(graph, graph.nodes[0]), "halide.resize", n_configs=2)
+    graph = import_model(make_model([node], [tensor("x", [2, channels, 6, 7])], [tensor("y", out_shape)], inits))
+    return Workload.of(graph, graph.nodes[0])
 
 
 def test_the_shared_runtime_builds_in_an_empty_cache(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from woodpecker import api
 from woodpecker.graph.onnx_import import import_model, load_onnx, with_static_inputs
 from woodpecker.graph.passes import optimize_graph
+from woodpecker.graph.passes.layout import RESHAPE_OPS
 from woodpecker.kernels import registry
-from woodpecker.kernels.library.numpy import RESHAPES
 from woodpecker.kernels.workload import Workload
 from woodpecker.plan.choice import Choice
 from woodpecker.runtime.executor import Executor
@@ -36,7 +36,7 @@ def per_node_choices(graph, elementwise_config=None):
     for node in graph.nodes:
         workload = Workload.of(graph, node)
         impl = next((i for i in registry.candidates(workload, ()) if i.capabilities.compiled), None)
-        if node.op in RESHAPES or (node.op == "Concat" and registry.get("numpy").matches(workload)):
+        if node.op in RESHAPE_OPS or (node.op == "Concat" and registry.get("numpy").matches(workload)):
             choices.append(Choice(node.name, "numpy", {}, "library"))
         elif impl is None:
             choices.append(Choice(node.name, "onnxruntime", {}, "library"))
@@ -58,8 +58,8 @@ def test_live_values_never_share_memory_on_real_models(name, layout, exported, r
     executor = Executor(graph, per_node_choices(graph))
     steps, buffers = executor.steps, executor.buffers
     # Lifetimes recomputed here from the steps and the graph, independently of the executor's planner.
-    views = {n.outputs[0]: n.inputs[0] for n in graph.nodes if n.op in RESHAPES}
-    assert views and not any(s.node in {n.name for n in graph.nodes if n.op in RESHAPES} for s in steps)
+    views = {n.outputs[0]: n.inputs[0] for n in graph.nodes if n.op in RESHAPE_OPS}
+    assert views and not any(s.node in {n.name for n in graph.nodes if n.op in RESHAPE_OPS} for s in steps)
     # SqueezeNet's Concats need no step: their inputs are written into slices of their outputs.
     concats = [n for n in graph.nodes if n.op == "Concat"]
     assert not any(s.node in {n.name for n in concats} for s in steps)

@@ -15,6 +15,7 @@ from woodpecker.graph.passes import (
     fold_batchnorm,
     fold_constants,
     fold_pad,
+    fuse_channel_shuffle,
     fuse_epilogue,
     optimize_graph,
     remove_identity,
@@ -296,4 +297,24 @@ def test_split_becomes_one_slice_per_output(sizes, rng):
     graph = import_model(model)
     out = canonicalize(graph)
     assert [n.op for n in out.nodes] == ["Slice"] * len(parts)
+    assert_same_function(graph, out, rng)
+
+
+def test_channel_shuffle_becomes_one_gather_of_channels(rng):
+    """ShuffleNet's Reshape -> Transpose -> Reshape on 5-D values is a permutation of the channels."""
+    shape = [2, 12, 3, 5]
+    inits = [const("grouped", np.array([2, 3, 4, 3, 5])), const("flat", np.array(shape))]
+    model = make_model(
+        [
+            helper.make_node("Reshape", ["x", "grouped"], ["g"]),
+            helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+            helper.make_node("Reshape", ["t", "flat"], ["y"]),
+        ],
+        [tensor("x", shape)],
+        [tensor("y", shape)],
+        inits,
+    )
+    graph = import_model(model)
+    out = fuse_channel_shuffle(graph)
+    assert [n.op for n in out.nodes] == ["Gather"]
     assert_same_function(graph, out, rng)

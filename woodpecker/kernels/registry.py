@@ -33,6 +33,7 @@ WHERE: dict[str, Entry] = {
     "halide.elementwise": Entry("woodpecker.kernels.halide.elementwise", "HalideElementwise", HALIDE),
     "halide.channelwise": Entry("woodpecker.kernels.halide.channelwise", "HalideChannelwise", HALIDE),
     "halide.data_movement": Entry("woodpecker.kernels.halide.data_movement", "HalideDataMovement", HALIDE),
+    "halide.channel_copy": Entry("woodpecker.kernels.halide.channel_copy", "HalideChannelCopy", HALIDE),
     "halide.normalization": Entry("woodpecker.kernels.halide.normalization", "HalideNormalization", HALIDE),
     "halide.batched_matmul": Entry("woodpecker.kernels.halide.batched_matmul", "HalideBatchedMatmul", HALIDE),
     "halide.resize": Entry("woodpecker.kernels.halide.resize", "HalideResize", HALIDE),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from woodpecker.graph.ir import Graph
 from woodpecker.graph.passes.canonicalize import canonicalize
+from woodpecker.graph.passes.channel_shuffle import fuse_channel_shuffle
 from woodpecker.graph.passes.eliminate_common import eliminate_common
 from woodpecker.graph.passes.eliminate_dead import eliminate_dead
 from woodpecker.graph.passes.fold_batchnorm import fold_batchnorm
@@ -27,6 +28,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     fold_constants,
     canonicalize,
     remove_identity,  # again: canonicalize turns no-op Pads into Identity
+    fuse_channel_shuffle,
     eliminate_common,
     fold_pad,
     fold_batchnorm,
@@ -67,6 +69,7 @@ __all__ = [
     "fold_pad",
     "fold_scale",
     "fuse_attention",
+    "fuse_channel_shuffle",
     "fuse_depthwise",
     "fuse_epilogue",
     "fuse_expand",

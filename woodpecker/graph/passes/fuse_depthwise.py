@@ -31,7 +31,10 @@ def fuse_depthwise(graph: Graph) -> Graph:
         depthwise = producers.get(pointwise.inputs[0])
         if depthwise is None or not is_depthwise(out, depthwise) or not out.single_use(depthwise.outputs[0], consumers):
             continue
-        if not _blocked_alike(out, depthwise.inputs[0], depthwise.outputs[0]):
+        if (
+            not _blocked_alike(out, depthwise.inputs[0], depthwise.outputs[0])
+            or not out.values[pointwise.outputs[0]].block
+        ):
             continue
         inputs = list(pointwise.inputs) + [""] * (DEPTHWISE_BIAS + 1 - len(pointwise.inputs))
         inputs[0] = depthwise.inputs[0]

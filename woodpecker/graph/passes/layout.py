@@ -8,18 +8,23 @@ from one kernel to the next and are converted (by a Relayout node) only where an
 blocked kernel, or where the graph enters and leaves.
 
 Which ops keep a value blocked, and what they need:
-- Conv with groups 1: reads its input plain or blocked, writes blocked when b divides its
-  output channels; a fused residual input must be blocked like the output, a fused input
-  scale like the input;
-- depthwise Conv, MaxPool, AveragePool, BatchNormalization: blocked in, blocked out (they
-  follow their input); a grouped Conv too when whole input blocks hold each output block's groups;
-  a FusedGroupNorm when whole blocks make each group;
+- Conv with groups 1: reads its input plain or blocked, writes blocked when a block divides its
+  output channels, else plain (with no fused residual); a fused residual input must be blocked
+  like the output, a fused input scale like the input;
+- depthwise Conv, MaxPool, AveragePool, BatchNormalization, and a Resize of H and W (HRNet's
+  and FPN's upsampling): blocked in, blocked out (they follow their input); a grouped Conv too
+  when whole input blocks hold each output block's groups; a FusedGroupNorm when whole blocks
+  make each group;
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
+- Reshape, Flatten, Squeeze, Unsqueeze of a blocked (N, C, 1, 1) value: read it as it is (its
+  bytes are those of the plain value) and write plain, as views (a classifier head's Flatten);
 - element-wise ops on same-shape inputs (and scalar constants: Clip's bounds): blocked when an input is;
-- Concat over channels: blocked when an input is, in the widest block that divides every part
-  (GhostNet's 12 + 12 channels in blocks of 4);
-- Slice of whole channel blocks (CSPNet's halves), any start and positive step on H and W:
-  follows its input;
+- Concat over channels: in place when its parts share the widest block that divides them all
+  (GhostNet's 12 + 12 channels in blocks of 4); else it reads each part as it comes and writes
+  a block when a part is blocked or a reader takes blocked values (GhostNet-050's 18 + 18);
+- Slice with forward steps: follows its input when it takes whole channel blocks (CSPNet's
+  halves); else it reads its input as it comes and writes as Concat does (ReXNet's shortcut
+  added to the first channels), as does a Gather of channels (ShuffleNet's channel shuffle);
 - Transpose NCHW -> NHWC reads blocked, NHWC -> NCHW writes blocked (whole channel vectors move);
 - Add/Sub/Mul/Div of a feature map and one value per channel (a squeeze-and-excitation
   scale (N, C, 1, 1), or a constant): blocked when the feature map is.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 from woodpecker.graph.ir import Graph, Node, Value, broadcasts_to
 from woodpecker.graph.passes.canonicalize import slice_starts_steps
+from woodpecker.ops.conv import RESIDUAL
 from woodpecker.ops.fused import GROUP_NORM
 
 ELEMENTWISE_OPS = (
@@ -42,6 +48,7 @@ CHANNELWISE_OPS = ("Add", "Sub", "Mul", "Div")
 TO_CHANNEL_LAST, TO_CHANNEL_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]  # Transposes that move whole channel vectors
 FOLLOW_INPUT_OPS = ("MaxPool", "AveragePool", "BatchNormalization")
 GLOBAL_POOL_OPS = ("GlobalAveragePool", "GlobalMaxPool")
+RESHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")  # same bytes, new shape
 
 
 def block_layout(graph: Graph, block: int) -> Graph:
@@ -61,8 +68,9 @@ def block_layout(graph: Graph, block: int) -> Graph:
             converted[(name, wanted)] = copy
         return converted[(name, wanted)]
 
+    readers = graph.consumers()
     for node in graph.nodes:
-        wanted_inputs, output_block = _decide(out, node, block)
+        wanted_inputs, output_block = _decide(out, node, block, readers)
         inputs = tuple(as_block(n, b) if n else n for n, b in zip(node.inputs, wanted_inputs))
         for name in node.outputs:
             if name and output_block:
@@ -87,7 +95,8 @@ def _convs_write_as_read(graph: Graph) -> Graph:
             producer is None
             or producer.op != "Conv"
             or producer.attrs.get("group", 1) != 1
-            or len(producer.inputs) > 3
+            or len(producer.inputs) > RESIDUAL
+            and producer.inputs[RESIDUAL]  # stored like the output
             or name in graph.outputs
         ):
             continue
@@ -109,7 +118,10 @@ def _convs_write_as_read(graph: Graph) -> Graph:
 
 def _reads_any_block(node: Node, name: str) -> bool:
     """Whether `node` is a Conv (groups 1, no input scale) that reads `name` only as its input,
-    which it takes in any block (its weights are packed for the block it finds)."""
+    which it takes in any block (its weights are packed for the block it finds), or a Concat
+    or Slice (kernels/halide/channel_copy.py copies from any block)."""
+    if node.op in ("Concat", "Slice"):
+        return node.op == "Concat" or node.inputs[0] == name and name not in node.inputs[1:]
     is_conv = node.op == "Conv" and node.attrs.get("group", 1) == 1 and len(node.inputs) <= 4
     return is_conv and node.inputs[0] == name and name not in node.inputs[1:]
 
@@ -138,13 +150,13 @@ def slice_keeps_blocks(graph: Graph, node: Node, block: int) -> bool:
     return steps[1] == 1 and starts[1] % block == 0 and size % block == 0 and min(steps) > 0
 
 
-def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
+def _decide(graph: Graph, node: Node, block: int, readers: dict[str, list[Node]]) -> tuple[list[int], int]:
     """The block each input must have and the block the outputs get (0: plain)."""
     values = [graph.values[n] if n else None for n in node.inputs]
     current = [v.block if v is not None else 0 for v in values]
     plain = [0] * len(values)
     outputs = [graph.values[n] for n in node.outputs if n]
-    if node.op in GLOBAL_POOL_OPS:
+    if node.op in GLOBAL_POOL_OPS or node.op in RESHAPE_OPS and current[0] and is_one_by_one(values[0]):
         return current, 0
     if node.op == "Transpose" and len(values[0].shape) == 4:
         perm = list(node.attrs.get("perm", ()))
@@ -152,8 +164,12 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
             return current, 0
         if perm == TO_CHANNEL_FIRST:  # reads plain, writes blocked
             return plain, block_of(outputs[0], block)
+    if _copies_channels(graph, node):
+        return _copy_blocks(graph, node, block, readers)
     out_block = block_of(outputs[0], block) if len(outputs) == 1 else 0
     if not out_block:
+        if node.op == "Conv" and node.attrs.get("group", 1) == 1 and not node.attrs.get("residual"):
+            return _conv_blocks(current[0], 0, len(values)), 0  # blocked in, plain out (ReXNet's 38 channels)
         return plain, 0
     if node.op == "Conv":
         group = node.attrs.get("group", 1)
@@ -165,28 +181,92 @@ def _decide(graph: Graph, node: Node, block: int) -> tuple[list[int], int]:
         if current[0] and grouped_span(values[0].shape[1], outputs[0].shape[1], group, out_block, out_block):
             return _conv_blocks(out_block, out_block, len(values)), out_block
         return plain, 0
-    if node.op in FOLLOW_INPUT_OPS:
+    if node.op in FOLLOW_INPUT_OPS or node.op == "Resize" and is_spatial_resize(graph, node):
         return [current[0], *plain[1:]], current[0]
-    if node.op == "Slice":
-        follow = current[0] if slice_keeps_blocks(graph, node, current[0]) else 0
-        return [follow, *plain[1:]], follow
-    if node.op == "Concat" and node.attrs.get("axis") in (1, -3) and any(current):
-        parts = common_block([v.shape[1] for v in values], block)
-        if parts and all(len(v.shape) == 4 for v in values) and not any(n in graph.constants for n in node.inputs):
-            return [parts] * len(values), parts  # concatenated stored arrays need one block
     if node.op == GROUP_NORM:  # blocked when whole blocks make each group
         group = values[0].shape[1] // node.attrs["groups"]
         follow = current[0] if current[0] and group % current[0] == 0 else 0
         return [follow, *plain[1:]], follow
     full = channelwise_input(graph, node)
-    if full is not None and current[full]:
-        return [0 if n in graph.constants else out_block for n in node.inputs], out_block
+    if full is not None and current[full]:  # the per-channel values follow the feature map
+        return [0 if n in graph.constants else current[full] for n in node.inputs], current[full]
     arrays = [n for n in node.inputs if n and not (n in graph.constants and graph.constants[n].size == 1)]
     same_shape = all(n not in graph.constants and graph.shape(n) == outputs[0].shape for n in arrays)
     if node.op in ELEMENTWISE_OPS and same_shape and any(current):  # scalar constants: Clip's bounds
         follow = next(c for c in current if c)  # the first blocked input's block
         return [follow] * len(values), follow
     return plain, 0
+
+
+def is_spatial_resize(graph: Graph, node: Node) -> bool:
+    """A Resize of H and W only, nearest or linear, with constant scales or sizes."""
+    attrs, shape = node.attrs, graph.shape(node.inputs[0])
+    return (
+        len(shape) == 4
+        and graph.shape(node.outputs[0])[:2] == shape[:2]
+        and all(n in graph.constants for n in node.inputs[1:] if n)
+        and attrs.get("mode", "nearest") in ("nearest", "linear")
+        and not attrs.get("antialias", 0)
+        and attrs.get("keep_aspect_ratio_policy", "stretch") == "stretch"
+        and "axes" not in attrs
+    )
+
+
+def is_one_by_one(value: Value) -> bool:
+    """Whether a value is (N, C, 1, 1): blocked, its bytes are those of the plain value."""
+    return len(value.shape) == 4 and value.shape[2:] == (1, 1)
+
+
+def _copies_channels(graph: Graph, node: Node) -> bool:
+    """A Concat over channels of 4-D float32 values, a Slice of one with forward steps, or a Gather of its channels."""
+    if node.op == "Concat":
+        parts = [graph.values[n] for n in node.inputs]
+        four_d = all(len(v.shape) == 4 and v.dtype == "float32" and v.name not in graph.constants for v in parts)
+        return node.attrs.get("axis") in (1, -3) and four_d
+    value = graph.values[node.inputs[0]]
+    if len(value.shape) != 4 or value.dtype != "float32" or value.name in graph.constants:
+        return False
+    if node.op == "Slice":
+        bounds = slice_starts_steps(graph, node)
+        return bounds is not None and min(bounds[1]) > 0
+    return node.op == "Gather" and is_channel_gather(graph, node)
+
+
+def is_channel_gather(graph: Graph, node: Node) -> bool:
+    """A Gather over the channels of a 4-D value with constant 1-D indices (a channel permutation)."""
+    indices = graph.constants.get(node.inputs[1])
+    return node.attrs.get("axis", 0) in (1, -3) and indices is not None and indices.ndim == 1
+
+
+def _copy_blocks(graph: Graph, node: Node, block: int, readers: dict[str, list[Node]]) -> tuple[list[int], int]:
+    """Concat and Slice read their inputs as they come: whole blocks in one block stay so (a Concat
+    in place, a Slice of whole blocks); otherwise the copy writes the block its readers want
+    (kernels/halide/channel_copy.py), with no conversion before it."""
+    current = [graph.values[n].block if n else 0 for n in node.inputs]
+    output = graph.values[node.outputs[0]]
+    if node.op in ("Slice", "Gather"):
+        if node.op == "Slice" and slice_keeps_blocks(graph, node, current[0]):
+            return [current[0], *[0] * (len(current) - 1)], current[0]
+        wanted = current[0] or _read_blocked(graph, output.name, readers)
+        return [current[0], *[0] * (len(current) - 1)], block_of(output, block) if wanted else 0
+    same = all(c == current[0] for c in current)  # in place: the parts are slices of the output
+    if same and (current[0] or not _read_blocked(graph, output.name, readers)):
+        return current, current[0]
+    return current, common_block([graph.values[n].shape[1] for n in node.inputs], block) or block_of(output, block)
+
+
+def _read_blocked(graph: Graph, name: str, readers: dict[str, list[Node]]) -> bool:
+    """Whether a reader of `name` would take it blocked: a Conv, a pool, BatchNormalization (MixNet's
+    concatenated depthwise outputs), or an element-wise op with another input already blocked
+    (GhostNet's shortcut added to a concatenation). Not a copy: Swin's shifted windows, Slices
+    and Concats of channel-last values, stay plain."""
+    blocked_readers = ("Conv", "Resize", GROUP_NORM, *FOLLOW_INPUT_OPS, *GLOBAL_POOL_OPS)
+    return any(
+        r.op in blocked_readers
+        or r.op in ELEMENTWISE_OPS
+        and any(graph.values[i].block for i in r.inputs if i and i != name and i in graph.values)
+        for r in readers.get(name, [])
+    )
 
 
 def _conv_blocks(in_block: int, out_block: int, count: int) -> list[int]:

@@ -57,6 +57,17 @@ def _span(p: dict, in_block: int, block: int) -> int:
     return grouped_span(p["c_in"], p["c_out"], p["groups"], in_block, block)
 
 
+def _out_block(workload: Workload) -> int:
+    """The output's block, or for a plain output the vector width the kernel computes in (zero-padded)."""
+    return workload.block(workload.node.outputs[0]) or native_vector_width()
+
+
+def _plain_output(workload: Workload) -> bool:
+    """A plain output, computed in blocks a row at a time and stored a row at a time, channel after
+    channel: a Conv reading blocked values whose channels no block divides (ReXNet's 38, 61, ...)."""
+    return not workload.block(workload.node.outputs[0])
+
+
 def _can_widen(workload: Workload, p: dict) -> bool:
     """Output blocks of half a vector, which pairs of them fill (not depthwise: its input is per block)."""
     return p["groups"] == 1 and 2 * workload.block(workload.node.outputs[0]) == native_vector_width()
@@ -85,11 +96,14 @@ class HalideConv2dBlocked(HalideImplementation):
         if p["groups"] > 1:  # (no fused pool: its exact recomputation, see _exact_grouped, is per output pixel)
             ok = block > 0 and in_block > 0 and fused_ok and not node.attrs.get("pool")
             return ok and bool(_span(p, in_block, block))
-        return block > 0 and fused_ok  # any input block: `inner` adapts
+        # Any input block (`inner` adapts); a plain output from a blocked input, with no fused stage.
+        plain_ok = in_block > 0 and not any(node.attrs.get(a) for a in ("residual", "pool", "depthwise"))
+        return (block > 0 or plain_ok) and fused_ok
 
     def space(self, workload: Workload) -> ConfigSpace:
         p = conv_params(workload)
-        blocks = p["c_out"] // workload.block(workload.node.outputs[0])
+        blocks = -(-p["c_out"] // _out_block(workload))
+        plain = _plain_output(workload)
         padded = any(workload.node.attrs.get("pads", [0]))
         depthwise = _depthwise(p)
         widen = _can_widen(workload, p)
@@ -118,6 +132,7 @@ class HalideConv2dBlocked(HalideImplementation):
                 )
             return (
                 vectors_ok
+                and (not plain or cfg["parallel"] == "y" and not cfg["batch_inner"])
                 and rows_ok
                 and chunk_ok
                 and cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS
@@ -134,6 +149,8 @@ class HalideConv2dBlocked(HalideImplementation):
         elif not workload.block(workload.node.inputs[0]):  # the stem: 3 input channels make bounds checks cheap
             start = {**start, "padding": "select" if padded else "copy", "reduce_order": "k_inner"}
             starts = ((5, 2, "yk"), (3, 2, "k"), (tile_x, 2, "yk"), (3, 1, "y"))
+        if plain:  # rows in parallel, each computed whole before it is stored
+            starts = ((tile_x, 2, "y"), (4, 4, "y"), (tile_x, 1, "y"))
         if chunks:
             start = {**start, "chunk": 0, "chunk_rows": 0}
             if _weights_outgrow_rows(p):  # the whole image's accumulators, cores share out output blocks
@@ -172,7 +189,8 @@ class HalideConv2dBlocked(HalideImplementation):
     def define(self, workload: Workload, config: Config) -> Definition:
         node = workload.node
         p = conv_params(workload)
-        b, in_block = workload.block(node.outputs[0]), workload.block(node.inputs[0])
+        b, in_block = _out_block(workload), workload.block(node.inputs[0])
+        plain = _plain_output(workload)
         depthwise = _depthwise(p)
         has_residual = bool(node.attrs.get("residual"))
 
@@ -181,7 +199,7 @@ class HalideConv2dBlocked(HalideImplementation):
         # Wide: a vector is two blocks, output channels zero-padded to whole tiles of vectors.
         wide = bool(config.get("wide"))
         lanes = 2 * b if wide else b
-        vectors = -(-p["c_out"] // (lanes * config["tile_k"])) * config["tile_k"] if wide else p["c_out"] // b
+        vectors = -(-p["c_out"] // (lanes * config["tile_k"])) * config["tile_k"] if wide else -(-p["c_out"] // b)
         weight = _pad_channels(workload.constants[node.inputs[1]].astype(np.float32), vectors * lanes)
         inner = in_block or p["c_in"]  # input channels per step: a block, or all of a plain input
         span = p["c_in"] if depthwise else _span(p, in_block, b)  # input channels an output block reads
@@ -268,6 +286,10 @@ class HalideConv2dBlocked(HalideImplementation):
             )
         pool, pool_rows = node.attrs.get("pool"), config.get("pool_rows", 0)
         pooled = _pool_stage(out, pool, p, c, x, y, k, n) if pool else None
+        if plain:
+            channel = hl.Var("channel")
+            stored = hl.Func("plain")
+            stored[x, y, channel, n] = out[channel % b, x, y, channel / b, n]
 
         # How to schedule it: vectors of b output channels, a tile_x x tile_k register tile
         out.bound(c, 0, b)
@@ -321,6 +343,10 @@ class HalideConv2dBlocked(HalideImplementation):
             yo, yi = hl.Var("yo"), hl.Var("yi")
             pooled.split(y, yo, yi, pool_rows).reorder(c, x, yi, k, yo, n).parallel(yo)
             out.compute_at(pooled, yo)
+        elif plain:  # a row of blocks in cache, stored channel after channel (gathers along the row)
+            out.compute_at(stored, y)
+            stored.bound(channel, 0, p["c_out"]).reorder(x, channel, y, n).parallel(y)
+            stored.vectorize(x, b, hl.TailStrategy.GuardWithIf)
         elif fused_rows:
             out.fuse(rows[-1], outer[len(rows)], yk).parallel(yk)
         elif config["parallel"] == "k":  # each core streams its own weights once, rows reuse them from L2
@@ -353,7 +379,7 @@ class HalideConv2dBlocked(HalideImplementation):
             constants += [dw_weight, dw_bias]
             fix_layout(dw_w_param, dw_weight.shape)
             fix_layout(dw_b_param, dw_bias.shape)
-        return Definition(pooled if pool else out, params, constants)
+        return Definition(pooled if pool else stored if plain else out, params, constants)
 
 
 def _exact_grouped(workload: Workload, p: dict, out: hl.Func, source, raw, b_param, residual):
@@ -425,6 +451,7 @@ def _chunks(workload: Workload, p: dict) -> tuple[int, ...]:
     in_block = workload.block(workload.node.inputs[0])
     if (
         not in_block
+        or _plain_output(workload)
         or p["groups"] > 1
         or _can_widen(workload, p)
         or workload.node.attrs.get("depthwise")

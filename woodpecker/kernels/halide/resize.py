@@ -3,7 +3,8 @@
 Each output row and column maps back to a source coordinate (half_pixel, pytorch_half_pixel,
 asymmetric or align_corners), computed once at plan time into small index tables; nearest
 rounds it as `nearest_mode` says, linear blends the two neighbours per axis (coordinates clamped
-to the image, as ONNX Runtime does). The output row is vectorized.
+to the image, as ONNX Runtime does). The output row is vectorized; on blocked NCHW[b]c values
+(HRNet's and FPN's upsampled branches) a vector of b channels is.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import halide as hl
 import numpy as np
 
+from woodpecker.graph.passes.layout import is_spatial_resize
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import Definition, HalideImplementation, vector_widths
 from woodpecker.kernels.workload import Workload
@@ -24,24 +26,18 @@ class HalideResize(HalideImplementation):
     name = "halide.resize"
 
     def matches(self, workload: Workload) -> bool:
-        node = workload.node
-        if node.op != "Resize" or workload.blocked or not is_float32(workload) or len(workload.output_shape) != 4:
+        node, attrs = workload.node, workload.node.attrs
+        if node.op != "Resize" or not is_float32(workload) or not is_spatial_resize(workload.as_graph(), node):
             return False
-        if any(n in workload.dynamic_inputs for n in node.inputs[1:] if n):
-            return False  # roi, scales and sizes must be plan-time constants
-        attrs = node.attrs
-        in_shape, out_shape = workload.input_shape(0), workload.output_shape
         return (
-            in_shape[:2] == out_shape[:2]
-            and attrs.get("mode", "nearest") in ("nearest", "linear")
+            len(workload.blocks) == 1  # blocked alike, or plain
             and attrs.get("coordinate_transformation_mode", "half_pixel") in COORDINATE_MODES
             and attrs.get("nearest_mode", "round_prefer_floor") in NEAREST_MODES
-            and not attrs.get("antialias", 0)
-            and attrs.get("keep_aspect_ratio_policy", "stretch") == "stretch"
-            and "axes" not in attrs
         )
 
     def space(self, workload: Workload) -> ConfigSpace:
+        if workload.blocked:  # vectors of a block's channels
+            return ConfigSpace()
         width = workload.output_shape[3]
         return ConfigSpace((Knob("vec", (1, *vector_widths())),), lambda cfg: cfg["vec"] <= width)
 
@@ -50,8 +46,14 @@ class HalideResize(HalideImplementation):
         _, _, h_in, w_in = workload.input_shape(0)
         _, _, h_out, w_out = workload.output_shape
         scale_y, scale_x = _scales(workload)
-        x, y, c, n = hl.Var("x"), hl.Var("y"), hl.Var("c"), hl.Var("n")
-        inp = hl.ImageParam(hl.Float(32), 4, "input")
+        x, y, c, n, k = hl.Var("x"), hl.Var("y"), hl.Var("c"), hl.Var("n"), hl.Var("k")
+        block = workload.block(node.inputs[0])
+        inp = hl.ImageParam(hl.Float(32), 5 if block else 4, "input")
+        dims = [c, x, y, k, n] if block else [x, y, c, n]  # Halide's view of (N, C/b, H, W, b) or (N, C, H, W)
+
+        def at(column, row):
+            return inp[c, column, row, k, n] if block else inp[column, row, c, n]
+
         # Source positions per output row and column, computed once at plan time in float32 as
         # ONNX Runtime computes them (Halide would turn x / scale into x * (1 / scale), which
         # moves coordinates lying exactly on nearest's .5 rounding boundary).
@@ -64,7 +66,7 @@ class HalideResize(HalideImplementation):
             mode = node.attrs.get("nearest_mode", "round_prefer_floor")
             tables = [_nearest(columns, mode, w_in), _nearest(rows, mode, h_in)]
             sx, sy = (hl.ImageParam(hl.Int(32), 1, name) for name in ("source_x", "source_y"))
-            out[x, y, c, n] = inp[_within(sx[x], w_in), _within(sy[y], h_in), c, n]
+            out[dims] = at(_within(sx[x], w_in), _within(sy[y], h_in))
             params = [inp, sx, sy]
         else:
             (x0, x1, wx), (y0, y1, wy) = _linear(columns, w_in), _linear(rows, h_in)
@@ -73,16 +75,18 @@ class HalideResize(HalideImplementation):
             pwx, pwy = hl.ImageParam(hl.Float(32), 1, "wx"), hl.ImageParam(hl.Float(32), 1, "wy")
             xs = [_within(p[x], w_in) for p in (px0, px1)]
             ys = [_within(p[y], h_in) for p in (py0, py1)]
-            top = inp[xs[0], ys[0], c, n] * (1.0 - pwx[x]) + inp[xs[1], ys[0], c, n] * pwx[x]
-            bottom = inp[xs[0], ys[1], c, n] * (1.0 - pwx[x]) + inp[xs[1], ys[1], c, n] * pwx[x]
+            top = at(xs[0], ys[0]) * (1.0 - pwx[x]) + at(xs[1], ys[0]) * pwx[x]
+            bottom = at(xs[0], ys[1]) * (1.0 - pwx[x]) + at(xs[1], ys[1]) * pwx[x]
             # Strict: fast math may rewrite a * (1 - w) + b * w as a + w * (b - a), Inf + -Inf at an Inf.
-            out[x, y, c, n] = hl.strict_float(top * (1.0 - pwy[y]) + bottom * pwy[y])
+            out[dims] = hl.strict_float(top * (1.0 - pwy[y]) + bottom * pwy[y])
             params = [inp, px0, px1, pwx, py0, py1, pwy]
 
         # How to schedule it
-        if config["vec"] > 1:
+        if block:
+            out.bound(c, 0, block).vectorize(c)
+        elif config["vec"] > 1:
             out.vectorize(x, config["vec"], hl.TailStrategy.GuardWithIf)
-        out.parallel(y if h_out > 1 else c)
+        out.parallel(y if h_out > 1 else k if block else c)
         return Definition(out, params, tables)
 
 

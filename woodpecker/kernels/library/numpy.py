@@ -5,21 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from woodpecker.graph.ir import Value
+from woodpecker.graph.passes.layout import RESHAPE_OPS, is_one_by_one
 from woodpecker.kernels.base import Capabilities, LibraryImplementation, is_float32
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 
-RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")  # same bytes, new shape
-
 
 class NumpyImplementation(LibraryImplementation):
     name = "numpy"
-    capabilities = Capabilities(view_ops=frozenset(RESHAPES), concat_in_place=True)
+    capabilities = Capabilities(view_ops=frozenset(RESHAPE_OPS), concat_in_place=True)
 
     def matches(self, workload: Workload) -> bool:
         node = workload.node
-        if node.op in RESHAPES:
-            return workload.has_input(0) and node.inputs[0] not in workload.constants and not workload.blocked
+        if node.op in RESHAPE_OPS:  # blocked: an (N, C, 1, 1) input, whose bytes are the plain value's
+            source = workload.values[node.inputs[0]] if workload.has_input(0) else None
+            plain_bytes = not workload.blocked or source.block and is_one_by_one(source)
+            return source is not None and node.inputs[0] not in workload.constants and bool(plain_bytes)
         if node.op == "Relayout":
             return True
         if node.op == "Concat":  # blocked: the stored arrays concatenate along their block axis
