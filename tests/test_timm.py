@@ -1,5 +1,5 @@
 """timm CNNs exported in the test run (random weights): the bench's PyTorch peer is the exported
-model, and channel counts no vector width divides (GhostNet's 8, 12, 20, 40) keep one layout."""
+model, and channel counts no vector width divides (GhostNet's, ReXNet's) keep one layout."""
 
 import numpy as np
 import onnxruntime as ort
@@ -13,11 +13,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ghostnet(tmp_path_factory):
+def exported(tmp_path_factory):
+    """timm:<name> exported once per test module."""
     pytest.importorskip("timm")
     from woodpecker.models import export_model
 
-    return export_model("timm:ghostnet_100", tmp_path_factory.mktemp("timm") / "ghostnet.onnx")
+    folder = tmp_path_factory.mktemp("timm")
+    return lambda name: export_model(f"timm:{name}", folder / f"{name}.onnx")
+
+
+@pytest.fixture(scope="module")
+def ghostnet(exported):
+    return exported("ghostnet_100")
 
 
 def test_the_pytorch_peer_is_the_exported_model(ghostnet, rng):
@@ -34,11 +41,14 @@ def test_the_pytorch_peer_is_the_exported_model(ghostnet, rng):
     assert names is None and np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("name", ["ghostnet_100", "ghostnet_050", "rexnet_100", "regnety_016"])
 @pytest.mark.parametrize("block", [16, 8])
-def test_ghostnet_converts_layout_once(ghostnet, block):
-    """Only the classifier's input leaves the blocked layout (AVX-512's 16 and AVX2's 8 lanes)."""
-    graph = block_layout(optimize_graph(import_model(ghostnet, 1)), block)
-    assert [n.op for n in graph.nodes].count("Relayout") == 1
+def test_cnns_whose_channels_no_block_divides_keep_one_layout(exported, name, block):
+    """No conversion at all (AVX-512's 16 and AVX2's 8 lanes): GhostNet's 12 and 20 channels in
+    quarter blocks, GhostNet-050's 6 and 18 and ReXNet's 38 and 61 plain between kernels that read
+    and write both layouts, RegNetY-016's groups of 24 in blocks of 8."""
+    graph = block_layout(optimize_graph(import_model(exported(name), 1)), block)
+    assert [n.op for n in graph.nodes].count("Relayout") == 0
 
 
 def test_an_unknown_timm_model_is_one_line(tmp_path):

@@ -13,8 +13,9 @@ Which ops keep a value blocked, and what they need:
   like the output, a fused input scale like the input;
 - depthwise Conv, MaxPool, AveragePool, BatchNormalization, and a Resize of H and W (HRNet's
   and FPN's upsampling): blocked in, blocked out (they follow their input); a grouped Conv too
-  when whole input blocks hold each output block's groups; a FusedGroupNorm when whole blocks
-  make each group;
+  when whole input blocks hold each output block's groups (in half or quarter blocks where only
+  those do: RegNetY-016's groups of 24 channels in 8s under AVX-512's 16); a FusedGroupNorm
+  when whole blocks make each group;
 - GlobalAveragePool / GlobalMaxPool: read blocked, write plain (1x1: the bytes agree anyway);
 - Reshape, Flatten, Squeeze, Unsqueeze of a blocked (N, C, 1, 1) value: read it as it is (its
   bytes are those of the plain value) and write plain, as views (a classifier head's Flatten);
@@ -118,9 +119,9 @@ def _convs_write_as_read(graph: Graph) -> Graph:
 
 def _reads_any_block(node: Node, name: str) -> bool:
     """Whether `node` is a Conv (groups 1, no input scale) that reads `name` only as its input,
-    which it takes in any block (its weights are packed for the block it finds), or a Concat
-    or Slice (kernels/halide/channel_copy.py copies from any block)."""
-    if node.op in ("Concat", "Slice"):
+    which it takes in any block (its weights are packed for the block it finds), or a Concat,
+    Slice or Gather of channels (kernels/halide/channel_copy.py copies from any block)."""
+    if node.op in ("Concat", "Slice", "Gather"):
         return node.op == "Concat" or node.inputs[0] == name and name not in node.inputs[1:]
     is_conv = node.op == "Conv" and node.attrs.get("group", 1) == 1 and len(node.inputs) <= 4
     return is_conv and node.inputs[0] == name and name not in node.inputs[1:]
@@ -178,8 +179,11 @@ def _decide(graph: Graph, node: Node, block: int, readers: dict[str, list[Node]]
             return _conv_blocks(current[0], out_block, len(values)), out_block
         if group == values[0].shape[1] == outputs[0].shape[1] and current[0]:  # depthwise: follows its input
             return _conv_blocks(current[0], current[0], len(values)), current[0]
-        if current[0] and grouped_span(values[0].shape[1], outputs[0].shape[1], group, out_block, out_block):
-            return _conv_blocks(out_block, out_block, len(values)), out_block
+        c_in, c_out = values[0].shape[1], outputs[0].shape[1]
+        spans = [b for b in (out_block, out_block // 2, out_block // 4) if b >= 4 and c_in % b == 0 and c_out % b == 0]
+        fits = next((b for b in spans if grouped_span(c_in, c_out, group, b, b)), 0)  # RegNetY's 24 in 8s
+        if current[0] and fits:
+            return _conv_blocks(fits, fits, len(values)), fits
         return plain, 0
     if node.op in FOLLOW_INPUT_OPS or node.op == "Resize" and is_spatial_resize(graph, node):
         return [current[0], *plain[1:]], current[0]
