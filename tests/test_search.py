@@ -139,3 +139,9 @@ def test_transferred_configs_are_repaired_into_the_space():
     starts = seeded.valid_defaults()
     assert len(starts) == 2 and all(SPACE.is_valid(c) for c in starts) and starts[1] == OPTIMUM
     assert GeneticSearch(seeded, seed=0).propose(2) == starts
+
+
+def test_transferred_configs_lose_knobs_the_space_lacks():
+    """A 1x1 layer's `wide` seeded into a depthwise layer's search built a kernel reading past its blocks."""
+    seeded = SPACE.starting_from([{**OPTIMUM, "wide": True}], seed=3)
+    assert seeded.valid_defaults()[0] == OPTIMUM

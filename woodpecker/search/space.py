@@ -33,9 +33,12 @@ class ConfigSpace:
 
     def starting_from(self, configs: list[Config], seed: int = 0) -> ConfigSpace:
         """This space, searched first from `configs` (e.g. winners on similar workloads), each
-        repaired into this space's valid set: a tile that fit a wider layer may not fit this one."""
+        repaired into this space's valid set: a tile that fit a wider layer may not fit this one,
+        and a knob this space lacks is dropped (a 1x1 layer's `wide` on a depthwise one)."""
         rng = random.Random(seed)
-        return replace(self, defaults=(*[self.repair(dict(c), rng) for c in configs], *self.defaults))
+        names = {k.name for k in self.knobs}
+        kept = [{k: v for k, v in c.items() if k in names} for c in configs]
+        return replace(self, defaults=(*[self.repair(c, rng) for c in kept], *self.defaults))
 
     def valid_defaults(self) -> list[Config]:
         return [d for d in self.defaults if self.is_valid(d)]
