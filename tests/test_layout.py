@@ -316,11 +316,9 @@ def test_relu6_after_a_squeeze_and_excitation_scale_stays_blocked(rng):
     assert workload.blocked and registry.get("halide.elementwise").matches(workload)
 
 
-def ghost_csp_model(rng, size=8):
-    """Channel counts no vector width divides, as GhostNet and CSPNet have them: a ghost module
-    (a 1x1 conv to 12 channels, a depthwise conv of those, both concatenated and sliced to all 24),
-    a shortcut conv added to it, a squeeze-and-excitation scale, and a CSP split of 32 channels
-    into halves (one through a conv) concatenated again."""
+def cnn_builder(rng, nodes, inits, **indices):
+    """`conv` and `node`, adding to `nodes` and `inits` (convs with random weights scaled by their
+    fan-in, "same" padding), after the int64 constants `indices` (Slice bounds) are added."""
 
     def array(*shape):
         return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
@@ -332,9 +330,18 @@ def ghost_csp_model(rng, size=8):
     def node(op, inputs, output, **attrs):
         nodes.append(helper.make_node(op, inputs, [output], **attrs))
 
+    inits.extend(const(name, np.array([value], np.int64)) for name, value in indices.items())
+    return conv, node
+
+
+def ghost_csp_model(rng, size=8):
+    """Channel counts no vector width divides, as GhostNet and CSPNet have them: a ghost module
+    (a 1x1 conv to 12 channels, a depthwise conv of those, both concatenated and sliced to all 24),
+    a shortcut conv added to it, a squeeze-and-excitation scale, and a CSP split of 32 channels
+    into halves (one through a conv) concatenated again."""
+
     nodes, inits = [], []
-    for name, value in (("zero", 0), ("all", 24), ("half", 16), ("end", 32), ("axis", 1)):
-        inits.append(const(name, np.array([value], np.int64)))
+    conv, node = cnn_builder(rng, nodes, inits, zero=0, all=24, half=16, end=32, axis=1)
     conv("stem", "x", 3, 16, k=3)
     conv("primary", "stem", 16, 12)
     conv("cheap", "primary", 12, 12, k=3, group=12)
@@ -496,19 +503,8 @@ def odd_channels_model(rng, size=8):
     then a projection to 14 channels whose first 12 get the module's output added (ReXNet's
     partial shortcut: Slice, Add, Concat with the other 2), read by a last conv."""
 
-    def array(*shape):
-        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
-
-    def conv(name, src, c_in, c_out, k=1, group=1):
-        nodes.append(helper.make_node("Conv", [src, f"{name}_w"], [name], pads=[k // 2] * 4, group=group))
-        inits.append(const(f"{name}_w", array(c_out, c_in // group, k, k)))
-
-    def node(op, inputs, output, **attrs):
-        nodes.append(helper.make_node(op, inputs, [output], **attrs))
-
     nodes, inits = [], []
-    for name, value in (("zero", 0), ("twelve", 12), ("fourteen", 14), ("axis", 1)):
-        inits.append(const(name, np.array([value], np.int64)))
+    conv, node = cnn_builder(rng, nodes, inits, zero=0, twelve=12, fourteen=14, axis=1)
     conv("stem", "x", 3, 16, k=3)
     conv("primary", "stem", 16, 6)
     conv("cheap", "primary", 6, 6, k=3, group=6)

@@ -165,7 +165,7 @@ def _decide(graph: Graph, node: Node, block: int, readers: dict[str, list[Node]]
             return current, 0
         if perm == TO_CHANNEL_FIRST:  # reads plain, writes blocked
             return plain, block_of(outputs[0], block)
-    if _copies_channels(graph, node):
+    if copies_channels(graph, node):
         return _copy_blocks(graph, node, block, readers)
     out_block = block_of(outputs[0], block) if len(outputs) == 1 else 0
     if not out_block:
@@ -221,8 +221,10 @@ def is_one_by_one(value: Value) -> bool:
     return len(value.shape) == 4 and value.shape[2:] == (1, 1)
 
 
-def _copies_channels(graph: Graph, node: Node) -> bool:
+def copies_channels(graph: Graph, node: Node) -> bool:
     """A Concat over channels of 4-D float32 values, a Slice of one with forward steps, or a Gather of its channels."""
+    if node.op not in ("Concat", "Slice", "Gather"):
+        return False
     if node.op == "Concat":
         parts = [graph.values[n] for n in node.inputs]
         four_d = all(len(v.shape) == 4 and v.dtype == "float32" and v.name not in graph.constants for v in parts)
@@ -249,10 +251,11 @@ def _copy_blocks(graph: Graph, node: Node, block: int, readers: dict[str, list[N
     current = [graph.values[n].block if n else 0 for n in node.inputs]
     output = graph.values[node.outputs[0]]
     if node.op in ("Slice", "Gather"):
+        as_it_comes = [current[0], *[0] * (len(current) - 1)]  # bounds and indices are constants
         if node.op == "Slice" and slice_keeps_blocks(graph, node, current[0]):
-            return [current[0], *[0] * (len(current) - 1)], current[0]
+            return as_it_comes, current[0]
         wanted = current[0] or _read_blocked(graph, output.name, readers)
-        return [current[0], *[0] * (len(current) - 1)], block_of(output, block) if wanted else 0
+        return as_it_comes, block_of(output, block) if wanted else 0
     same = all(c == current[0] for c in current)  # in place: the parts are slices of the output
     if same and (current[0] or not _read_blocked(graph, output.name, readers)):
         return current, current[0]

@@ -14,7 +14,7 @@ import halide as hl
 import numpy as np
 
 from woodpecker.graph.passes.canonicalize import slice_starts_steps
-from woodpecker.graph.passes.layout import is_channel_gather
+from woodpecker.graph.passes.layout import copies_channels
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import Definition, HalideImplementation
 from woodpecker.kernels.workload import Workload
@@ -24,17 +24,8 @@ from woodpecker.search.space import Config, ConfigSpace, Knob
 class HalideChannelCopy(HalideImplementation):
     name = "halide.channel_copy"
 
-    def matches(self, workload: Workload) -> bool:
-        node = workload.node
-        four_d = all(len(workload.values[n].shape) == 4 for n in (*node.inputs[:1], node.outputs[0]))
-        if not (workload.blocked and four_d and is_float32(workload)):
-            return False
-        if node.op == "Concat":
-            return node.attrs.get("axis") in (1, -3) and not workload.constants
-        if node.op == "Slice":
-            bounds = slice_starts_steps(workload.as_graph(), node)
-            return bounds is not None and min(bounds[1]) > 0
-        return node.op == "Gather" and is_channel_gather(workload.as_graph(), node)
+    def matches(self, workload: Workload) -> bool:  # the nodes the layout pass lets copy between layouts
+        return workload.blocked and is_float32(workload) and copies_channels(workload.as_graph(), workload.node)
 
     def space(self, workload: Workload) -> ConfigSpace:
         if not workload.block(workload.node.outputs[0]):

@@ -19,8 +19,9 @@ class NumpyImplementation(LibraryImplementation):
         node = workload.node
         if node.op in RESHAPE_OPS:  # blocked: an (N, C, 1, 1) input, whose bytes are the plain value's
             source = workload.values[node.inputs[0]] if workload.has_input(0) else None
-            plain_bytes = not workload.blocked or source.block and is_one_by_one(source)
-            return source is not None and node.inputs[0] not in workload.constants and bool(plain_bytes)
+            if source is None or node.inputs[0] in workload.constants:
+                return False
+            return not workload.blocked or bool(source.block) and is_one_by_one(source)
         if node.op == "Relayout":
             return True
         if node.op == "Concat":  # blocked: the stored arrays concatenate along their block axis
