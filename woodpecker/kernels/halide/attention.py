@@ -17,16 +17,17 @@ import numpy as np
 
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import (
-    MAX_ACCUMULATORS,
     Definition,
     HalideImplementation,
     add,
+    max_accumulators,
     row_reduce,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 from woodpecker.ops.fused import ATTENTION
+from woodpecker.runtime.kernel_library import pool_threads
 from woodpecker.search.space import Config, ConfigSpace, Knob
 
 TILE_Q = (1, 2, 4, 6, 8)
@@ -47,7 +48,7 @@ class HalideAttention(HalideImplementation):
         def valid(cfg: Config) -> bool:
             return (
                 cfg["tile_q"] <= sq
-                and cfg["tile_q"] * max(cfg["key_vectors"], cfg["feature_vectors"]) <= MAX_ACCUMULATORS
+                and cfg["tile_q"] * max(cfg["key_vectors"], cfg["feature_vectors"]) <= max_accumulators()
                 and cfg["vec"] * cfg["key_vectors"] <= max(sk, cfg["vec"])
                 and cfg["vec"] * cfg["feature_vectors"] <= max(dv, cfg["vec"])
                 and (cfg["tasks"] == "heads" or sq > cfg["tile_q"])
@@ -58,11 +59,17 @@ class HalideAttention(HalideImplementation):
         def fitted(tile_q: int, tasks: str) -> Config:
             """The widest register tiles that fit the keys and features, for `tile_q` rows."""
             tile_q = max(t for t in TILE_Q if t <= min(tile_q, sq))
-            keys = max(n for n in (1, 2, 4) if vec * n <= max(sk, vec) and tile_q * n <= MAX_ACCUMULATORS // 2)
-            features = max(n for n in (1, 2, 4) if vec * n <= max(dv, vec) and tile_q * n <= MAX_ACCUMULATORS // 2)
+            cap = min(12, max_accumulators())  # accumulators per phase (scores, then the output)
+            keys = max((n for n in (1, 2, 4) if vec * n <= max(sk, vec) and tile_q * n <= cap), default=1)
+            features = max((n for n in (1, 2, 4) if vec * n <= max(dv, vec) and tile_q * n <= cap), default=1)
             return {"vec": vec, "tile_q": tile_q, "key_vectors": keys, "feature_vectors": features, "tasks": tasks}
 
         starts = [fitted(4, "heads"), fitted(2, "heads"), fitted(4, "rows"), fitted(8, "heads")]
+        tasks = b * h
+        if (
+            tasks % pool_threads() and tasks < 4 * pool_threads()
+        ):  # a task per head leaves cores idle (3 heads, 2 cores)
+            starts = [fitted(8, "rows"), fitted(2, "rows"), *starts]
         knobs = (
             Knob("vec", vector_widths()),
             Knob("tile_q", TILE_Q),  # query rows per register tile and per block of scores

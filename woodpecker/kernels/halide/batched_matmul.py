@@ -13,9 +13,9 @@ import numpy as np
 
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import (
-    MAX_ACCUMULATORS,
     Definition,
     HalideImplementation,
+    max_accumulators,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
@@ -48,7 +48,7 @@ class HalideBatchedMatmul(HalideImplementation):
             return (
                 cfg["vec"] * cfg["tile_n"] <= n
                 and cfg["tile_m"] <= m
-                and cfg["tile_m"] * cfg["tile_n"] <= MAX_ACCUMULATORS
+                and cfg["tile_m"] * cfg["tile_n"] <= max_accumulators()
                 and (cfg["parallel"] == "rows" or batch > 1)
             )
 

@@ -12,7 +12,6 @@ from woodpecker.kernels.workload import Workload
 from woodpecker.ops import activations
 from woodpecker.runtime.kernel_library import as_views
 
-MAX_ACCUMULATORS = 24  # zmm registers usable for a register tile, leaving room for loads/broadcasts
 # The element types kernels read and write besides float32 (bool is one byte, as NumPy's).
 HALIDE_TYPES = {"float32": hl.Float(32), "int32": hl.Int(32), "int64": hl.Int(64), "bool": hl.Bool()}
 
@@ -25,6 +24,15 @@ def jit_target() -> hl.Target:
 def native_vector_width() -> int:
     """Float lanes of one vector register of the target (16 with AVX-512, 8 with AVX2, 4 with NEON)."""
     return jit_target().natural_vector_size(hl.Float(32))
+
+
+def max_accumulators() -> int:
+    """Vector registers a register tile may hold, leaving room for its loads and broadcasts: 24 of
+    AVX-512's (and NEON's) 32; 10 of AVX2's 16 (tiles of 12-16 vectors spill there and run
+    1.2-1.9x slower than 8-10)."""
+    target = jit_target()
+    wide_file = target.arch != hl.TargetArch.X86 or target.has_feature(hl.TargetFeature.AVX512)
+    return 24 if wide_file else 10
 
 
 def vector_widths() -> tuple[int, ...]:
@@ -133,10 +141,14 @@ def depthwise_constants(workload: Workload, block: int, weight: int, bias: int) 
     return packed, conv_bias(workload, bias, channels)
 
 
-def row_tile(width: int) -> int:
-    """Pixels per register tile along a row: 7 where 7 divides the row and 8 does not (7, 14, 28,
-    35 wide: no partial tile), else 8 (56 and 112 wide too)."""
-    return 7 if width % 7 == 0 and width % 8 != 0 else 8
+def row_tile(width: int, vectors: int = 1) -> int:
+    """Pixels per register tile along a row of `vectors` accumulators each: 7 where 7 divides the row
+    and 8 does not (7, 14, 28, 35 wide: no partial tile), else 8 (56 and 112 wide too); where 8 do not
+    fit the register file, the widest of 5 and 4 that divides the row, else 5."""
+    if 8 * vectors <= max_accumulators():
+        return 7 if width % 7 == 0 and width % 8 != 0 else 8
+    fitting = [t for t in (5, 4) if t * vectors <= max_accumulators()] or [max(1, max_accumulators() // vectors)]
+    return next((t for t in fitting if width % t == 0), fitting[0])
 
 
 NAN = float("nan")

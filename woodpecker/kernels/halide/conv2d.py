@@ -12,12 +12,13 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.halide.common import (
-    MAX_ACCUMULATORS,
     Definition,
     HalideImplementation,
     apply_activation,
     conv_bias,
     is_constant_conv,
+    max_accumulators,
+    row_tile,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
@@ -35,12 +36,13 @@ def _starting_points(p: dict, native: int) -> tuple[Config, ...]:
             {"layout": "vec_x", "vec": width, "tile_x": 1, "tile_c": tc, "parallel": "c", **common} for tc in (4, 2)
         )
     # Register tiles that divide the width waste nothing on edges (7 for 7/14/28/56/112-wide layers).
-    tile_x = 7 if p["w_out"] % 7 == 0 and p["w_out"] % 8 != 0 else 8
+    tile_x, tile_x1 = row_tile(p["w_out"], 2), row_tile(p["w_out"])
+    square = min(4, max_accumulators() // 4)  # 4 x 4 where the registers hold it
     return (
         {"layout": "vec_c", "vec": native, "tile_x": tile_x, "tile_c": 2, "parallel": rows_parallel, **common},
-        {"layout": "vec_c", "vec": native, "tile_x": 4, "tile_c": 4, "parallel": "c", **common},
-        {"layout": "vec_c", "vec": native, "tile_x": tile_x, "tile_c": 1, "parallel": rows_parallel, **common},
-        {"layout": "vec_c", "vec": native // 2, "tile_x": tile_x, "tile_c": 1, "parallel": rows_parallel, **common},
+        {"layout": "vec_c", "vec": native, "tile_x": 4, "tile_c": square, "parallel": "c", **common},
+        {"layout": "vec_c", "vec": native, "tile_x": tile_x1, "tile_c": 1, "parallel": rows_parallel, **common},
+        {"layout": "vec_c", "vec": native // 2, "tile_x": tile_x1, "tile_c": 1, "parallel": rows_parallel, **common},
     )
 
 
@@ -61,7 +63,7 @@ class HalideConv2d(HalideImplementation):
         padded = any(workload.node.attrs.get("pads", [0]))
 
         def valid(cfg: Config) -> bool:
-            if cfg["tile_x"] * cfg["tile_c"] > MAX_ACCUMULATORS:
+            if cfg["tile_x"] * cfg["tile_c"] > max_accumulators():
                 return False
             if cfg["layout"] == "vec_x":  # reads input rows along x already: packing channels cannot help
                 return (

@@ -26,7 +26,6 @@ import numpy as np
 
 from woodpecker.graph.passes.layout import grouped_span
 from woodpecker.kernels.halide.common import (
-    MAX_ACCUMULATORS,
     Definition,
     HalideImplementation,
     apply_activation,
@@ -36,6 +35,7 @@ from woodpecker.kernels.halide.common import (
     fix_layout,
     is_constant_conv,
     is_nonfinite,
+    max_accumulators,
     native_vector_width,
     row_tile,
     window_max,
@@ -135,24 +135,25 @@ class HalideConv2dBlocked(HalideImplementation):
                 and (not plain or cfg["parallel"] == "y" and not cfg["batch_inner"])
                 and rows_ok
                 and chunk_ok
-                and cfg["tile_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS
+                and cfg["tile_x"] * cfg["tile_k"] <= max_accumulators()
                 and cfg["tile_x"] <= p["w_out"]
             )
 
-        tile_x = row_tile(p["w_out"])
+        tile_x, tile_x1 = row_tile(p["w_out"], 2), row_tile(p["w_out"])  # for tiles of 2 and 1 vectors
         start = {"reduce_order": "c_inner", "unroll_kw": False, "padding": "copy", "batch_inner": p["n"] > 1}
         # Starting points measured on ResNet, MobileNetV2 and SqueezeNet layers (a budget of 6 mostly tries these).
-        starts = ((tile_x, 2, "yk"), (tile_x, 2, "k"), (4, 4, "k"), (tile_x, 1, "k"), (4, 4, "yk"))
+        starts = ((tile_x, 2, "yk"), (tile_x, 2, "k"), (4, 4, "k"), (tile_x1, 1, "k"), (4, 4, "yk"))
         if depthwise:  # 9 multiply-adds per output: a padded copy or a row-parallel loop costs more than it saves
             start = {**start, "unroll_kw": p["kw"] > 1, "padding": "select" if padded else "copy"}
-            starts = ((tile_x, 1, "k"), (tile_x, 2, "k"), (4, 2, "k"), (4, 4, "k"))
+            starts = ((tile_x1, 1, "k"), (tile_x, 2, "k"), (4, 2, "k"), (4, 4, "k"))
         elif not workload.block(workload.node.inputs[0]):  # the stem: 3 input channels make bounds checks cheap
             start = {**start, "padding": "select" if padded else "copy", "reduce_order": "k_inner"}
             starts = ((5, 2, "yk"), (3, 2, "k"), (tile_x, 2, "yk"), (3, 1, "y"))
         if plain:  # rows in parallel, each computed whole before it is stored
-            starts = ((tile_x, 2, "y"), (4, 4, "y"), (tile_x, 1, "y"))
+            starts = ((tile_x, 2, "y"), (4, 4, "y"), (tile_x1, 1, "y"))
         if chunks:
             start = {**start, "chunk": 0, "chunk_rows": 0}
+            tile_x = tile_x if p["w_out"] % tile_x == 0 else tile_x1  # chunks take whole tiles along rows
             if _weights_outgrow_rows(p):  # the whole image's accumulators, cores share out output blocks
                 chunked = {"chunk": 1 if p["kh"] * p["kw"] > 1 else max(c for c in chunks if c <= 4)}
                 starts = (starts[0], (tile_x, 2, "k", chunked), (4, 4, "k", chunked), *starts[1:])

@@ -16,10 +16,10 @@ import numpy as np
 
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import (
-    MAX_ACCUMULATORS,
     Definition,
     HalideImplementation,
     apply_activation,
+    max_accumulators,
     vector_widths,
 )
 from woodpecker.kernels.workload import Workload
@@ -53,21 +53,22 @@ class HalideDense(HalideImplementation):
         def valid(cfg: Config) -> bool:
             return (
                 cfg["vec"] * cfg["tile_n"] <= max(n_out, cfg["vec"])
-                and cfg["tile_n"] * cfg["tile_m"] <= MAX_ACCUMULATORS
+                and cfg["tile_n"] * cfg["tile_m"] <= max_accumulators()
                 and cfg["tile_m"] <= rows
                 and not (cfg.get("panels") and cfg["parallel_rows"] and rows <= PANEL_ROWS)
             )
 
         # Many rows (a linear layer over every pixel, ConvNeXt's MLP): a GEMM register tile of
-        # 6 rows x 2 vectors, threads over row tiles. Few rows (a classifier): threads over columns,
+        # 6 (AVX2: 4) rows x 2 vectors, threads over row tiles. Few rows (a classifier): threads over columns,
         # first with column-panel weights (4 vectors x 1-2 rows, or 2 vectors x up to 8 rows).
         # Weights larger than the input (more columns than rows): first each column panel of weights
         # read once, all row tiles inside it. Many rows: first with column-panel weights.
         vec = max(vector_widths())
-        many = {"vec": vec, "tile_n": 2, "tile_m": 6, "unroll_k": 1, "parallel_rows": True, "panels": False}
+        tile_rows = 6 if max_accumulators() >= 12 else 4  # 2 x 6 spills AVX2's 16 registers
+        many = {"vec": vec, "tile_n": 2, "tile_m": tile_rows, "unroll_k": 1, "parallel_rows": True, "panels": False}
         many_weights_first = {**many, "parallel_rows": False}
         few = {"vec": vec, "tile_n": 2, "tile_m": 1, "unroll_k": 1, "parallel_rows": False, "panels": False}
-        tile_m = max(m for m in (1, 2, 4, 8) if m <= rows)
+        tile_m = max(m for m in (1, 2, 4, 8) if m <= rows and 2 * m <= max_accumulators())
         tile_n = max(t for t in (1, 2, 4 if tile_m < 4 else 2) if vec * t <= max(n_out, vec))
         few_panels = {**few, "tile_n": tile_n, "tile_m": tile_m, "panels": True}
         many_panels = {**many_weights_first, "panels": True}

@@ -21,7 +21,6 @@ import numpy as np
 
 from woodpecker.kernels.base import is_float32
 from woodpecker.kernels.halide.common import (
-    MAX_ACCUMULATORS,
     Definition,
     HalideImplementation,
     apply_activation,
@@ -29,6 +28,7 @@ from woodpecker.kernels.halide.common import (
     depthwise_constants,
     divisors,
     fix_layout,
+    max_accumulators,
     row_tile,
 )
 from woodpecker.kernels.workload import Workload
@@ -60,7 +60,7 @@ class HalideExpandDepthwise(HalideImplementation):
         rows = strips[-1]
 
         def valid(cfg: Config) -> bool:
-            return blocks % cfg["tile_k"] == 0 and cfg["expand_x"] * cfg["tile_k"] <= MAX_ACCUMULATORS
+            return blocks % cfg["tile_k"] == 0 and cfg["expand_x"] * cfg["tile_k"] <= max_accumulators()
 
         tile = min(row_tile(p["w_out"]), p["w_out"])
         wide = row_tile(p["w"])  # expansion tiles that divide the row
@@ -74,8 +74,9 @@ class HalideExpandDepthwise(HalideImplementation):
             {"tile_x": tile, "expand_x": 4, "tile_k": 6, "strips": 2},
         ]
         defaults: list[Config] = []
-        for start in starts:  # tile_k shrunk to a divisor of the blocks, strips to the rows
-            start = {**start, "tile_k": max(divisors(blocks, start["tile_k"])), "strips": min(start["strips"], rows)}
+        for start in starts:  # tile_k shrunk to a divisor of the blocks that fits the registers, strips to the rows
+            tile_k = max(1, min(start["tile_k"], max_accumulators() // start["expand_x"]))
+            start = {**start, "tile_k": max(divisors(blocks, tile_k)), "strips": min(start["strips"], rows)}
             if valid(start) and start not in defaults:
                 defaults.append(start)
         return ConfigSpace(

@@ -31,7 +31,6 @@ import halide as hl
 import numpy as np
 
 from woodpecker.kernels.halide.common import (
-    MAX_ACCUMULATORS,
     Definition,
     HalideImplementation,
     apply_activation,
@@ -39,6 +38,7 @@ from woodpecker.kernels.halide.common import (
     fix_layout,
     is_constant_conv,
     is_nonfinite,
+    max_accumulators,
 )
 from woodpecker.kernels.workload import Workload
 from woodpecker.ops.conv import RESIDUAL, conv_params
@@ -113,7 +113,7 @@ class HalideWinograd(HalideImplementation):
             strips = -(-h // (m * cfg["strip"])) if cfg["strip"] else 1
             return (
                 blocks % cfg["tile_k"] == 0
-                and cfg["tile_t"] * cfg["tile_k"] <= MAX_ACCUMULATORS
+                and cfg["tile_t"] * cfg["tile_k"] <= max_accumulators()
                 and cfg["tile_t"] <= -(-w // m)
                 and (cfg["strip"] == 0 or cfg["strip"] < -(-h // m))  # a strip of all rows is spelled 0
                 and (cfg["parallel"] == "inside" or strips * n >= 2)
