@@ -77,7 +77,7 @@ class HalideConv2d(HalideImplementation):
             (
                 Knob("layout", ("vec_x", "vec_c")),
                 Knob("vec", vector_widths()),
-                Knob("tile_x", (1, 2, 3, 4, 6, 7, 8)),  # 7 divides the 7/14/28/56/112 widths of ImageNet CNNs
+                Knob("tile_x", (1, 2, 3, 4, 5, 6, 7, 8)),  # 7 divides the 7/14/28/56/112 widths of ImageNet CNNs
                 Knob("tile_c", (1, 2, 3, 4, 6, 8)),
                 Knob("reduce_order", ("c_inner", "k_inner")),
                 # Knobs that cannot change the code of this layer get one value, so no search wastes trials on them.

@@ -81,6 +81,7 @@ RECOVER = {
     4: np.array([[4, 0, 0, 0, 0, 0], [0, -3, 3, 0, 0, 0], [0, 0, 0, 0, 0, 1]]),
 }
 STRIPS = (1, 2, 4, 0)  # rows of tiles per strip; 0: the whole image
+TILE_T = (1, 2, 3, 4, 5, 6, 7, 8, 12, 14)  # tiles per register tile
 
 
 class HalideWinograd(HalideImplementation):
@@ -136,7 +137,8 @@ class HalideWinograd(HalideImplementation):
             fits = [
                 {**start, "tile_t": t, "tile_k": k}
                 for k in range(start["tile_k"], 0, -1)
-                for t in range(start["tile_t"], 0, -1)
+                for t in sorted(TILE_T, reverse=True)
+                if t <= start["tile_t"]
                 if valid({**start, "tile_t": t, "tile_k": k})
             ]
             if fits and fits[0] not in defaults:
@@ -144,7 +146,7 @@ class HalideWinograd(HalideImplementation):
         return ConfigSpace(
             (
                 Knob("tile", (2, 4)),
-                Knob("tile_t", (1, 2, 3, 4, 5, 6, 7, 8, 12, 14)),
+                Knob("tile_t", TILE_T),
                 Knob("tile_k", tuple(range(1, min(blocks, 6) + 1))),
                 Knob("strip", STRIPS),
                 Knob("parallel", ("strips", "inside")),
