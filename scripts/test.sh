@@ -9,4 +9,5 @@ if [ "${1:-}" = "--fast" ]; then
     shift
     set -- -m "not slow" "$@"
 fi
-.venv/bin/python -m pytest tests "$@"
+# Two workers (CI's two cores): most of the suite is single-threaded Halide compilation. `-n 0` runs it in one process.
+.venv/bin/python -m pytest tests -n 2 "$@"
