@@ -65,10 +65,8 @@ class HalideAttention(HalideImplementation):
             return {"vec": vec, "tile_q": tile_q, "key_vectors": keys, "feature_vectors": features, "tasks": tasks}
 
         starts = [fitted(4, "heads"), fitted(2, "heads"), fitted(4, "rows"), fitted(8, "heads")]
-        tasks = b * h
-        if (
-            tasks % pool_threads() and tasks < 4 * pool_threads()
-        ):  # a task per head leaves cores idle (3 heads, 2 cores)
+        # A task per head leaves cores idle when heads do not share out evenly (3 heads, 2 cores).
+        if b * h % pool_threads() and b * h < 4 * pool_threads():
             starts = [fitted(8, "rows"), fitted(2, "rows"), *starts]
         knobs = (
             Knob("vec", vector_widths()),

@@ -153,13 +153,13 @@ class HalideConv2dBlocked(HalideImplementation):
             starts = ((tile_x, 2, "y"), (4, 4, "y"), (tile_x1, 1, "y"))
         if chunks:
             start = {**start, "chunk": 0, "chunk_rows": 0}
-            tile_x = tile_x if p["w_out"] % tile_x == 0 else tile_x1  # chunks take whole tiles along rows
+            chunk_tile = tile_x if p["w_out"] % tile_x == 0 else tile_x1  # chunks take whole tiles along rows
             if _weights_outgrow_rows(p):  # the whole image's accumulators, cores share out output blocks
                 chunked = {"chunk": 1 if p["kh"] * p["kw"] > 1 else max(c for c in chunks if c <= 4)}
-                starts = (starts[0], (tile_x, 2, "k", chunked), (4, 4, "k", chunked), *starts[1:])
+                starts = (starts[0], (chunk_tile, 2, "k", chunked), (4, 4, "k", chunked), *starts[1:])
             elif p["kh"] * p["kw"] > 1:  # strips of rows (ResNet's 56x56 and 28x28 3x3 layers: 1.1-1.2x)
                 chunked = {"chunk": 1, "chunk_rows": 2 if 2 in chunk_rows else 1}
-                starts = (starts[0], (4, 4, "yk", chunked), (tile_x, 2, "yk", chunked), *starts[1:])
+                starts = (starts[0], (4, 4, "yk", chunked), (chunk_tile, 2, "yk", chunked), *starts[1:])
         return ConfigSpace(
             (
                 # Divisors of the width leave no partial tile (9 for 27 pixels, 11 for 55).
