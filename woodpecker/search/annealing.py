@@ -5,12 +5,16 @@ gradient-boosting regressor (scikit-learn) learns log-cost from the knob vector;
 annealing chains walk the space on the model's predictions (neighbour = one knob changed)
 and the best predicted unseen configs are measured next, with a few random ones mixed in
 so the model keeps seeing new regions (Chen et al., "Learning to Optimize Tensor Programs").
+The model fits and predicts on one thread: it is small, and OpenMP threads spinning beside the
+measuring workers (or another busy process) slow both by orders of magnitude.
 """
 
 from __future__ import annotations
 
 import math
 import random
+
+from threadpoolctl import threadpool_limits
 
 from woodpecker.search.space import Config, ConfigSpace, config_key
 
@@ -36,7 +40,8 @@ class AnnealingSearch:
         batch: list[Config] = []
         if self.model is not None:
             explore = max(1, round(self.epsilon * n)) if n > 1 else 0
-            batch += self._annealed(n - explore)
+            with threadpool_limits(limits=1):
+                batch += self._annealed(n - explore)
         for _ in range(50 * n):
             if len(batch) >= n:
                 break
@@ -60,9 +65,10 @@ class AnnealingSearch:
 
         x = [v for v, _ in self.data]
         y = [c for _, c in self.data]
-        self.model = HistGradientBoostingRegressor(
-            max_iter=100, learning_rate=0.2, min_samples_leaf=2, random_state=self.seed
-        ).fit(x, y)
+        with threadpool_limits(limits=1):
+            self.model = HistGradientBoostingRegressor(
+                max_iter=100, learning_rate=0.2, min_samples_leaf=2, random_state=self.seed
+            ).fit(x, y)
 
     def _predict(self, configs: list[Config]) -> list[float]:
         return list(self.model.predict([self.space.encode(c) for c in configs]))
